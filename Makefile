@@ -1,0 +1,51 @@
+# `make run` and `make test` set up .venv from requirements.lock when it is missing or out of date.
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+# Quiet TensorFlow's C++ start-up banner; warnings and errors still show.
+export TF_CPP_MIN_LOG_LEVEL ?= 1
+
+.PHONY: run test test-fast lock venv compile clean help
+
+help:
+	@echo "make run        set up .venv if needed, then run the whole pipeline locally on the demo data"
+	@echo "make test       set up .venv if needed, then run every test (unit, integration, e2e)"
+	@echo "make test-fast  the same without the slow tests"
+	@echo "make compile    write pipeline.yaml (the KFP / Vertex AI pipeline spec)"
+	@echo "make lock       re-resolve requirements.in into the exact requirements.lock"
+
+$(VPY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (TFDV 1.16 has no wheels for other versions); set PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/bin/uv: | $(VPY)
+	$(VPY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# Installing from the exact lock resolves nothing: uv only downloads and unpacks.
+$(STAMP): requirements.lock setup.py | $(VENV)/bin/uv
+	$(VENV)/bin/uv pip sync --python $(VPY) requirements.lock
+	$(VENV)/bin/uv pip install --python $(VPY) --no-deps -e .
+	@touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VPY) pipeline.py run $(ARGS)
+
+test: $(STAMP)
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+compile: $(STAMP)
+	$(VPY) compile.py --output pipeline.yaml
+
+lock: | $(VENV)/bin/uv
+	$(VENV)/bin/uv pip compile requirements.in -o requirements.lock --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --no-header --annotation-style line
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""The ingest step: the EmotioNet sheet in, the manifest (contract 1) out."""

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""The pipeline's command line: `run` it here (kfp.local), `submit` it to a cluster, or `schedule` retraining."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+
+from pipeline import defaults
+from pipeline.params import add_pipeline_parameter_flags, pipeline_arguments
+
+# Pipeline parameters that name local paths: made absolute so every step and the summary agree.
+PATH_PARAMETERS = ("source", "download_store", "schema_uri", "registry")
+
+
+def _absolute(value: str) -> str:
+    if not value or "://" in value:
+        return value
+    return os.path.abspath(value)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", help="Pipeline root of this run (default: runs/<run-id>/).")
+    p.add_argument("--runs-dir", default=defaults.RUNS_DIR, help="Folder holding every local run, the demo set and the registry.")
+    p.add_argument("--demo-size", type=int, default=defaults.DEMO_SIZE, help="Images in the demo set generated when --source is not given.")
+    p.add_argument("--demo-seed", type=int, default=defaults.DEMO_SEED, help="Seed of the demo set.")
+    p.add_argument("--demo-faults", action=argparse.BooleanOptionalAction, default=True,
+                   help="Serve the demo set with the web's faults (404s, timeouts, DNS, TLS...).")
+    add_pipeline_parameter_flags(p)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from pipeline.local import format_summary, run_pipeline, write_summary
+
+    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = os.path.abspath(args.run_dir or os.path.join(args.runs_dir, run_id))
+    arguments = pipeline_arguments(args)
+    arguments.setdefault("registry", os.path.join(args.runs_dir, "registry"))
+    for name in PATH_PARAMETERS:
+        if name in arguments:
+            arguments[name] = _absolute(arguments[name])
+    if arguments.get("source") and "://" not in arguments["source"] and not os.path.exists(arguments["source"]):
+        print(f"pipeline.py run: --source {arguments['source']} does not exist; give the EmotioNet sheet (.xlsx or .csv) "
+              "or leave --source out to run on the generated demo set", file=sys.stderr)
+        return 2
+    os.makedirs(run_dir, exist_ok=True)
+    print(f"run {run_id}: pipeline root {run_dir}", flush=True)
+
+    if arguments.get("source"):
+        result = run_pipeline(arguments, run_dir)
+    else:
+        result = _run_on_demo(args, arguments, run_dir)
+    print()
+    print(format_summary(result))
+    write_summary(result)
+    _print_outcome(result)
+    if not result.ok:
+        print(f"\nthe run failed: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_on_demo(args, arguments: dict, run_dir: str):
+    """Generates (or reuses) the demo set, serves it on loopback, runs the DAG on it, stops the server."""
+    from pipeline import demo
+    from pipeline.local import run_pipeline
+
+    demo_dir = os.path.abspath(os.path.join(args.runs_dir, "demo", f"size{args.demo_size}-seed{args.demo_seed}"))
+    print(f"demo set: {args.demo_size} synthetic faces in {demo_dir}", flush=True)
+    demo.generate_demo(demo_dir, args.demo_size, args.demo_seed)
+    arguments.setdefault("download_timeout", defaults.DEMO_DOWNLOAD_TIMEOUT)
+    with demo.DemoServer(demo_dir, faults=args.demo_faults, seed=args.demo_seed) as server:
+        sheet = demo.write_sheet(demo_dir, server, os.path.join(run_dir, "demo_sheet.xlsx"), seed=args.demo_seed)
+        print(f"demo server: {server.base_url}; sheet: {sheet}", flush=True)
+        arguments["source"] = sheet
+        return run_pipeline(arguments, run_dir)
+
+
+def _print_outcome(result) -> None:
+    """The per-AU table of the evaluation and where the model went, when those steps ran."""
+    evaluation = result.output_path("evaluate", "evaluation")
+    if evaluation and os.path.exists(os.path.join(evaluation, "metrics.json")):
+        from components.evaluate.logic import format_table
+
+        with open(os.path.join(evaluation, "metrics.json")) as f:
+            print("\n" + format_table(json.load(f)))
+    pushed = result.output_path("push", "pushed")
+    if pushed and os.path.exists(os.path.join(pushed, "push.json")):
+        with open(os.path.join(pushed, "push.json")) as f:
+            record = json.load(f)
+        if record.get("pushed"):
+            print(f"\nmodel pushed to {record.get('uri') or record.get('version_uri') or record}")
+        else:
+            print(f"\nmodel NOT pushed: {'; '.join(record.get('reasons', [])) or record}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python pipeline.py", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="Run the whole DAG on this machine (kfp.local); without --source, on the demo set.")
+    add_run_arguments(p_run)
+    from pipeline import cluster
+
+    p_submit = sub.add_parser("submit", help="Submit one run to a KFP host or Vertex AI Pipelines.")
+    cluster.add_submit_arguments(p_submit)
+    p_schedule = sub.add_parser("schedule", help="Create a recurring (scheduled) retraining run.")
+    cluster.add_schedule_arguments(p_schedule)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return command_run(args)
+    if args.command == "submit":
+        return cluster.submit(args)
+    return cluster.schedule(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""End to end: `python pipeline.py run` on a small demo set runs every step, pushes a model, and predict uses it."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.dag import STEPS
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(args, timeout):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_pipeline_run_on_the_demo_set_pushes_a_model(tmp_path):
+    runs = tmp_path / "runs"
+    proc = run_cli(
+        [
+            "pipeline.py", "run", "--runs-dir", str(runs), "--run-dir", str(runs / "e2e"),
+            "--demo-size", "400", "--epochs", "2",
+            # a 2-epoch model on 400 faces is judged on the plumbing, not on its quality
+            "--min-macro-f1", "0", "--min-macro-auc", "0",
+        ],
+        timeout=1500,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    summary = json.loads((runs / "e2e" / "run_summary.json").read_text())
+    assert summary["ok"]
+    assert [s["name"] for s in summary["steps"]] == list(STEPS)
+    assert all(s["status"] == "succeeded" for s in summary["steps"]), summary
+    for step in STEPS:
+        assert step in proc.stdout
+    assert "model pushed to" in proc.stdout
+    registry = runs / "registry"
+    model_root = next(p for p in registry.iterdir() if p.is_dir())
+    latest = (model_root / "LATEST").read_text().strip()
+    assert (model_root / latest / "saved_model").is_dir()
+
+    # what a user does next: predict on a face with the pushed model
+    demo_dir = next((runs / "demo").iterdir())
+    image = next(p for p in sorted(demo_dir.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    pred = run_cli(["-m", "components.predict", "--model", str(model_root), "--json", str(image)], timeout=300)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    assert str(image) in pred.stdout or image.name in pred.stdout
+
+
+@pytest.mark.slow
+def test_pipeline_run_with_a_bad_source_says_so(tmp_path):
+    proc = run_cli(["pipeline.py", "run", "--runs-dir", str(tmp_path), "--source", str(tmp_path / "missing.xlsx")], timeout=120)
+    assert proc.returncode == 2
+    assert "missing.xlsx does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,46 @@
+"""The pipeline's parameters as flags of `pipeline.py run`: every parameter, its type, its default, its help."""
+import argparse
+
+import pytest
+
+from pipeline import defaults
+from pipeline.dag import au_pipeline
+from pipeline.params import add_pipeline_parameter_flags, pipeline_arguments, pipeline_parameters
+
+
+def parser():
+    p = argparse.ArgumentParser()
+    add_pipeline_parameter_flags(p)
+    return p
+
+
+def test_every_pipeline_parameter_is_a_flag_with_help():
+    params = pipeline_parameters(au_pipeline)
+    assert len(params) >= 30
+    help_text = parser().format_help()
+    for name, typ, default, doc in params:
+        assert doc, f"pipeline parameter {name} has no description"
+        assert "--" + name.replace("_", "-") in help_text
+    names = [p[0] for p in params]
+    for required in ("source", "backbone", "image_size", "epochs", "batch_size", "task", "aus", "policy", "registry"):
+        assert required in names
+
+
+def test_only_given_flags_override_the_defaults():
+    args = parser().parse_args(["--epochs", "3", "--backbone", "vgg16", "--no-download-allow-private", "--learning-rate", "0.01"])
+    assert pipeline_arguments(args) == {"epochs": 3, "backbone": "vgg16", "download_allow_private": False, "learning_rate": 0.01}
+    assert pipeline_arguments(parser().parse_args([])) == {}
+
+
+def test_defaults_come_from_the_defaults_module():
+    params = {n: d for n, _, d, _ in pipeline_parameters(au_pipeline)}
+    assert params["epochs"] == defaults.TRAIN_EPOCHS
+    assert params["aus"] == defaults.FILTER_AUS
+    assert params["download_workers"] == defaults.DOWNLOAD_WORKERS
+
+
+def test_a_wrong_flag_type_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        parser().parse_args(["--epochs", "many"])
+    assert e.value.code == 2
+    assert "--epochs" in capsys.readouterr().err
