@@ -57,6 +57,8 @@ def build_pipeline(platform: "Platform | None" = None):
         optimizer: str = defaults.TRAIN_OPTIMIZER,
         learning_rate: float = defaults.TRAIN_LEARNING_RATE,
         seed: int = defaults.TRAIN_SEED,
+        checkpoint_dir: str = defaults.TRAIN_CHECKPOINT_DIR,
+        augment: bool = defaults.TRAIN_AUGMENT,
         registry: str = defaults.REGISTRY,
         model_name: str = defaults.MODEL_NAME,
         min_macro_f1: float = defaults.EVALUATE_MIN_MACRO_F1,
@@ -71,28 +73,30 @@ def build_pipeline(platform: "Platform | None" = None):
             source: The sheet (.xlsx or .csv, EmotioNet layout: URL then AU1..AU60), a local path or gs:// URI.
             download_store: Local folder or gs:// prefix keeping images and ledger across runs ("" for none).
             download_workers: Parallel downloads.
-            download_timeout: Seconds allowed per request (connect, read and total deadline).
+            download_timeout: Seconds allowed to connect and for each read of a request; its total deadline is 3 x this.
             download_max_attempts: Attempts per URL for transient failures.
-            download_max_bytes: Largest image accepted, in bytes.
+            download_max_bytes: Largest body accepted, in bytes.
             download_allow_private: Allow private and loopback addresses (True for the demo, False on a cluster).
             schema_uri: Where the TFDV schema is kept between runs (local or gs://; "" to infer each run).
             max_anomalies: Most data anomalies tolerated before validate stops the run.
             validation_fraction: Share of images in the validation split.
             test_fraction: Share of images in the test split.
             max_side: Longest image side after resizing in convert (0 keeps the size).
-            beam_args: Apache Beam pipeline options for convert, e.g. "--runner=DataflowRunner --project=P".
+            beam_args: Apache Beam pipeline options for convert and filter, e.g. "--runner=DataflowRunner --project=P".
             aus: Comma-separated AU numbers to train on.
             policy: What to do with 999 (not annotated) in a kept AU: drop, mask or zero.
             task: au (multi-label Action Units) or va (valence/arousal regression).
-            backbone: keras.applications backbone in lower case, e.g. vgg16, inceptionv3, resnet50.
+            backbone: keras.applications backbone in lower case (vgg16, inceptionv3, resnet50, efficientnetv2b0, mobilenetv3small) or compactcnn (small, learns from scratch on a CPU).
             image_size: Input side in pixels (0 follows the backbone).
             weights: imagenet, a weights file path or gs:// URI, or none.
             fine_tune: Which layers train: head, last:N, full or two-stage.
             epochs: Training epochs.
-            batch_size: Global batch size (0 follows the backbone's default).
+            batch_size: Batch size per GPU replica (0 follows the backbone's default).
             optimizer: rmsprop, adam or adamw.
             learning_rate: Initial learning rate.
             seed: Random seed of training.
+            checkpoint_dir: Where each epoch's checkpoint goes, local or gs:// ("" = inside the model folder); a restarted train step resumes from it.
+            augment: Augment training images (flip, small rotation, crop, colour).
             registry: Model registry root, a local folder or gs:// prefix.
             model_name: Name of the model in the registry.
             min_macro_f1: Lowest macro F1 that can be blessed.
@@ -127,7 +131,9 @@ def build_pipeline(platform: "Platform | None" = None):
         )
         # Converting data that failed validation would waste the rest of the run.
         convert_task.after(validate_task)
-        filter_task = filter_examples(examples=convert_task.outputs["examples"], aus=aus, policy=policy)
+        filter_task = filter_examples(
+            examples=convert_task.outputs["examples"], aus=aus, policy=policy, beam_args=beam_args
+        )
         train_task = train(
             examples=filter_task.outputs["filtered"],
             task=task,
@@ -140,6 +146,8 @@ def build_pipeline(platform: "Platform | None" = None):
             optimizer=optimizer,
             learning_rate=learning_rate,
             seed=seed,
+            checkpoint_dir=checkpoint_dir,
+            augment=augment,
         )
         evaluate_task = evaluate(
             examples=filter_task.outputs["filtered"],

@@ -145,3 +145,182 @@ def iter_examples(files: Iterable[str]):
     for f in files:
         for record in tf.data.TFRecordDataset(f):
             yield record.numpy()
+
+
+# --- TensorFlow-free encoding -------------------------------------------------------------
+# Beam workers build and read millions of examples; importing TensorFlow in each of them
+# costs seconds and hundreds of MB. The same messages, built from protobuf alone in a
+# private descriptor pool, are byte-compatible with tf.train.Example (same field numbers).
+
+_EXAMPLE_CLASS = None
+
+
+def _proto_example_class():
+    global _EXAMPLE_CLASS
+    if _EXAMPLE_CLASS is not None:
+        return _EXAMPLE_CLASS
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="contract3/example.proto", package="tensorflow", syntax="proto3")
+
+    def message(name, fields, nested=(), oneofs=()):
+        m = fdp.message_type.add(name=name)
+        for n in oneofs:
+            m.oneof_decl.add(name=n)
+        for field in fields:
+            m.field.add(**field)
+        for n in nested:
+            m.nested_type.add().CopyFrom(n)
+        return m
+
+    def repeated(type_):
+        return dict(name="value", number=1, label=F.LABEL_REPEATED, type=type_)
+
+    message("BytesList", [repeated(F.TYPE_BYTES)])
+    message("FloatList", [repeated(F.TYPE_FLOAT)])
+    message("Int64List", [repeated(F.TYPE_INT64)])
+    message(
+        "Feature",
+        [
+            dict(name=n, number=i, label=F.LABEL_OPTIONAL, type=F.TYPE_MESSAGE, type_name=f".tensorflow.{t}",
+                 oneof_index=0)
+            for i, (n, t) in enumerate(
+                [("bytes_list", "BytesList"), ("float_list", "FloatList"), ("int64_list", "Int64List")], start=1
+            )
+        ],
+        oneofs=["kind"],
+    )
+    entry = descriptor_pb2.DescriptorProto(name="FeatureEntry")
+    entry.field.add(name="key", number=1, label=F.LABEL_OPTIONAL, type=F.TYPE_STRING)
+    entry.field.add(name="value", number=2, label=F.LABEL_OPTIONAL, type=F.TYPE_MESSAGE,
+                    type_name=".tensorflow.Feature")
+    entry.options.map_entry = True
+    message(
+        "Features",
+        [dict(name="feature", number=1, label=F.LABEL_REPEATED, type=F.TYPE_MESSAGE,
+              type_name=".tensorflow.Features.FeatureEntry")],
+        nested=[entry],
+    )
+    message(
+        "Example",
+        [dict(name="features", number=1, label=F.LABEL_OPTIONAL, type=F.TYPE_MESSAGE,
+              type_name=".tensorflow.Features")],
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    _EXAMPLE_CLASS = message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
+    return _EXAMPLE_CLASS
+
+
+def encode_example(
+    encoded: bytes,
+    height: int,
+    width: int,
+    key: str,
+    au_ids: Sequence[int],
+    au: Sequence[int],
+    va: Sequence[float] | None = None,
+    image_format: str = "jpeg",
+) -> bytes:
+    """make_example(...).SerializeToString() without importing TensorFlow (what the Beam steps use)."""
+    if len(au_ids) != len(au):
+        raise ValueError(f"image {key}: {len(au_ids)} AU ids but {len(au)} AU labels")
+    example = _proto_example_class()()
+    f = example.features.feature
+    f[IMAGE_ENCODED].bytes_list.value.append(encoded)
+    f[IMAGE_FORMAT].bytes_list.value.append(image_format.encode())
+    f[IMAGE_HEIGHT].int64_list.value.append(int(height))
+    f[IMAGE_WIDTH].int64_list.value.append(int(width))
+    f[IMAGE_KEY].bytes_list.value.append(key.encode())
+    f[LABEL_AU_IDS].int64_list.value.extend(list(map(int, au_ids)))
+    f[LABEL_AU].int64_list.value.extend(list(map(int, au)))
+    if va is not None:
+        f[LABEL_VA].float_list.value.extend(list(map(float, va)))
+    return example.SerializeToString()
+
+
+def decode_example(serialized: bytes):
+    """A serialized contract-3 example as a protobuf message with tf.train.Example's fields, without TensorFlow."""
+    return _proto_example_class().FromString(serialized)
+
+
+# --- TFRecord framing ---------------------------------------------------------------------
+# Each record: uint64 length, masked crc32c of the length, the data, masked crc32c of the data
+# (little-endian), exactly what tf.io.TFRecordWriter writes; readable by tf.data.TFRecordDataset.
+
+
+def _masked_crc32c(data: bytes) -> int:
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def write_record(fileobj, data: bytes) -> int:
+    """Appends one TFRecord record to a binary file object; returns the bytes written."""
+    import struct
+
+    header = struct.pack("<Q", len(data))
+    fileobj.write(header)
+    fileobj.write(struct.pack("<I", _masked_crc32c(header)))
+    fileobj.write(data)
+    fileobj.write(struct.pack("<I", _masked_crc32c(data)))
+    return len(data) + 16
+
+
+def read_records(fileobj, name: str = "TFRecord file"):
+    """Yields the records of a TFRecord binary file object, checking both checksums of each."""
+    import struct
+
+    index = 0
+    while True:
+        header = fileobj.read(12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise ValueError(f"{name}: record {index} is truncated (the file ends inside its header)")
+        (length,) = struct.unpack("<Q", header[:8])
+        if struct.unpack("<I", header[8:])[0] != _masked_crc32c(header[:8]):
+            raise ValueError(f"{name}: record {index} has a corrupt length (checksum mismatch); is it a TFRecord file?")
+        body = fileobj.read(length + 4)
+        if len(body) < length + 4:
+            raise ValueError(f"{name}: record {index} is truncated ({len(body)} of {length + 4} bytes)")
+        data = body[:length]
+        if struct.unpack("<I", body[length:])[0] != _masked_crc32c(data):
+            raise ValueError(f"{name}: record {index} is corrupt (data checksum mismatch)")
+        yield data
+        index += 1
+
+
+def label_counts(au_rows, num_aus: int):
+    """Per-AU [positive, negative, unknown] counts of an (N, K) array of 0/1/999 labels, as an int64 (K, 3) array."""
+    import numpy as np
+
+    a = np.asarray(au_rows, dtype=np.int64).reshape(-1, num_aus)
+    return np.stack([(a == 1).sum(0), (a == 0).sum(0), (a == 999).sum(0)], axis=1).astype(np.int64)
+
+
+def summary_au_table(au_ids: Sequence[int], counts) -> dict:
+    """{"1": {"positive": .., "negative": .., "unknown": ..}, ...} from a (K, 3) count array (examples_summary.json)."""
+    return {
+        str(int(a)): {"positive": int(c[0]), "negative": int(c[1]), "unknown": int(c[2])}
+        for a, c in zip(au_ids, counts)
+    }
+
+
+def remove_stale_shards(examples_dir: str, keep: Iterable[str]) -> list[str]:
+    """Deletes the shard files of examples_dir that are not in keep (left by an earlier run); returns them."""
+    from components.common import storage
+
+    def norm(p: str) -> str:
+        return p if storage.is_gcs(p) else os.path.normpath(os.path.abspath(p))
+
+    kept = {norm(k) for k in keep}
+    removed = []
+    for split in SPLITS:
+        for f in shard_files(examples_dir, split):
+            if norm(f) not in kept and os.path.dirname(norm(f)) == norm(examples_dir).rstrip("/"):
+                storage.delete(f)
+                removed.append(f)
+    return removed

@@ -94,6 +94,11 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file 0600; give it the mode a plain open() would, so a step running
+        # as another user (another container) can still read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -200,3 +205,31 @@ def local_copy(uri: str, workdir: str) -> str:
     local = os.path.join(workdir, os.path.basename(split_gcs(uri)[1]) or "object")
     download_file(uri, local)
     return local
+
+
+REMOTE_RUNNERS = ("dataflowrunner", "flinkrunner", "sparkrunner", "portablerunner", "prismrunner")
+
+
+def runs_remotely(beam_args: str) -> bool:
+    """True when beam_args names a runner whose workers run on other machines."""
+    import shlex
+
+    args = shlex.split(beam_args or "")
+    for i, a in enumerate(args):
+        if a.startswith("--runner="):
+            name = a.split("=", 1)[1]
+        elif a == "--runner" and i + 1 < len(args):
+            name = args[i + 1]
+        else:
+            continue
+        return name.lower() in REMOTE_RUNNERS or name.lower() + "runner" in REMOTE_RUNNERS
+    return False
+
+
+def artifact_location(artifact, beam_args: str = "") -> str:
+    """Where a Beam step reads or writes a KFP artifact: its local path, or its gs:// URI when the
+    runner is remote (Dataflow workers can't see the pod's disk)."""
+    uri = getattr(artifact, "uri", "") or ""
+    if runs_remotely(beam_args) and is_gcs(uri):
+        return uri
+    return artifact.path

@@ -1,0 +1,286 @@
+"""Benchmark of the download step: images/s and peak memory against a loopback server with a fixed latency, beside img2dataset.
+
+    python benchmarks/download.py [--urls 2000] [--workers 32] [--latency 0.05]
+                                  [--img2dataset-python PATH | --no-img2dataset]
+
+A loopback server (asyncio, its own process) answers every request after `latency` seconds with
+a small JPEG, keeping connections alive. With W workers no downloader can beat W / latency
+images per second: the latency bound. The download step runs as its CLI in a subprocess (peak
+RSS from wait4); img2dataset, when it can be installed, runs on the same URL list with the same
+number of threads, in the same run, one after the other. img2dataset lives in its own virtual
+environment (never the project's): --img2dataset-python, or else one made under
+benchmarks/.cache/img2dataset/ on first use. Prints a table; asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(REPO, "benchmarks", ".cache")
+I2D_VENV = os.path.join(CACHE, "img2dataset")
+
+
+# --- the loopback server (run as `download.py --serve PORT_FILE --latency S`) -------------------
+
+def _jpeg() -> bytes:
+    from PIL import Image
+
+    im = Image.new("RGB", (64, 48), (120, 80, 200))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def serve(port_file: str, latency: float, connect_latency: float) -> None:
+    body = _jpeg()
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if connect_latency:
+                # The round trips a real new connection costs (TCP, TLS) before its first request.
+                await asyncio.sleep(connect_latency)
+            while True:
+                request = await reader.readuntil(b"\r\n\r\n")
+                if not request:
+                    break
+                await asyncio.sleep(latency)
+                writer.write(head + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+        port = server.sockets[0].getsockname()[1]
+        with open(port_file + ".tmp", "w") as f:
+            f.write(str(port))
+        os.replace(port_file + ".tmp", port_file)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def start_server(workdir: str, latency: float, connect_latency: float = 0.0) -> tuple[subprocess.Popen, int]:
+    port_file = os.path.join(workdir, "port")
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", port_file, "--latency", str(latency),
+                             "--connect-latency", str(connect_latency)])
+    deadline = time.time() + 60
+    while not os.path.exists(port_file):
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("the loopback server did not start")
+        time.sleep(0.05)
+    with open(port_file) as f:
+        return proc, int(f.read())
+
+
+# --- the runs ----------------------------------------------------------------------------------------
+
+def run_child(cmd: list[str], env=None, timeout: float = 900) -> tuple[float, int, int, str]:
+    """(wall seconds, peak RSS in MiB, exit code, output tail) of one child process."""
+    start = time.monotonic()
+    out = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    deadline = start + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.02)
+    wall = time.monotonic() - start
+    out.seek(0)
+    tail = out.read().decode(errors="replace")[-3000:]
+    code = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss // 1024, code, tail
+
+
+def bench_ours(urls: list[str], workdir: str, workers: int) -> dict:
+    import pandas as pd
+
+    from components.common.labels import image_key
+
+    mdir = os.path.join(workdir, "manifest")
+    os.makedirs(mdir, exist_ok=True)
+    pd.DataFrame({"key": [image_key(u) for u in urls], "url": urls, "row": range(2, len(urls) + 2)}).to_parquet(
+        os.path.join(mdir, "manifest.parquet"))
+    out = os.path.join(workdir, "ours")
+    # One host serves everything here, so the per-host limit is the worker count.
+    cmd = [sys.executable, "-m", "components.download", "--manifest", mdir, "--output", out, "--workers", str(workers),
+           "--per-host", str(workers), "--no-progress"]
+    wall, rss, code, tail = run_child(cmd)
+    if code != 0:
+        return {"error": f"exit {code}: {tail[-500:]}"}
+    with open(os.path.join(out, "download_summary.json")) as f:
+        summary = json.load(f)
+    return {"ok": summary["ok"], "seconds": summary["run"]["seconds"], "wall": wall, "rss": rss}
+
+
+def bench_streaming(rows: int, workdir: str, workers: int) -> dict:
+    """A large manifest whose hosts are all under .invalid: every row settles at once as `dns`, with no
+    network, so what is measured is the per-row cost and whether memory stays flat as rows grow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.common.labels import image_key
+
+    mdir = os.path.join(workdir, "manifest")
+    os.makedirs(mdir, exist_ok=True)
+    writer = None
+    for start in range(0, rows, 100_000):
+        urls = [f"http://h{i % 997}.bench.invalid/{i}.jpg" for i in range(start, min(rows, start + 100_000))]
+        t = pa.table({"key": [image_key(u) for u in urls], "url": urls})
+        writer = writer or pq.ParquetWriter(os.path.join(mdir, "manifest.parquet"), t.schema)
+        writer.write_table(t)
+    writer.close()
+    out = os.path.join(workdir, "out")
+    # One attempt each: the rows settle as fast as the step can plan, journal and compact them.
+    cmd = [sys.executable, "-m", "components.download", "--manifest", mdir, "--output", out, "--workers", str(workers),
+           "--max-attempts", "1", "--no-progress"]
+    wall, rss, code, tail = run_child(cmd)
+    if code != 0:
+        return {"error": f"exit {code}: {tail[-500:]}"}
+    with open(os.path.join(out, "download_summary.json")) as f:
+        summary = json.load(f)
+    return {"ok": summary["total"], "seconds": summary["run"]["seconds"], "wall": wall, "rss": rss}
+
+
+def find_img2dataset(python: str | None, install: bool) -> tuple[str | None, str]:
+    """(python of a venv with img2dataset, or None; why not)."""
+    if python:
+        ok = subprocess.run([python, "-c", "import img2dataset"], capture_output=True, timeout=300).returncode == 0
+        return (python, "") if ok else (None, f"{python} cannot import img2dataset")
+    venv_python = os.path.join(I2D_VENV, "bin", "python")
+    if os.path.exists(venv_python):
+        return find_img2dataset(venv_python, False)
+    if not install:
+        return None, "not installed (pass --img2dataset-python, or drop --no-img2dataset to install it)"
+    print(f"installing img2dataset into {I2D_VENV} (once) ...", file=sys.stderr, flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", I2D_VENV], check=True, capture_output=True, timeout=300)
+        r = subprocess.run([venv_python, "-m", "pip", "install", "--quiet", "img2dataset"], capture_output=True,
+                           text=True, timeout=900)
+    except (subprocess.SubprocessError, OSError) as e:
+        shutil.rmtree(I2D_VENV, ignore_errors=True)
+        return None, f"could not be installed: {e}"
+    if r.returncode != 0:
+        shutil.rmtree(I2D_VENV, ignore_errors=True)
+        return None, f"could not be installed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}"
+    return find_img2dataset(venv_python, False)
+
+
+def bench_img2dataset(python: str, urls: list[str], workdir: str, workers: int) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    url_file = os.path.join(workdir, "urls.txt")
+    with open(url_file, "w") as f:
+        f.write("\n".join(urls) + "\n")
+    out = os.path.join(workdir, "img2dataset")
+    cmd = [
+        python, "-m", "img2dataset.main", "--url_list", url_file, "--input_format", "txt", "--output_folder", out,
+        "--output_format", "files", "--processes_count", "1", "--thread_count", str(workers),
+        "--resize_mode", "no", "--disable_all_reencoding", "True", "--retries", "0", "--timeout", "10",
+        "--enable_wandb", "False", "--number_sample_per_shard", str(len(urls) + 1), "--distributor", "multiprocessing",
+    ]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env.pop("PYTHONPATH", None)
+    wall, rss, code, tail = run_child(cmd, env=env)
+    stats = []
+    for path in glob.glob(os.path.join(out, "*_stats.json")):
+        with open(path) as f:
+            stats.append(json.load(f))
+    if code != 0 or not stats:
+        return {"error": f"exit {code}: {tail[-500:]}"}
+    seconds = max(s["end_time"] for s in stats) - min(s["start_time"] for s in stats)
+    # Its parent and its shard worker are two processes: ru_maxrss is the larger of them.
+    return {"ok": sum(s["successes"] for s in stats), "seconds": seconds, "wall": wall, "rss": rss}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--urls", type=int, default=2000, help="URLs in the list.")
+    p.add_argument("--workers", type=int, default=32, help="Workers (and img2dataset threads).")
+    p.add_argument("--latency", type=float, default=0.05, help="Seconds the server waits before each answer.")
+    p.add_argument("--connect-latency", type=float, default=0.0,
+                   help="Extra seconds before the first answer on each new connection (a real connection's "
+                   "TCP and TLS round trips; loopback has none). 0 = the plain per-request latency model.")
+    p.add_argument("--img2dataset-python", default=None, help="Python of a virtual environment with img2dataset.")
+    p.add_argument("--no-img2dataset", action="store_true", help="Skip img2dataset (and do not install it).")
+    p.add_argument("--streaming-rows", type=int, default=0,
+                   help="Also settle a manifest of this many rows on .invalid hosts (no network): peak memory "
+                   "against manifest size. 0 = skip.")
+    p.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.latency, args.connect_latency)
+        return 0
+    sys.path.insert(0, REPO)
+
+    bound = args.workers / args.latency
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:
+        server, port = start_server(tmp, args.latency, args.connect_latency)
+        try:
+            # Distinct paths, so nothing can be served from a cache.
+            urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(args.urls)]
+            ours = bench_ours(urls, os.path.join(tmp, "a"), args.workers)
+            rows.append(("download step (this repo)", ours))
+            if args.no_img2dataset:
+                rows.append(("img2dataset", {"error": "skipped (--no-img2dataset)"}))
+            else:
+                python, why = find_img2dataset(args.img2dataset_python, install=True)
+                if python is None:
+                    rows.append(("img2dataset", {"error": why}))
+                else:
+                    rows.append(("img2dataset", bench_img2dataset(python, urls, os.path.join(tmp, "b"), args.workers)))
+        finally:
+            server.kill()
+            server.wait()
+
+    setup = f" + {args.connect_latency * 1000:g} ms per new connection" if args.connect_latency else ""
+    print(f"\n{args.urls} URLs, {args.workers} workers, {args.latency * 1000:g} ms per request{setup}, "
+          f"{os.cpu_count()} CPU cores; latency bound = workers / latency = {bound:.0f} images/s")
+    print(f"{'downloader':<28} {'ok':>6} {'seconds':>8} {'images/s':>9} {'of bound':>9} {'wall s':>7} {'peak RSS MiB':>13}")
+    rates = {}
+    for name, r in rows:
+        if "error" in r:
+            print(f"{name:<28} {r['error']}")
+            continue
+        rate = r["ok"] / r["seconds"] if r["seconds"] > 0 else 0.0
+        rates[name] = rate
+        print(f"{name:<28} {r['ok']:>6} {r['seconds']:>8.2f} {rate:>9.1f} {rate / bound:>8.0%} {r['wall']:>7.1f} {r['rss']:>13}")
+    if len(rates) == 2:
+        a, b = rates.values()
+        print(f"speed-up over img2dataset: {a / b:.2f}x" if b else "img2dataset fetched nothing")
+    if args.streaming_rows:
+        with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:
+            r = bench_streaming(args.streaming_rows, tmp, args.workers)
+        print(f"\nstreaming: {args.streaming_rows} manifest rows, all on .invalid hosts (settled as dns at the first attempt, no network)")
+        if "error" in r:
+            print(r["error"])
+        else:
+            print(f"{'rows settled':>13} {'seconds':>8} {'rows/s':>9} {'wall s':>7} {'peak RSS MiB':>13}")
+            print(f"{r['ok']:>13} {r['seconds']:>8.2f} {r['ok'] / r['seconds']:>9.0f} {r['wall']:>7.1f} {r['rss']:>13}")
+    print("seconds: from the first request to the last result, without interpreter start-up "
+          "(ours: download_summary.json run.seconds; img2dataset: its shard stats); wall s: the whole process.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

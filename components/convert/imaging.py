@@ -1,0 +1,100 @@
+"""Turns the bytes of one downloaded image into the RGB JPEG of contract 3 (Pillow only, no TensorFlow)."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from pipeline import defaults
+
+# What happened to an image; each is a counter of the convert step.
+PASSED_THROUGH = "passed_through"  # RGB JPEG kept byte for byte
+REENCODED = "reencoded"  # another format or colour mode, made RGB JPEG
+RESIZED = "resized"  # shrunk to max_side (and so re-encoded)
+
+# Formats whose bytes are a baseline/progressive JPEG stream that TensorFlow decodes as is
+# (MPO is a camera JPEG with extra pictures appended after the first).
+_JPEG_FORMATS = ("JPEG", "MPO")
+WHITE = (255, 255, 255)
+
+
+class UndecodableImage(ValueError):
+    """The bytes are not an image Pillow can decode completely (truncated, corrupt, unknown format)."""
+
+
+@dataclass(frozen=True)
+class ConvertedImage:
+    jpeg: bytes
+    width: int
+    height: int
+    outcome: str  # PASSED_THROUGH, REENCODED or RESIZED
+    source_format: str  # Pillow's name of the format read: JPEG PNG GIF WEBP BMP ...
+
+
+def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) with the longest side shrunk to max_side, aspect kept; unchanged if it fits or max_side is 0."""
+    longest = max(width, height)
+    if max_side <= 0 or longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _to_rgb(im):
+    """Any Pillow mode as RGB; transparency is composited on white (faces on a transparent background)."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGB", rgba.size, WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale: a plain convert would clip everything above 255 to white.
+        import numpy as np
+
+        a = np.asarray(im).astype(np.float64)
+        peak = 65535.0 if a.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(a * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min(initial=0)), float(a.max(initial=0))
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else a * 0
+        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
+def to_rgb_jpeg(data: bytes, max_side: int = 0, quality: int = defaults.CONVERT_JPEG_QUALITY) -> ConvertedImage:
+    """The image as RGB JPEG: an RGB JPEG that needs no resize is passed through byte for byte; anything else
+    (PNG, GIF's first frame, WebP, BMP, CMYK, palette, grayscale, alpha) is decoded, made RGB and encoded.
+
+    Every image is fully decoded, so a truncated or corrupt file raises UndecodableImage here rather
+    than failing a training run later. max_side > 0 shrinks the longest side to it (never enlarges).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            source_format = im.format or "unknown"
+            width, height = im.size
+            size = target_size(width, height, max_side)
+            pass_through = source_format in _JPEG_FORMATS and im.mode == "RGB" and size == (width, height)
+            if source_format in _JPEG_FORMATS and size != (width, height):
+                # DCT scaling: decode big JPEGs at 1/2, 1/4 or 1/8 of their size when the target allows.
+                im.draft(im.mode if im.mode in ("RGB", "L") else None, size)
+            im.seek(0)  # GIF, WebP, MPO: the first frame
+            im.load()  # the full decode; raises on truncated or corrupt data
+            if pass_through:
+                return ConvertedImage(bytes(data), width, height, PASSED_THROUGH, source_format)
+            rgb = _to_rgb(im)
+            if rgb.size != size:
+                rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            outcome = RESIZED if size != (width, height) else REENCODED
+            out = io.BytesIO()
+            rgb.save(out, format="JPEG", quality=quality)
+            return ConvertedImage(out.getvalue(), size[0], size[1], outcome, source_format)
+    except UndecodableImage:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad data; each one means "cannot decode"
+        raise UndecodableImage(f"{type(e).__name__}: {e}") from e

@@ -1,0 +1,318 @@
+"""The convert step: manifest + ledger + images -> train/validation/test TFRecord shards and examples_summary.json."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from components.common import examples, labels, storage
+from pipeline import defaults
+
+_LOG = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.parquet"
+LEDGER_FILE = "ledger.parquet"
+IMAGES_DIR = "images"
+# Work list, parts and statistics of a run in progress; removed when the run ends.
+STAGING_DIR = ".convert-staging"
+# download writes images/<key>.<ext> with ext from the magic bytes; the ledger's format names it.
+EXTENSIONS = ("jpg", "png", "gif", "bmp", "webp")
+_EXTENSION_OF_FORMAT = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "gif": "gif", "bmp": "bmp", "webp": "webp"}
+# Used for shard sizing when the ledger has no byte count for an image.
+_ASSUMED_IMAGE_BYTES = 64 * 1024
+
+
+@dataclass
+class WorkList:
+    """The images to convert, one row each, in NumPy arrays (a few hundred bytes an image, no object per row)."""
+
+    keys: np.ndarray  # bytes keys (S20)
+    ext: np.ndarray  # int8 index into EXTENSIONS
+    split: np.ndarray  # int8 index into examples.SPLITS
+    au: np.ndarray  # (N, 60) int16: 0, 1, 999
+    va: np.ndarray  # (N, 2) float32, NaN where the manifest has none
+    size: np.ndarray  # int64 bytes of the downloaded image (for shard sizing)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, index) -> "WorkList":
+        return WorkList(*(getattr(self, f)[index] for f in ("keys", "ext", "split", "au", "va", "size")))
+
+
+def resolve_manifest(manifest: str) -> str:
+    """The manifest.parquet of a manifest folder, or the file itself when given."""
+    path = manifest if manifest.endswith(".parquet") else storage.join(manifest, MANIFEST_FILE)
+    if not storage.exists(path):
+        raise FileNotFoundError(
+            f"manifest {path} does not exist: pass the folder written by ingest (with {MANIFEST_FILE}) or the file"
+        )
+    return path
+
+
+def _read_table(uri: str, wanted, required, what: str):
+    """The columns of a Parquet file that exist among `wanted`; ValueError naming the file if `required` lack."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = storage.local_copy(uri, tmp)
+        try:
+            names = pq.read_schema(local).names
+            missing = [c for c in required if c not in names]
+            if missing:
+                shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+                raise ValueError(f"{what} {uri} lacks the columns {shown}")
+            return pq.read_table(local, columns=[c for c in wanted if c in names])
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pyarrow's errors name neither the file nor the fix
+            raise ValueError(f"{what} {uri} cannot be read as Parquet ({type(e).__name__}: {e})") from e
+
+
+def _column(table, name: str, dtype, fill=None) -> np.ndarray:
+    column = table[name]
+    if column.null_count and fill is not None:
+        import pyarrow.compute as pc
+
+        column = pc.fill_null(column, fill)
+    return np.asarray(column.to_numpy(), dtype=dtype)
+
+
+def read_manifest(manifest: str):
+    """(keys, au (N, 60) int16, va (N, 2) float32 or None) of the manifest, checked against contract 1."""
+    path = resolve_manifest(manifest)
+    wanted = ("key",) + labels.AU_COLUMNS + ("row",) + labels.VA_COLUMNS
+    try:
+        table = _read_table(path, wanted, ("key",) + labels.AU_COLUMNS, "manifest")
+    except ValueError as e:
+        raise ValueError(f"{e}: expected key, url, AU1..AU60, row (contract 1); rerun ingest") from None
+    keys = np.array(table["key"].to_pylist(), dtype=bytes)
+    rows = _column(table, "row", np.int64) if "row" in table.column_names else np.arange(1, len(keys) + 1)
+    au = np.empty((len(keys), len(labels.AU_COLUMNS)), np.int16)
+    for j, name in enumerate(labels.AU_COLUMNS):
+        # A missing label reads as -1, which the check below reports with its row.
+        values = _column(table, name, np.int64, fill=-1)
+        bad = ~np.isin(values, labels.VALID_LABELS)
+        if bad.any():
+            i = int(bad.argmax())
+            raise ValueError(
+                f"manifest {path}, row {int(rows[i])} (key {keys[i].decode()}): {name} is "
+                f"{'missing' if values[i] == -1 else int(values[i])}; expected 0, 1 or 999 (contract 1); rerun ingest"
+            )
+        au[:, j] = values
+    va = None
+    if all(c in table.column_names for c in labels.VA_COLUMNS):
+        va = np.stack([_column(table, c, np.float32, fill=float("nan")) for c in labels.VA_COLUMNS], axis=1)
+    del table
+    _, first = np.unique(keys, return_index=True)
+    if len(first) < len(keys):
+        dup = np.setdiff1d(np.arange(len(keys)), first)[0]
+        _LOG.warning("manifest %s: key %s appears more than once (row %d); the first row is used",
+                     path, keys[dup].decode(), rows[dup])
+        first.sort()
+        keys, au, va = keys[first], au[first], (va[first] if va is not None else None)
+    return keys, au, va
+
+
+def read_ledger(downloads_dir: str):
+    """(keys, ext index, bytes) of the ledger's images with status ok, checked against contract 2."""
+    path = storage.join(downloads_dir, LEDGER_FILE)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: pass the folder written by download (--downloads)")
+    try:
+        table = _read_table(path, ("key", "status", "format", "bytes"), ("key", "status"), "ledger")
+    except ValueError as e:
+        raise ValueError(f"{e}: expected contract 2 as written by download; rerun download") from None
+    import pyarrow.compute as pc
+
+    table = table.filter(pc.equal(table["status"], "ok"))
+    keys = np.array(table["key"].to_pylist(), dtype=bytes)
+    if "format" in table.column_names:
+        lookup = {f: EXTENSIONS.index(e) for f, e in _EXTENSION_OF_FORMAT.items()}
+        ext = np.array([lookup.get(str(f or "").lower().lstrip("."), 0) for f in table["format"].to_pylist()],
+                       np.int8)
+    else:
+        ext = np.zeros(len(keys), np.int8)  # jpg; a missing file is looked for under every extension
+    size = (_column(table, "bytes", np.int64, fill=_ASSUMED_IMAGE_BYTES) if "bytes" in table.column_names
+            else np.full(len(keys), _ASSUMED_IMAGE_BYTES, np.int64))
+    # One row a key; should a ledger repeat one, its last row is the latest attempt.
+    _, last = np.unique(keys[::-1], return_index=True)
+    last = np.sort(len(keys) - 1 - last)
+    return keys[last], ext[last], size[last]
+
+
+def build_work_list(manifest, ledger, validation_fraction: float, test_fraction: float):
+    """The manifest rows whose ledger status is ok, each with its split; returns (WorkList, counters)."""
+    keys, au, va = manifest
+    ok_keys, ok_ext, ok_size = ledger
+    order = np.argsort(ok_keys, kind="stable")
+    pos = np.clip(np.searchsorted(ok_keys[order], keys), 0, max(len(ok_keys) - 1, 0))
+    found = (ok_keys[order][pos] == keys) if len(ok_keys) else np.zeros(len(keys), bool)
+    at = order[pos[found]]
+    split_index = {s: i for i, s in enumerate(examples.SPLITS)}
+    work = WorkList(
+        keys=keys[found],
+        ext=ok_ext[at],
+        split=np.array([split_index[examples.split_for_key(k.decode(), validation_fraction, test_fraction)]
+                        for k in keys[found]], np.int8),
+        au=au[found],
+        va=va[found] if va is not None else np.full((int(found.sum()), 2), np.nan, np.float32),
+        size=ok_size[at],
+    )
+    counters = {
+        "manifest_rows": int(len(keys)),
+        "downloaded_ok": int(len(work)),
+        "not_downloaded": int(len(keys) - len(work)),
+        "ledger_ok_not_in_manifest": int(len(ok_keys) - len(work)),
+    }
+    return work, counters
+
+
+def make_plan(work: WorkList, shard_bytes: int = defaults.CONVERT_SHARD_BYTES,
+              part_bytes: int = defaults.CONVERT_PART_BYTES, min_parts: int = defaults.CONVERT_MIN_PARTS) -> dict:
+    """{split: {"shards", "parts", "examples", "bytes"}} for each split with images.
+
+    Shards hold about shard_bytes each (at least one per non-empty split). Each shard is cut
+    into parts of at most part_bytes, and the run into at least min_parts parts in all, so the
+    work spreads over every core even when the data makes a single shard per split.
+    """
+    plan = {}
+    for index, split in enumerate(examples.SPLITS):
+        rows = work.split == index
+        count = int(rows.sum())
+        if not count:
+            continue
+        size = int(work.size[rows].sum())
+        shards = max(1, math.ceil(size / shard_bytes))
+        parts = max(1, math.ceil(size / shards / part_bytes), math.ceil(min_parts * count / len(work) / shards))
+        plan[split] = {"shards": shards, "parts": int(parts), "examples": count, "bytes": size}
+    return plan
+
+
+def slot_for_key(key: str, shards: int, parts: int) -> tuple[int, int]:
+    """(shard, part) of an image inside its split, from its key's hash (stable across runs and machines)."""
+    h = int(hashlib.sha256(("shard:" + key).encode()).hexdigest()[:15], 16)
+    return h % shards, (h // shards) % parts
+
+
+def assign_parts(work: WorkList, plan: dict):
+    """(work sorted by split, shard, part and key — the order of the shards; shard array; part array)."""
+    slots = np.array([slot_for_key(k.decode(), plan[examples.SPLITS[s]]["shards"], plan[examples.SPLITS[s]]["parts"])
+                      for k, s in zip(work.keys, work.split)], np.int64).reshape(-1, 2)
+    order = np.lexsort((work.keys, slots[:, 1], slots[:, 0], work.split))
+    return work.take(order), slots[order, 0], slots[order, 1]
+
+
+def write_work_list(work: WorkList, shard, part, uri: str, images_dir: str) -> list[dict]:
+    """Writes the work list (one Parquet row group per part) and returns the parts, each naming its row group."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    au = np.ascontiguousarray(work.au)
+    table = pa.table({
+        "key": pa.array(work.keys.astype(str)),
+        "ext": pa.array(np.array(EXTENSIONS)[work.ext]),
+        "au": pa.FixedSizeBinaryArray.from_buffers(pa.binary(au.shape[1] * 2), len(work),
+                                                   [None, pa.py_buffer(au.tobytes())]),
+        "valence": pa.array(work.va[:, 0], pa.float32()),
+        "arousal": pa.array(work.va[:, 1], pa.float32()),
+    })
+    group = (work.split.astype(np.int64) << 48) | (shard << 24) | part
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(work) else np.array([], np.int64)
+    ends = np.r_[starts[1:], len(work)]
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "worklist.parquet")
+        with pq.ParquetWriter(local, table.schema) as writer:
+            for start, end in zip(starts, ends):
+                writer.write_table(table.slice(start, end - start), row_group_size=int(end - start))
+                parts.append({"split": examples.SPLITS[work.split[start]], "shard": int(shard[start]),
+                              "part": int(part[start]), "work_list": uri, "row_group": len(parts),
+                              "images_dir": images_dir, "examples": int(end - start)})
+        storage.upload_file(local, uri)
+    return parts
+
+
+def _absolute(uri: str) -> str:
+    return uri if storage.is_gcs(uri) else os.path.abspath(uri)
+
+
+def run(
+    manifest_dir: str,
+    downloads_dir: str,
+    output_dir: str,
+    validation_fraction: float = defaults.CONVERT_VALIDATION_FRACTION,
+    test_fraction: float = defaults.CONVERT_TEST_FRACTION,
+    max_side: int = defaults.CONVERT_MAX_SIDE,
+    beam_args: str = defaults.CONVERT_BEAM_ARGS,
+    shard_bytes: int = defaults.CONVERT_SHARD_BYTES,
+    part_bytes: int = defaults.CONVERT_PART_BYTES,
+    min_parts: int = defaults.CONVERT_MIN_PARTS,
+) -> dict:
+    """Converts every downloaded image of the manifest to contract-3 examples in output_dir; returns the summary.
+
+    Undecodable or missing images are counted and skipped. examples_summary.json is written
+    last: a folder without it is a run that did not finish.
+    """
+    examples.split_for_key("", validation_fraction, test_fraction)  # checks the fractions up front
+    if int(max_side) < 0:
+        raise ValueError(f"max_side is {max_side}; expected 0 (keep the size) or a positive number of pixels")
+    manifest_dir, downloads_dir, output_dir = map(_absolute, (manifest_dir, downloads_dir, output_dir))
+    from components.convert import transforms
+
+    options = transforms.pipeline_options(beam_args)  # bad beam_args fail here, before any work
+
+    manifest = read_manifest(manifest_dir)
+    has_va = manifest[2] is not None
+    work, counters = build_work_list(manifest, read_ledger(downloads_dir), validation_fraction, test_fraction)
+    del manifest
+    plan = make_plan(work, shard_bytes, part_bytes, min_parts)
+    has_va = has_va and bool((~np.isnan(work.va).any(axis=1)).any())
+    au_ids = list(labels.ALL_AU_IDS)
+
+    staging = storage.join(output_dir, STAGING_DIR)
+    storage.delete(storage.join(output_dir, examples.SUMMARY_FILE))  # the folder is being rewritten
+    storage.delete(staging)
+    stats = transforms.empty_stats()
+    if plan:
+        _LOG.info("converting %d images: %s", len(work), plan)
+        parts = write_work_list(*assign_parts(work, plan), storage.join(staging, "worklist.parquet"),
+                                storage.join(downloads_dir, IMAGES_DIR))
+        del work  # from here on the pipeline holds a few parts per core, whatever the dataset size
+        stats = _run_pipeline(parts, plan, au_ids, output_dir, staging, int(max_side), options)
+    else:
+        _LOG.warning("no downloaded image of the manifest to convert; the examples are empty")
+
+    summary = transforms.write_summary(output_dir, au_ids, stats, plan, has_va=has_va, policy=None,
+                                       counters={**counters, **stats["counters"]},
+                                       parameters={"validation_fraction": validation_fraction,
+                                                   "test_fraction": test_fraction, "max_side": int(max_side)})
+    storage.delete(staging)
+    return summary
+
+
+def _run_pipeline(parts, plan, au_ids, output_dir, staging, max_side, options) -> dict:
+    import apache_beam as beam
+
+    from components.convert import transforms
+
+    stats_path = storage.join(staging, "stats.json")
+    pipeline = beam.Pipeline(options=options)
+    _ = (
+        pipeline
+        | "Parts" >> beam.Create(parts)
+        | "ImagesToTFRecords" >> transforms.ImagesToTFRecords(
+            output_dir, storage.join(staging, "parts"), plan, au_ids, max_side,
+            processes=transforms.local_processes(options))
+        | "WriteStats" >> beam.Map(transforms.write_stats, stats_path)
+    )
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if str(state) not in ("DONE", "PipelineState.DONE"):
+        raise RuntimeError(f"the convert pipeline ended in state {state}; see the runner's log")
+    return transforms.read_stats(stats_path)

@@ -1,0 +1,339 @@
+"""The Beam side of contract 3: the convert PTransform (images to TFRecord shards), runner options and the
+shard statistics that convert and filter both merge into examples_summary.json.
+
+Image bytes never pass through a shuffle, and the runner never holds a row per image: the
+driver cuts the work list into parts (a Parquet row group each); a worker converts a part and
+streams its examples to the part's own file, and the parts of a shard are concatenated into
+it at the end (a TFRecord file is a plain sequence of records). Memory stays the same
+whatever the dataset size: one part's labels and one image per process.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shlex
+import sys
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms.window import GlobalWindows
+
+from components.common import examples
+from components.convert import parts
+
+NAMESPACE = "convert"
+
+_COPY_CHUNK = 8 * 1024 * 1024
+_UNCOMPRESSED = CompressionTypes.UNCOMPRESSED
+
+
+def local_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU limit (cgroup v2 cpu.max)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        # A pod limited to 4 CPUs on a 64-core node still sees 64 in its affinity.
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def pipeline_options(beam_args: str = "") -> PipelineOptions:
+    """PipelineOptions from a beam_args string; with no --runner, Beam's local FnApiRunner.
+
+    The runner is always named: Beam 2.72's DirectRunner first tries to download and start
+    the Prism runner, which hangs or fails without a network. FnApiRunner is the
+    DirectRunner's own batch engine. Locally it runs in_memory and the heavy stage spreads
+    over every core itself (see local_processes). Flags in beam_args win over these defaults.
+    """
+    try:
+        argv = shlex.split(beam_args or "")
+    except ValueError as e:
+        raise ValueError(f"beam_args {beam_args!r} cannot be split into flags: {e}") from None
+    for flag in argv:
+        if not flag.startswith("--"):
+            raise ValueError(
+                f"beam_args {beam_args!r}: {flag!r} is not a --flag; expected e.g. "
+                '"--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"'
+            )
+    if not PipelineOptions(argv).view_as(StandardOptions).runner:
+        argv = ["--runner=FnApiRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"] + argv
+    return PipelineOptions(argv)
+
+
+class ConvertOptions(PipelineOptions):
+    """The convert step's own Beam option (given in beam_args like any other)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--convert_processes", type=int, default=0,
+            help="Local processes that convert images at once; 0: every core on the local in_memory runner, "
+                 "1 on any runner that has workers of its own.")
+
+
+def local_processes(options: PipelineOptions) -> int:
+    """Processes each worker converts with: --convert_processes, else every core for the local in_memory runner."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    chosen = options.view_as(ConvertOptions).convert_processes
+    if chosen and chosen > 0:
+        return int(chosen)
+    runner = str(options.view_as(StandardOptions).runner or "")
+    direct = options.view_as(DirectOptions)
+    if runner.split(".")[-1] in ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner") and (
+        direct.direct_running_mode in (None, "in_memory") and (direct.direct_num_workers or 1) == 1
+    ):
+        return local_cores()
+    return 1
+
+
+# --- statistics -------------------------------------------------------------------------------
+# One dict shape for a part, a shard and the whole run:
+# {"splits": {split: {"examples": n, "au": [[pos, neg, unk], ...]}}, "counters": {name: n},
+#  "shards": [[split, index, path, examples], ...]}
+
+
+def empty_stats() -> dict:
+    return {"splits": {}, "counters": {}, "shards": []}
+
+
+def add_stats(total: dict, other: dict) -> dict:
+    """Adds other into total (in place) and returns total."""
+    for split, s in other["splits"].items():
+        t = total["splits"].setdefault(split, {"examples": 0, "au": None})
+        t["examples"] += s["examples"]
+        t["au"] = s["au"] if t["au"] is None else (np.asarray(t["au"]) + np.asarray(s["au"])).tolist()
+    for name, n in other["counters"].items():
+        total["counters"][name] = total["counters"].get(name, 0) + n
+    total["shards"].extend(other["shards"])
+    return total
+
+
+class MergeStats(beam.CombineFn):
+    """Sums the statistics of parts or shards into those of the run."""
+
+    def create_accumulator(self):
+        return empty_stats()
+
+    def add_input(self, acc, stats):
+        return add_stats(acc, stats)
+
+    def merge_accumulators(self, accs):
+        total = empty_stats()
+        for a in accs:
+            add_stats(total, a)
+        return total
+
+    def extract_output(self, acc):
+        acc["shards"].sort()
+        return acc
+
+
+def write_stats(stats: dict, path: str) -> str:
+    import json
+
+    with FileSystems.create(path, mime_type="application/json", compression_type=_UNCOMPRESSED) as f:
+        f.write(json.dumps(stats).encode())
+    return path
+
+
+def read_stats(path: str) -> dict:
+    import json
+
+    with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
+        return json.loads(f.read().decode())
+
+
+def write_summary(output_dir: str, au_ids, stats: dict, plan: dict, has_va: bool, policy, counters: dict,
+                  parameters: dict) -> dict:
+    """Drops the shards of splits left empty and those of earlier runs, then writes examples_summary.json (last)."""
+    from components.common import storage
+
+    splits = {}
+    written = set()
+    for split in examples.SPLITS:
+        s = stats["splits"].get(split, {"examples": 0, "au": [[0, 0, 0]] * len(au_ids)})
+        files = [sh[2] for sh in stats["shards"] if sh[0] == split]
+        shards = plan.get(split, {}).get("shards", 0)
+        if s["examples"] == 0:
+            for f in files:  # an empty split has no shards
+                storage.delete(f)
+            files, shards = [], 0
+        for index in range(shards):
+            # A shard no image hashed to (a few huge images) still exists, empty, so -of-N holds.
+            name = storage.join(output_dir, examples.shard_name(split, index, shards))
+            if not any(os.path.basename(f) == os.path.basename(name) for f in files):
+                storage.write_bytes(name, b"")
+                files.append(name)
+        written.update(files)
+        splits[split] = {"examples": int(s["examples"]), "shards": int(shards),
+                         "au": examples.summary_au_table(au_ids, s["au"])}
+    examples.remove_stale_shards(output_dir, written)
+    summary = {
+        "au_ids": [int(a) for a in au_ids],
+        "policy": policy,
+        "has_va": bool(has_va),
+        "splits": splits,
+        "counters": {k: int(v) for k, v in sorted(counters.items())},
+        "parameters": parameters,
+    }
+    examples.write_summary(output_dir, summary)
+    return summary
+
+
+# --- convert ----------------------------------------------------------------------------------
+
+
+def read_part_items(part: dict) -> list[dict]:
+    """The work items of a part: inline in part["items"], or its row group of the work list (sorted by key)."""
+    if "items" in part:
+        return sorted(part["items"], key=lambda it: it["key"])
+    import pyarrow.parquet as pq
+
+    path = part["work_list"]
+    source = path if "://" not in path else FileSystems.open(path, compression_type=_UNCOMPRESSED)
+    columns = pq.ParquetFile(source).read_row_group(part["row_group"]).to_pydict()
+    images_dir = part["images_dir"]
+    return [
+        {"key": key, "path": FileSystems.join(images_dir, f"{key}.{ext}"), "au": au,
+         "va": None if v is None or a is None or v != v or a != a else [v, a]}
+        for key, ext, au, v, a in zip(columns["key"], columns["ext"], columns["au"], columns["valence"],
+                                      columns["arousal"])
+    ]
+
+
+class _ConvertPartFn(beam.DoFn):
+    """Converts the images of one part and streams their examples to the part's own file.
+
+    processes > 1 converts the parts of a bundle in that many local processes at once. It is
+    how a local run uses every core: Beam's multi_processing mode starts one SDK worker per
+    core, and each spends seconds importing Beam (more than the whole demo set takes), while a
+    forked process starts in milliseconds. On a distributed runner it stays 1: the runner
+    already runs one worker per core.
+    """
+
+    def __init__(self, staging_dir: str, au_ids, max_side: int, processes: int = 1):
+        self._staging_dir = staging_dir
+        self._au_ids = [int(a) for a in au_ids]
+        self._max_side = int(max_side)
+        self._processes = int(processes)
+        self._counters = {name: Metrics.counter(NAMESPACE, name) for name in parts.COUNTERS}
+        self._pool = None
+        self._pending = []
+
+    def setup(self):
+        if self._processes > 1 and "tensorflow" in sys.modules:
+            # TensorFlow's thread pools would be copied half-alive into forked children; the step
+            # itself never imports it, so only a caller that did (a notebook, a test run) gets here.
+            logging.getLogger(__name__).warning(
+                "TensorFlow is loaded in this process: converting in this process instead of %d forked ones",
+                self._processes)
+            self._processes = 1
+        if self._processes > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork: the children start in milliseconds with Pillow and protobuf loaded and run only
+            # parts.convert_part (no Beam, gRPC or TensorFlow). Spawn and forkserver would re-import
+            # the caller's __main__ script in each child, which breaks scripts without a main guard.
+            # Freezing the collector keeps it from touching (and so copying) every inherited page.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            gc.freeze()
+            self._pool = ProcessPoolExecutor(self._processes, mp_context=context)
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            gc.unfreeze()
+
+    def start_bundle(self):
+        self._pending = []
+
+    def process(self, part):
+        task = {
+            "split": part["split"], "shard": part["shard"], "part": part["part"],
+            "path": FileSystems.join(
+                self._staging_dir, f"{part['split']}-{part['shard']:05d}-part-{part['part']:05d}.tfrecord"),
+            "items": read_part_items(part),
+            "au_ids": self._au_ids, "max_side": self._max_side,
+        }
+        if self._pool is None:
+            yield self._count(parts.convert_part(task))
+            return
+        self._pending.append(self._pool.submit(parts.convert_part, task))
+        # Two parts a process in flight keep every core busy and memory bounded.
+        while len(self._pending) > 2 * self._processes:
+            yield self._count(self._pending.pop(0).result())
+
+    def finish_bundle(self):
+        pending, self._pending = self._pending, []
+        for future in pending:
+            yield GlobalWindows.windowed_value(self._count(future.result()))
+
+    def _count(self, result: dict) -> dict:
+        for name, n in result["stats"]["counters"].items():
+            self._counters[name].inc(n)
+        return result
+
+
+class _ConcatenateShardFn(beam.DoFn):
+    """Makes a shard of its parts (in part order) and deletes the parts."""
+
+    def __init__(self, output_dir: str, plan: dict):
+        self._output_dir = output_dir
+        self._plan = plan
+
+    def process(self, element):
+        (split, shard), pieces = element
+        pieces = sorted(pieces, key=lambda p: p["part"])
+        final = FileSystems.join(self._output_dir, examples.shard_name(split, shard, self._plan[split]["shards"]))
+        paths = [p["path"] for p in pieces]
+        if len(paths) == 1:
+            FileSystems.rename(paths, [final])
+        else:
+            with FileSystems.create(final, compression_type=_UNCOMPRESSED) as out:
+                for path in paths:
+                    with FileSystems.open(path, compression_type=_UNCOMPRESSED) as f:
+                        while chunk := f.read(_COPY_CHUNK):
+                            out.write(chunk)
+            FileSystems.delete(paths)
+        stats = empty_stats()
+        for p in pieces:
+            add_stats(stats, p["stats"])
+        stats["shards"] = [[split, shard, final, stats["splits"][split]["examples"]]]
+        yield stats
+
+
+@beam.ptransform_fn
+def ImagesToTFRecords(parts_of_work, output_dir: str, staging_dir: str, plan: dict, au_ids, max_side: int = 0,
+                      processes: int = 1):  # noqa: N802 - Beam names transforms in CamelCase
+    """Parts of the work -> contract-3 TFRecord shards in output_dir; returns a PCollection of one statistics dict.
+
+    Each part is {"split", "shard", "part"} and either "items" (a list of {"key", "path"
+    (images/<key>.<ext>), "au" (int16 bytes, one per au_id), "va" ([valence, arousal] or
+    None)}) or "work_list", "row_group", "images_dir" (logic.write_work_list). plan: {split:
+    {"shards": n}} for every split with images. Undecodable and missing images are counted
+    and skipped. processes: local processes converting parts at once (local_processes).
+    """
+    return (
+        parts_of_work
+        | "ConvertAndWritePart" >> beam.ParDo(_ConvertPartFn(staging_dir, au_ids, max_side, processes))
+        | "KeyByShard" >> beam.Map(lambda p: ((p["split"], p["shard"]), p))
+        | "GroupByShard" >> beam.GroupByKey()
+        | "ConcatenateParts" >> beam.ParDo(_ConcatenateShardFn(output_dir, plan))
+        | "MergeStats" >> beam.CombineGlobally(MergeStats())
+    )

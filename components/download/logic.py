@@ -1,0 +1,680 @@
+"""The download step: fetches every image of the manifest with retries, keeping a per-URL ledger that makes a rerun resume.
+
+How a run goes:
+- the manifest is checked, then streamed in batches of rows; each row is looked up in what the
+  output folder and the store already know (ledger.parquet plus journals): an image already there
+  or a permanent failure is carried over, an image the store has is copied, anything else
+  (never tried, or a transient failure) is fetched;
+- a pool of worker threads fetches (fetch.py); a transient failure is tried again after an
+  exponential backoff with full jitter, or after the server's Retry-After;
+- each image is written to a temp name and renamed; only then is its ledger row appended to the
+  journal, fsync'd in batches, and sent to the store; so a run killed at any instant leaves
+  no row that claims a missing file, and the next run redoes only what was never settled;
+- at the end the journals are folded into ledger.parquet (this manifest's rows only) and
+  download_summary.json, and the summary table is printed.
+
+Memory while fetching stays bounded whatever the manifest's size: at most
+`workers * INFLIGHT_PER_WORKER` URLs are in flight (being fetched, queued, or waiting out a
+backoff), and the manifest is read a batch at a time. What earlier runs know, and the ledger
+being compacted, are held in Arrow columns (about half a kilobyte a row).
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections import Counter, deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image
+
+from components.common import storage
+from components.common.labels import image_key
+from components.download import ledger
+from components.download import store as stores
+from components.download.fetch import Fetcher, ImageProblem, backoff_delay, inspect_image
+from pipeline import defaults
+
+MANIFEST_FILE = "manifest.parquet"
+KEY_PATTERN = re.compile(r"[0-9a-f]{20}")
+BATCH_ROWS = 1024
+# URLs in flight (being fetched, queued, or waiting out a backoff) per worker. Generous, so that
+# URLs waiting to be retried do not starve the workers; a task is a few hundred bytes.
+INFLIGHT_PER_WORKER = 64
+# The journal is fsync'd (and sent to the store) when it holds this many new rows or is this old.
+FLUSH_ROWS = 256
+FLUSH_SECONDS = 0.5
+POLL_SECONDS = 0.05
+_DROPPED = object()  # an attempt cut short by a stop: left unsettled, for the next run
+
+
+class DownloadError(Exception):
+    """Bad input or an unusable folder; the message names the file, the row or the URL, and what to do."""
+
+
+class DownloadInterrupted(Exception):
+    """The run was stopped (Ctrl-C, SIGTERM); what was settled is in the ledger and a rerun resumes."""
+
+
+@dataclass
+class Settings:
+    """Every knob of a run; run() fills it from its arguments and pipeline/defaults.py."""
+
+    workers: int = defaults.DOWNLOAD_WORKERS
+    timeout: float = defaults.DOWNLOAD_TIMEOUT
+    deadline: float = 0.0  # 0 = DOWNLOAD_DEADLINE_FACTOR x timeout
+    max_attempts: int = defaults.DOWNLOAD_MAX_ATTEMPTS
+    max_bytes: int = defaults.DOWNLOAD_MAX_BYTES
+    max_pixels: int = defaults.DOWNLOAD_MAX_PIXELS
+    max_redirects: int = defaults.DOWNLOAD_MAX_REDIRECTS
+    per_host: int = defaults.DOWNLOAD_PER_HOST
+    allow_private: bool = defaults.DOWNLOAD_ALLOW_PRIVATE
+    retry_permanent: bool = False
+    backoff: float = defaults.DOWNLOAD_BACKOFF
+    backoff_max: float = defaults.DOWNLOAD_BACKOFF_MAX
+    retry_after_max: float = defaults.DOWNLOAD_RETRY_AFTER_MAX
+    user_agent: str = defaults.DOWNLOAD_USER_AGENT
+
+    def check(self) -> None:
+        for name in ("workers", "max_attempts", "max_bytes", "max_pixels", "per_host"):
+            if int(getattr(self, name)) < 1:
+                raise DownloadError(f"{name} is {getattr(self, name)}; it must be at least 1")
+        for name in ("timeout",):
+            if not float(getattr(self, name)) > 0:
+                raise DownloadError(f"{name} is {getattr(self, name)}; it must be more than 0 seconds")
+        for name in ("deadline", "backoff", "backoff_max", "retry_after_max", "max_redirects"):
+            if float(getattr(self, name)) < 0:
+                raise DownloadError(f"{name} is {getattr(self, name)}; it must not be negative")
+        if not self.deadline:
+            self.deadline = defaults.DOWNLOAD_DEADLINE_FACTOR * self.timeout
+
+
+def run(
+    manifest_dir: str,
+    output_dir: str,
+    store: str = defaults.DOWNLOAD_STORE,
+    workers: int = defaults.DOWNLOAD_WORKERS,
+    timeout: float = defaults.DOWNLOAD_TIMEOUT,
+    max_attempts: int = defaults.DOWNLOAD_MAX_ATTEMPTS,
+    max_bytes: int = defaults.DOWNLOAD_MAX_BYTES,
+    allow_private: bool = defaults.DOWNLOAD_ALLOW_PRIVATE,
+    *,
+    deadline: float = 0.0,
+    max_pixels: int = defaults.DOWNLOAD_MAX_PIXELS,
+    max_redirects: int = defaults.DOWNLOAD_MAX_REDIRECTS,
+    per_host: int = defaults.DOWNLOAD_PER_HOST,
+    retry_permanent: bool = False,
+    backoff: float = defaults.DOWNLOAD_BACKOFF,
+    backoff_max: float = defaults.DOWNLOAD_BACKOFF_MAX,
+    retry_after_max: float = defaults.DOWNLOAD_RETRY_AFTER_MAX,
+    user_agent: str = defaults.DOWNLOAD_USER_AGENT,
+    progress: bool = True,
+    print_table: bool = True,
+) -> dict:
+    """Downloads the manifest's images into output_dir (images/, ledger.parquet, download_summary.json).
+
+    Returns the summary. Raises DownloadError on bad input and DownloadInterrupted when stopped;
+    in both cases everything settled so far is kept and a rerun with the same folders resumes.
+    """
+    settings = Settings(
+        workers=int(workers), timeout=float(timeout), deadline=float(deadline), max_attempts=int(max_attempts),
+        max_bytes=int(max_bytes), max_pixels=int(max_pixels), max_redirects=int(max_redirects),
+        per_host=int(per_host), allow_private=bool(allow_private), retry_permanent=bool(retry_permanent),
+        backoff=float(backoff), backoff_max=float(backoff_max), retry_after_max=float(retry_after_max),
+        user_agent=user_agent,
+    )
+    settings.check()
+    if storage.is_gcs(output_dir):
+        raise DownloadError(f"output {output_dir}: must be a local folder; give the gs:// prefix as --store to keep images there")
+    output_dir = os.path.abspath(output_dir)
+    if store and not storage.is_gcs(store) and os.path.abspath(store) == output_dir:
+        raise DownloadError(f"the store and the output are both {output_dir}; give the store a folder of its own")
+    with tempfile.TemporaryDirectory(prefix="download-manifest-") as tmp:
+        manifest_path = _manifest_path(manifest_dir, tmp)
+        keys = check_manifest(manifest_path)
+        with stores.FolderLock(output_dir, "the output folder"):
+            return _Run(manifest_path, keys, output_dir, store, settings, progress, print_table).execute()
+
+
+def _manifest_path(manifest_dir: str, workdir: str) -> str:
+    path = manifest_dir
+    if not str(path).endswith(".parquet"):
+        path = storage.join(manifest_dir, MANIFEST_FILE)
+    if not storage.exists(path):
+        raise DownloadError(f"manifest {path} not found; expected the folder written by the ingest step (with {MANIFEST_FILE})")
+    return storage.local_copy(path, workdir)
+
+
+def check_manifest(path: str) -> pa.ChunkedArray:
+    """The manifest's keys, after checking that each is image_key(url) and appears once."""
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise DownloadError(f"manifest {path} is not a readable parquet file ({e}); expected the ingest step's manifest") from e
+    names = pf.schema_arrow.names
+    missing = [c for c in ("key", "url") if c not in names]
+    if missing:
+        raise DownloadError(f"manifest {path} has no column {', '.join(missing)}; expected contract 1 (key, url, AU1..AU60, row)")
+    has_row = "row" in names
+    chunks = []
+    offset = 0
+    for batch in pf.iter_batches(batch_size=16 * BATCH_ROWS, columns=["key", "url"] + (["row"] if has_row else [])):
+        keys = _as_string(batch.column(0))
+        rows = batch.column(2).to_pylist() if has_row else range(offset + 1, offset + 1 + batch.num_rows)
+        for key, url, row in zip(keys.to_pylist(), batch.column(1).to_pylist(), rows):
+            if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+                raise DownloadError(f"manifest {path}, row {row}: key {key!r} is not 20 lowercase hex digits; re-run the ingest step")
+            if not isinstance(url, str) or image_key(url) != key:
+                raise DownloadError(
+                    f"manifest {path}, row {row}: key {key} is not image_key(url) for URL {url!r}; "
+                    "the manifest was edited or corrupted; re-run the ingest step")
+        chunks.append(keys)
+        offset += batch.num_rows
+    keys = pa.chunked_array(chunks, type=pa.string())
+    if len(keys):
+        counts = pc.value_counts(keys)
+        dup = counts.filter(pc.greater(counts.field("counts"), 1))
+        if len(dup):
+            first = dup[0].as_py()
+            raise DownloadError(
+                f"manifest {path}: key {first['values']} appears {first['counts']} times ({len(dup)} keys repeat); "
+                "the manifest must hold each URL once; re-run the ingest step")
+    return keys
+
+
+def _as_string(array: pa.Array) -> pa.Array:
+    return array if array.type == pa.string() else array.cast(pa.string())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class _Task:
+    key: str
+    url: str
+    attempts_before: int = 0  # attempts made by earlier runs
+    first_attempt: str | None = None
+    copy: dict | None = None  # the store's ok row: copy its image instead of fetching
+    adopt: str | None = None  # the format of an image a killed run wrote but did not journal
+    tries: int = 0  # attempts made by this run
+
+
+class _Scheduler:
+    """Hands tasks to the workers: fresh ones in manifest order, retries when their backoff is over.
+
+    submit() blocks while `capacity` tasks are in flight, which is what bounds memory.
+    Retries wait in a heap ordered by due time, so a backoff never holds a worker.
+    """
+
+    def __init__(self, capacity: int):
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._space = threading.Condition(self._lock)
+        self._ready: deque[_Task] = deque()
+        self._later: list[tuple[float, int, _Task]] = []
+        self._seq = 0
+        self._inflight = 0
+        self._capacity = capacity
+        self._closed = False
+        self.stopped = False
+
+    def submit(self, task: _Task) -> bool:
+        with self._lock:
+            while self._inflight >= self._capacity and not self.stopped:
+                self._space.wait()
+            if self.stopped:
+                return False
+            self._inflight += 1
+            self._ready.append(task)
+            self._work.notify()
+            return True
+
+    def later(self, task: _Task, due: float) -> None:
+        with self._lock:
+            self._seq += 1
+            heapq.heappush(self._later, (due, self._seq, task))
+            self._work.notify()
+
+    def get(self) -> _Task | None:
+        with self._lock:
+            while True:
+                if self.stopped:
+                    return None
+                now = time.monotonic()
+                if self._later and self._later[0][0] <= now:
+                    return heapq.heappop(self._later)[2]
+                if self._ready:
+                    return self._ready.popleft()
+                if self._closed and self._inflight == 0:
+                    return None
+                self._work.wait(self._later[0][0] - now if self._later else None)
+
+    def done(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            # The feeder is woken once half the room is free, not per task: it then submits in a burst.
+            if self._inflight <= self._capacity // 2:
+                self._space.notify()
+            if self._inflight == 0 and self._closed:
+                self._work.notify_all()
+
+    def close(self) -> None:
+        """No more fresh tasks: the workers end once the ones in flight are settled."""
+        with self._lock:
+            self._closed = True
+            self._work.notify_all()
+
+    def stop(self) -> None:
+        """End now: tasks not yet settled stay unsettled and the next run does them."""
+        with self._lock:
+            self.stopped = True
+            self._work.notify_all()
+            self._space.notify_all()
+
+    @property
+    def retrying(self) -> int:
+        return len(self._later)
+
+
+class _Run:
+    def __init__(self, manifest_path, keys, output_dir, store_uri, settings: Settings, progress, print_table):
+        self.manifest_path = manifest_path
+        self.keys = keys
+        self.output = output_dir
+        self.store_uri = store_uri
+        self.s = settings
+        self.progress = progress
+        self.print_table = print_table
+        self.run_id = stores.new_run_id()
+        self.store = stores.open_store(store_uri, self.run_id)
+        self.results: deque = deque()  # rows (and Counters of carried rows) for the main thread
+        self.finished = threading.Event()
+        self.sched = _Scheduler(max(settings.workers * INFLIGHT_PER_WORKER, 8))
+        self.counts: Counter = Counter()  # error class -> URLs of this manifest settled so far
+        self.stats: Counter = Counter()  # what this run did: fetched, copied, carried, retries
+        self._stats_lock = threading.Lock()
+        self.fatal: BaseException | None = None
+        self.fetcher: Fetcher | None = None
+        self.journal: stores.Journal | None = None
+        self.orphans: dict[str, str] = {}
+
+    # --- the whole run ---
+    def execute(self) -> dict:
+        started, t0 = _now(), time.monotonic()
+        # Pillow warns about large images before we get to refuse them with our own pixel limit.
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        stores.prepare_folder(self.output)
+        if self.store is not None:
+            self.store.open()
+        interrupted = pumped = False
+        prior = None
+        try:
+            index = _KeyIndex(self._load_prior())
+            prior = index.table
+            self.orphans = self._find_orphans(index)
+            self.journal = stores.Journal(self.output, self.run_id)
+            self.fetcher = Fetcher(
+                per_host=self.s.per_host, timeout=self.s.timeout, deadline=self.s.deadline,
+                max_bytes=self.s.max_bytes, max_pixels=self.s.max_pixels, max_redirects=self.s.max_redirects,
+                allow_private=self.s.allow_private, user_agent=self.s.user_agent,
+                num_pools=max(64, 4 * self.s.workers),
+            )
+            try:
+                self._pump(index)
+            except KeyboardInterrupt:
+                interrupted = True
+                self.sched.stop()
+                self.fetcher.abort()
+                self._collect()
+            pumped = True
+        finally:
+            if self.fetcher is not None:
+                self.fetcher.close()
+            if self.journal is not None:
+                self.journal.close()
+            if self.store is not None:
+                # After an error the store's journals are left for the next run to fold in.
+                self.store.close(compact=pumped and self.fatal is None)
+        table = ledger.compact(self.output, keep_keys=self.keys.combine_chunks() if self.keys.num_chunks else pa.array([], pa.string()),
+                               verify_files=True, base=prior)
+        for leftover in (os.path.join(self.output, stores.PARTIAL_DIR), os.path.join(self.output, ledger.JOURNAL_DIR)):
+            try:
+                os.rmdir(leftover)  # only when empty
+            except OSError:
+                pass
+        seconds = time.monotonic() - t0
+        summary = ledger.summarize(table)
+        summary["complete"] = not interrupted and self.fatal is None and table.num_rows == len(self.keys)
+        summary["run"] = {
+            "started": started,
+            "finished": _now(),
+            "seconds": round(seconds, 3),
+            "requests": self.fetcher.requests if self.fetcher else 0,
+            "fetched_ok": self.stats["fetched_ok"],
+            "fetched_failed": self.stats["fetched_failed"],
+            "copied_from_store": self.stats["copied"],
+            "adopted": self.stats["adopted"],
+            "carried_over": self.stats["carried"],
+            "retries": self.stats["retries"],
+            "images_per_s": round(self.stats["fetched_ok"] / seconds, 2) if seconds > 0 else 0.0,
+            "store": self.store_uri,
+            "settings": {k: v for k, v in vars(self.s).items() if k != "user_agent"},
+        }
+        storage.write_text(os.path.join(self.output, ledger.SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+        if self.print_table:
+            print(ledger.format_table(summary), flush=True)
+        if self.fatal is not None:
+            raise DownloadError(f"download stopped: {self.fatal}; what was settled is kept, rerun to resume") from self.fatal
+        if interrupted:
+            raise DownloadInterrupted(
+                f"interrupted: {table.num_rows} of {len(self.keys)} URLs settled and kept in {self.output}; rerun to resume")
+        return summary
+
+    def _load_prior(self) -> pa.Table:
+        """What the output folder and the store know, latest row per key; and the output's news sent to the store."""
+        out_state, _ = ledger.load_state(self.output)
+        if self.store is None:
+            return out_state
+        store_state = self.store.load()
+        self._sync_up(out_state, store_state)
+        return ledger.latest_per_key([store_state, out_state])
+
+    def _sync_up(self, out_state: pa.Table, store_state: pa.Table) -> None:
+        """Sends the store the rows (and images) a killed run settled in the output but had not yet sent."""
+        if not out_state.num_rows:
+            return
+        stamp = lambda t: pc.binary_join_element_wise(t["key"], t["last_attempt"], "|")  # noqa: E731
+        news = out_state.filter(pc.invert(pc.is_in(stamp(out_state), value_set=stamp(store_state).combine_chunks()))) \
+            if store_state.num_rows else out_state
+        if not news.num_rows:
+            return
+        for batch in news.to_batches(max_chunksize=FLUSH_ROWS):
+            rows = []
+            for row in batch.to_pylist():
+                if row["status"] == ledger.OK:
+                    path = os.path.join(self.output, ledger.IMAGES_DIR, f"{row['key']}.{row['format']}")
+                    if not os.path.exists(path) or os.path.getsize(path) != row["bytes"]:
+                        continue
+                    self.store.put_image(path, row["key"], row["format"])
+                rows.append(row)
+            self.store.append(rows)
+
+    def _find_orphans(self, index: "_KeyIndex") -> dict[str, str]:
+        """Images with no ledger row: written by a run killed before it journalled them (key -> format)."""
+        orphans: dict[str, str] = {}
+        names: list[str] = []
+
+        def check(batch):
+            before = index.lookup(pa.array([n.split(".")[0] for n in batch]))["key"]
+            for name, known in zip(batch, before):
+                if known is None:
+                    orphans[name.split(".")[0]] = name.split(".")[1]
+
+        with os.scandir(os.path.join(self.output, ledger.IMAGES_DIR)) as it:
+            for entry in it:
+                key, _, fmt = entry.name.partition(".")
+                if KEY_PATTERN.fullmatch(key) and fmt in ledger.FORMATS:
+                    names.append(entry.name)
+                    if len(names) >= 4096:
+                        check(names)
+                        names = []
+        if names:
+            check(names)
+        return orphans
+
+    def _adopt(self, task: _Task) -> dict | None:
+        """The ledger row of an orphan image that decodes, or None (then it is fetched again, over it)."""
+        path = os.path.join(self.output, ledger.IMAGES_DIR, f"{task.key}.{task.adopt}")
+        try:
+            with open(path, "rb") as f:
+                body = f.read()
+            fmt, width, height = inspect_image(body, self.s.max_pixels)
+            when = datetime.fromtimestamp(os.stat(path).st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        except (OSError, ImageProblem):
+            return None
+        if fmt != task.adopt or len(body) > self.s.max_bytes:
+            return None
+        if self.store is not None:
+            self.store.put_image(path, task.key, fmt)
+        self._count("adopted")
+        return {"key": task.key, "url": task.url, "status": "ok", "error_class": ledger.OK, "http_status": None,
+                "attempts": 1, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "format": fmt,
+                "width": width, "height": height, "first_attempt": when, "last_attempt": when,
+                "message": "kept the image a stopped run had written before its ledger row"}
+
+    # --- threads ---
+    def _pump(self, index: "_KeyIndex") -> None:
+        total = len(self.keys)
+        bar = _progress_bar(total, self.progress)
+        feeder = threading.Thread(target=self._feed, args=(index,), name="download-feeder", daemon=True)
+        workers = [threading.Thread(target=self._work, name=f"download-{i}", daemon=True) for i in range(self.s.workers)]
+        closer = threading.Thread(target=self._close_when_done, args=(feeder, workers), name="download-closer", daemon=True)
+        for t in [feeder, *workers, closer]:
+            t.start()
+        try:
+            self._collect(bar)
+        finally:
+            bar.set_postfix_str(self._postfix(), refresh=False)
+            bar.close()
+
+    def _collect(self, bar=None) -> None:
+        """Journals the workers' rows as they come, until every thread is done.
+
+        The main thread polls instead of being woken per row: one wake-up per row costs more
+        CPU than the fetch itself once 32 workers share two cores.
+        """
+        pending: list[dict] = []
+        last_flush = last_postfix = time.monotonic()
+        try:
+            while True:
+                finished = self.finished.is_set()  # read first: all rows put before the end are drained below
+                while True:
+                    try:
+                        item = self.results.popleft()
+                    except IndexError:
+                        break
+                    if isinstance(item, Counter):  # rows carried over from earlier runs
+                        self.counts.update(item)
+                        if bar is not None:
+                            bar.update(sum(item.values()))
+                    else:
+                        pending.append(item)
+                        self.counts[item["error_class"]] += 1
+                        if bar is not None:
+                            bar.update(1)
+                now = time.monotonic()
+                if pending and (len(pending) >= FLUSH_ROWS or now - last_flush >= FLUSH_SECONDS or finished):
+                    self._flush(pending)
+                    pending, last_flush = [], now
+                if bar is not None and now - last_postfix >= 0.5:
+                    bar.set_postfix_str(self._postfix(), refresh=False)
+                    last_postfix = now
+                if finished:
+                    return
+                self.finished.wait(POLL_SECONDS)
+        finally:
+            if pending:
+                self._flush(pending)
+
+    def _flush(self, rows: list[dict]) -> None:
+        self.journal.write(rows)
+        self.journal.flush()
+        if self.store is not None:
+            self.store.append(rows)
+
+    def _postfix(self) -> str:
+        parts = [f"{cls}={n}" for cls, n in sorted(self.counts.items(), key=lambda kv: (kv[0] != ledger.OK, -kv[1]))]
+        if self.sched.retrying:
+            parts.append(f"retrying={self.sched.retrying}")
+        return " ".join(parts)
+
+    def _close_when_done(self, feeder, workers) -> None:
+        feeder.join()
+        for w in workers:
+            w.join()
+        self.finished.set()
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[what] += n
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+        self.sched.stop()
+
+    def _feed(self, index: "_KeyIndex") -> None:
+        try:
+            self._feed_batches(index)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which reports it
+            self._fail(e)
+        finally:
+            self.sched.close()
+
+    def _feed_batches(self, index: "_KeyIndex") -> None:
+        pf = pq.ParquetFile(self.manifest_path)
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=["key", "url"]):
+            keys = _as_string(batch.column(0))
+            urls = batch.column(1).to_pylist()
+            before = index.lookup(keys)
+            carried: Counter = Counter()
+            for i, key in enumerate(keys.to_pylist()):
+                task = self._plan(key, urls[i], {c: before[c][i] for c in ledger.COLUMNS})
+                if task is None:
+                    carried[before["error_class"][i]] += 1
+                elif not self.sched.submit(task):
+                    return
+            if carried:
+                self._count("carried", sum(carried.values()))
+                self.results.append(carried)
+
+    def _plan(self, key: str, url: str, prior: dict) -> _Task | None:
+        """None when the key is settled already; else the task that settles it."""
+        status = prior["status"]
+        if status is None:
+            return _Task(key, url, adopt=self.orphans.get(key))
+        task = _Task(key, url, attempts_before=prior["attempts"] or 0, first_attempt=prior["first_attempt"])
+        if status == ledger.OK:
+            path = os.path.join(self.output, ledger.IMAGES_DIR, f"{key}.{prior['format']}")
+            try:
+                if os.path.getsize(path) == prior["bytes"]:
+                    return None
+            except OSError:
+                pass
+            if self.store is not None:
+                task.copy = prior
+            return task
+        if ledger.is_transient(prior["error_class"], prior["http_status"]) or self.s.retry_permanent:
+            return task
+        return None
+
+    def _work(self) -> None:
+        while True:
+            task = self.sched.get()
+            if task is None:
+                return
+            try:
+                row = self._settle(task)
+            except BaseException as e:  # noqa: BLE001 - a full disk or a dead store stops the run, cleanly
+                self._fail(e)
+                self.sched.done()
+                return
+            if row is _DROPPED:
+                self.sched.done()
+            elif row is not None:
+                self.results.append(row)
+                self.sched.done()
+
+    def _settle(self, task: _Task) -> dict | None:
+        """One attempt at a task: its ledger row when settled, None when it was put back for a retry."""
+        if task.adopt is not None:
+            row = self._adopt(task)
+            if row is not None:
+                return row
+        if task.copy is not None:
+            prior, task.copy = task.copy, None
+            if self.store.get_image(task.key, prior["format"], prior["bytes"], self.output):
+                self._count("copied")
+                # The store's row, unchanged: the output now holds the very file it describes.
+                return dict(prior)
+        started = _now()
+        outcome = self.fetcher.fetch(task.url)
+        if self.sched.stopped and not outcome.ok:
+            return _DROPPED  # most likely cut by the stop itself: not a failure of the URL
+        task.tries += 1
+        row = {
+            "key": task.key, "url": task.url, "http_status": outcome.http_status,
+            "attempts": task.attempts_before + task.tries, "first_attempt": task.first_attempt or started,
+            "last_attempt": started,
+        }
+        task.first_attempt = row["first_attempt"]
+        if outcome.ok:
+            path = stores.write_image(self.output, task.key, outcome.fmt, outcome.body)
+            if self.store is not None:
+                self.store.put_image(path, task.key, outcome.fmt)
+            self._count("fetched_ok")
+            return {**row, "status": "ok", "error_class": ledger.OK, "bytes": len(outcome.body),
+                    "sha256": hashlib.sha256(outcome.body).hexdigest(), "format": outcome.fmt,
+                    "width": outcome.width, "height": outcome.height, "message": ""}
+        message = outcome.message
+        if (outcome.transient or self.s.retry_permanent) and task.tries < self.s.max_attempts and not self.sched.stopped:
+            if outcome.retry_after is None:
+                delay = backoff_delay(task.tries, self.s.backoff, self.s.backoff_max)
+            elif outcome.retry_after <= self.s.retry_after_max:
+                delay = outcome.retry_after
+            else:
+                delay = None
+                message += f"; Retry-After {outcome.retry_after:g} s is over the cap of {self.s.retry_after_max:g} s, left for the next run"
+            if delay is not None:
+                self._count("retries")
+                self.sched.later(task, time.monotonic() + delay)
+                return None
+        self._count("fetched_failed")
+        if task.tries > 1:
+            message += f" (attempt {task.tries} of {self.s.max_attempts} in this run)"
+        return {**row, "status": "failed", "error_class": outcome.error_class, "bytes": None, "sha256": None,
+                "format": None, "width": None, "height": None, "message": message}
+
+
+class _KeyIndex:
+    """The earlier row of each key, looked up by binary search in the sorted keys: for a large
+    ledger this costs 20 bytes a key, where a dict would cost a hundred."""
+
+    def __init__(self, table: pa.Table):
+        keys = np.array(table["key"].to_pylist(), dtype="S20")
+        if len(keys) > 1 and not (keys[1:] >= keys[:-1]).all():  # ledger tables come sorted; others are sorted here
+            order = np.argsort(keys, kind="stable")
+            table, keys = table.take(pa.array(order)), keys[order]
+        self.table, self.keys = table, keys
+
+    def lookup(self, keys: pa.Array) -> dict[str, list]:
+        """Column name -> values for each key, None where a key has no earlier row."""
+        wanted = np.array(keys.to_pylist(), dtype="S20")
+        if not len(self.keys):
+            return {c: [None] * len(wanted) for c in ledger.COLUMNS}
+        pos = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        found = self.keys[pos] == wanted
+        return self.table.take(pa.array(pos, mask=~found)).to_pydict()
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    # Off a terminal (a pipeline's log) a line every few seconds is enough.
+    interval = 0.5 if sys.stderr.isatty() else 10.0
+    return tqdm(total=total, unit="img", desc="download", file=sys.stderr, disable=not enabled,
+                mininterval=interval, dynamic_ncols=True, smoothing=0.1)

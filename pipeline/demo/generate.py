@@ -1,0 +1,178 @@
+"""Writes a demo set: face images in the web's formats plus labels.parquet (the ground truth), cached by size and seed."""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from components.common import labels
+from pipeline import defaults
+from pipeline.demo import faces
+
+LABELS_FILE = "labels.parquet"
+SUMMARY_FILE = "demo_summary.json"
+IMAGES_DIR = "images"
+# Bump when the drawing or the label model changes: a cached set of another version is redrawn.
+GENERATOR_VERSION = 1
+# A few faces come at other sizes, as web images do; the rest are image_size square.
+OTHER_SIZES = (96, 160, 192)
+OTHER_SIZE_SHARE = 0.12
+# Below this many faces one process is faster than starting a pool.
+PARALLEL_FROM = 400
+CHUNK = 64
+
+
+def image_name(index: int, fmt: str) -> str:
+    return f"face-{index:05d}.{faces.FORMAT_EXT[fmt]}"
+
+
+def _image_rng(seed: int, index: int) -> np.random.Generator:
+    # One stream per image: the bytes do not depend on how the work is split across processes.
+    return np.random.default_rng(np.random.SeedSequence([seed, 0xFACE, index]))
+
+
+def _render_chunk(args) -> list[tuple[int, int, int, int, str]]:
+    """Renders and writes faces; returns (index, width, height, bytes, sha256) per face."""
+    images_dir, seed, image_size, items = args
+    out = []
+    for index, fmt, inten in items:
+        rng = _image_rng(seed, index)
+        size = image_size
+        if rng.random() < OTHER_SIZE_SHARE:
+            size = int(OTHER_SIZES[rng.integers(len(OTHER_SIZES))])
+        img = faces.render_face(np.asarray(inten), rng, size)
+        data = faces.encode(img, fmt, rng)
+        path = os.path.join(images_dir, image_name(index, fmt))
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        out.append((index, img.size[0], img.size[1], len(data), hashlib.sha256(data).hexdigest()))
+    return out
+
+
+def _cached(out_dir: str, size: int, seed: int, image_size: int) -> dict | None:
+    path = os.path.join(out_dir, SUMMARY_FILE)
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    want = {"size": size, "seed": seed, "image_size": image_size, "generator_version": GENERATOR_VERSION}
+    if any(summary.get(k) != v for k, v in want.items()):
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        names = pq.read_table(os.path.join(out_dir, LABELS_FILE), columns=["name"]).column("name").to_pylist()
+    except (OSError, ValueError, KeyError):
+        return None
+    images = os.path.join(out_dir, IMAGES_DIR)
+    if len(names) != size or not all(os.path.exists(os.path.join(images, n)) for n in names):
+        return None
+    summary["cached"] = True
+    return summary
+
+
+def generate_demo(out_dir: str, size: int = defaults.DEMO_SIZE, seed: int = defaults.DEMO_SEED,
+                  image_size: int = defaults.DEMO_IMAGE_SIZE, workers: int = 0) -> dict:
+    """Writes `size` synthetic faces (images/) and their ground truth (labels.parquet) into out_dir.
+
+    Deterministic: the same size, seed and image_size give the same bytes. A folder that already
+    holds that set is returned at once (summary["cached"] is True). workers=0 uses every core.
+    Returns the summary also written to demo_summary.json (counts per format, prevalence per AU).
+    """
+    if size < 1:
+        raise ValueError(f"demo size {size} is too small; expected at least 1 face")
+    if image_size < 32:
+        raise ValueError(f"demo image size {image_size} px is too small; expected at least 32")
+    cached = _cached(out_dir, size, seed, image_size)
+    if cached is not None:
+        return cached
+    import pandas as pd
+
+    started = time.monotonic()
+    images_dir = os.path.join(out_dir, IMAGES_DIR)
+    os.makedirs(images_dir, exist_ok=True)
+    # A stale summary must not vouch for a half-rewritten folder.
+    if os.path.exists(os.path.join(out_dir, SUMMARY_FILE)):
+        os.remove(os.path.join(out_dir, SUMMARY_FILE))
+
+    truth = faces.sample_labels(size, seed)
+    formats = faces.assign_formats(size, seed)
+    items = [(i, formats[i], truth.intensity[i].tolist()) for i in range(size)]
+    chunks = [(images_dir, seed, image_size, items[k:k + CHUNK]) for k in range(0, size, CHUNK)]
+    workers = workers or (os.cpu_count() or 1)
+    # fork only from a single-threaded process without TensorFlow (fork would copy their threads
+    # half-alive); spawn is no way out, it re-imports the caller's __main__, which may be a script.
+    if workers > 1 and size >= PARALLEL_FROM and threading.active_count() == 1 and "tensorflow" not in sys.modules:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=ctx) as pool:
+            results = [r for chunk in pool.map(_render_chunk, chunks) for r in chunk]
+    else:
+        results = [r for chunk in chunks for r in _render_chunk(chunk)]
+    results.sort()
+
+    names = [image_name(i, formats[i]) for i in range(size)]
+    keep = set(names)
+    for stale in os.listdir(images_dir):  # faces of an earlier, different request
+        if stale not in keep:
+            os.remove(os.path.join(images_dir, stale))
+    table = {
+        "name": names,
+        "format": formats,
+        "width": [r[1] for r in results],
+        "height": [r[2] for r in results],
+        "bytes": [r[3] for r in results],
+        "sha256": [r[4] for r in results],
+        "expression": truth.expression,
+    }
+    au = np.full((size, len(labels.ALL_AU_IDS)), labels.UNKNOWN, dtype=np.int16)
+    for j, au_id in enumerate(faces.FACE_AU_IDS):
+        au[:, au_id - 1] = truth.active[:, j]
+    for k, col in enumerate(labels.AU_COLUMNS):
+        table[col] = au[:, k]
+    table["valence"] = truth.valence
+    table["arousal"] = truth.arousal
+    df = pd.DataFrame(table)
+    tmp = os.path.join(out_dir, LABELS_FILE + ".tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, os.path.join(out_dir, LABELS_FILE))
+
+    summary = {
+        "size": size,
+        "seed": seed,
+        "image_size": image_size,
+        "generator_version": GENERATOR_VERSION,
+        "au_ids": list(faces.FACE_AU_IDS),
+        "prevalence": {str(a): round(float(truth.active[:, j].mean()), 4) for j, a in enumerate(faces.FACE_AU_IDS)},
+        "formats": {f: formats.count(f) for f in faces.FORMAT_SHARES},
+        "expressions": {e: truth.expression.count(e) for e in faces.EXPRESSIONS},
+        "seconds": round(time.monotonic() - started, 2),
+        "cached": False,
+    }
+    tmp = os.path.join(out_dir, SUMMARY_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(tmp, os.path.join(out_dir, SUMMARY_FILE))  # written last: the "done" marker
+    return summary
+
+
+def load_labels(demo_dir: str):
+    """labels.parquet of a demo set as a DataFrame; a clear error when the folder holds none."""
+    import pandas as pd
+
+    path = os.path.join(demo_dir, LABELS_FILE)
+    if not os.path.exists(os.path.join(demo_dir, SUMMARY_FILE)) or not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{demo_dir} holds no complete demo set (no {SUMMARY_FILE} / {LABELS_FILE}); "
+            f"create one with: python -m pipeline.demo generate --out {demo_dir}"
+        )
+    return pd.read_parquet(path)

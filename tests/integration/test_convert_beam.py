@@ -1,0 +1,225 @@
+"""convert on Beam's local runner: the PTransform on in-memory parts (counters checked), then the whole step."""
+import io
+import os
+import subprocess
+import sys
+import types
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.util import assert_that
+from PIL import Image
+
+from components.common import examples, labels
+from components.convert import logic, sample, transforms
+from components.convert.component import convert
+
+pytestmark = pytest.mark.slow
+
+
+def encode(image, fmt, **params):
+    out = io.BytesIO()
+    image.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def formats(size=(40, 24)):
+    rgb = sample.face_like(64, 1).resize(size)
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(128)
+    return {
+        "jpeg": encode(rgb, "JPEG", quality=90),
+        "cmyk": encode(rgb.convert("CMYK"), "JPEG"),
+        "gray": encode(rgb.convert("L"), "JPEG"),
+        "png": encode(rgb, "PNG"),
+        "rgba": encode(rgba, "PNG"),
+        "palette": encode(rgb.convert("P"), "PNG"),
+        "gif": encode(rgb.convert("P"), "GIF"),
+        "webp": encode(rgb, "WEBP"),
+        "bmp": encode(rgb, "BMP"),
+    }
+
+
+def all_records(folder, *splits):
+    """{key: serialized example} of every shard of the splits (all by default), in file order."""
+    records = {}
+    for split in splits or examples.SPLITS:
+        for path in examples.shard_files(str(folder), split):
+            with open(path, "rb") as f:
+                for r in examples.read_records(f):
+                    records[examples.decode_example(r).features.feature[examples.IMAGE_KEY].bytes_list.value[0]] = r
+    return records
+
+
+def labels_for(i):
+    au = np.zeros(60, np.int16)
+    au[0] = i % 2  # AU1 alternates 0/1
+    au[1] = 999  # AU2 unknown everywhere
+    return au
+
+
+def test_images_to_tfrecords_on_the_local_runner(tmp_path):
+    images = formats()
+    items = []
+    for i, (name, data) in enumerate(sorted(images.items())):
+        (tmp_path / f"{name}.img").write_bytes(data)
+        items.append({"key": name, "path": str(tmp_path / f"{name}.img"), "au": labels_for(i).tobytes(),
+                      "va": [0.25, 0.5]})
+    (tmp_path / "broken.img").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    items.append({"key": "broken", "path": str(tmp_path / "broken.img"), "au": labels_for(0).tobytes(), "va": None})
+    items.append({"key": "gone", "path": str(tmp_path / "gone.img"), "au": labels_for(0).tobytes(), "va": None})
+    # train: one shard made of two parts (concatenated), validation: one part
+    parts = [
+        {"split": "train", "shard": 0, "part": 0, "items": items[:4]},
+        {"split": "train", "shard": 0, "part": 1, "items": items[4:8]},
+        {"split": "validation", "shard": 0, "part": 0, "items": items[8:]},
+    ]
+    plan = {"train": {"shards": 1}, "validation": {"shards": 1}}
+    out = tmp_path / "examples"
+    au_ids = list(labels.ALL_AU_IDS)
+    expected_au = examples.label_counts([labels_for(i) for i in range(len(images))], 60)
+
+    def check(stats_list):
+        (stats,) = stats_list
+        assert stats["splits"]["train"]["examples"] == 8
+        assert stats["splits"]["validation"]["examples"] == 1
+        total = np.asarray(stats["splits"]["train"]["au"]) + np.asarray(stats["splits"]["validation"]["au"])
+        assert total.tolist() == expected_au.tolist()
+        assert sorted(s[:2] for s in stats["shards"]) == [["train", 0], ["validation", 0]]
+
+    pipeline = beam.Pipeline(options=transforms.pipeline_options("--convert_processes=2"))
+    stats = (pipeline | beam.Create(parts) | transforms.ImagesToTFRecords(
+        str(out), str(tmp_path / "staging"), plan, au_ids, processes=2))
+    assert_that(stats, check)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    counters = {m.key.metric.name: m.committed
+                for m in result.metrics().query(MetricsFilter().with_namespace("convert"))["counters"]}
+    assert counters == {"examples_written": 9, "passed_through": 1, "reencoded": 8, "resized": 0,
+                        "skipped_undecodable": 1, "skipped_missing_file": 1}
+    assert sorted(os.listdir(out)) == ["train-00000-of-00001.tfrecord", "validation-00000-of-00001.tfrecord"]
+    assert not os.listdir(tmp_path / "staging")  # the parts are gone
+
+    records = all_records(out)
+    assert sorted(records) == sorted(k.encode() for k in images)
+    for key, record in records.items():
+        f = examples.decode_example(record).features.feature
+        with Image.open(io.BytesIO(f[examples.IMAGE_ENCODED].bytes_list.value[0])) as im:
+            im.load()
+            assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (40, 24)), key  # decoded back
+        assert list(f[examples.LABEL_VA].float_list.value) == [0.25, 0.5]
+    jpeg = examples.decode_example(records[b"jpeg"]).features.feature[examples.IMAGE_ENCODED].bytes_list.value[0]
+    assert jpeg == images["jpeg"]  # passed through byte for byte
+    # a shard is its parts in order, each part in key order
+    order = [k.decode() for k in all_records(out, "train")]
+    assert order == sorted(i["key"] for i in items[:4]) + sorted(i["key"] for i in items[4:8])
+
+
+def expected_counts(manifest_dir, keys_written, validation_fraction, test_fraction):
+    """Per split: examples and per-AU counts, computed straight from the manifest."""
+    manifest = pd.read_parquet(os.path.join(manifest_dir, "manifest.parquet")).set_index("key")
+    out = {}
+    for split in examples.SPLITS:
+        keys = [k for k in keys_written if examples.split_for_key(k, validation_fraction, test_fraction) == split]
+        au = manifest.loc[keys, list(labels.AU_COLUMNS)].to_numpy().reshape(-1, 60)
+        out[split] = (len(keys), examples.summary_au_table(labels.ALL_AU_IDS, examples.label_counts(au, 60)))
+    return out
+
+
+def test_convert_step_writes_contract_3_and_is_stable_across_runs(tmp_path):
+    images = sample.demo_images(90, size=48, seed=3, png_share=0.4)
+    images[5] = images[5][:100]  # truncated: undecodable
+    manifest_dir, downloads_dir, keys = sample.write_dataset(
+        str(tmp_path / "data"), images, failed=2, va=[[0.5, -0.5]] * 30, seed=3)
+    out = tmp_path / "examples"
+    out.mkdir()
+    (out / "train-00000-of-00009.tfrecord").write_bytes(b"left by an earlier run")
+    size = sum(len(i) for i in images)
+
+    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.2, 0.2, shard_bytes=size // 3)
+
+    written = [k for i, k in enumerate(keys[:90]) if i != 5]
+    expected = expected_counts(manifest_dir, written, 0.2, 0.2)
+    assert summary["au_ids"] == list(range(1, 61)) and summary["policy"] is None and summary["has_va"] is True
+    for split in examples.SPLITS:
+        assert (summary["splits"][split]["examples"], summary["splits"][split]["au"]) == expected[split], split
+        files = examples.shard_files(str(out), split)
+        assert len(files) == summary["splits"][split]["shards"]
+        assert all(f.endswith(f"-of-{len(files):05d}.tfrecord") for f in files)
+    assert summary["splits"]["train"]["shards"] >= 2  # sized from the bytes
+    c = summary["counters"]
+    assert (c["manifest_rows"], c["not_downloaded"], c["skipped_undecodable"], c["examples_written"]) == (92, 2, 1, 89)
+    assert c["passed_through"] + c["reencoded"] == 89
+    assert examples.read_summary(str(out)) == summary
+    assert not (out / "train-00000-of-00009.tfrecord").exists()  # the earlier run's shard is gone
+    assert not (out / logic.STAGING_DIR).exists()
+    first = all_records(out)
+    assert sorted(k.decode() for k in first) == sorted(written)
+
+    # The KFP wrapper, on the same data with one process: the same examples, byte for byte.
+    again = tmp_path / "again"
+    art = lambda p: types.SimpleNamespace(path=str(p), uri=str(p), metadata={})  # noqa: E731
+    convert.python_func(manifest=art(manifest_dir), downloads=art(downloads_dir), examples=art(again),
+                        validation_fraction=0.2, test_fraction=0.2, max_side=0, beam_args="--convert_processes=1")
+    assert examples.read_summary(str(again))["splits"]["test"]["examples"] == summary["splits"]["test"]["examples"]
+    # (the default shard size gives one shard a split here, so compare examples, not files)
+    assert all_records(again) == first
+
+
+def test_an_empty_split_has_no_shards_and_max_side_resizes(tmp_path):
+    images = [encode(sample.face_like(80, i), "PNG") for i in range(12)]
+    manifest_dir, downloads_dir, _ = sample.write_dataset(str(tmp_path / "data"), images)
+    out = tmp_path / "examples"
+    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.3, 0.0, max_side=32,
+                        beam_args="--convert_processes=1")
+    assert summary["splits"]["test"] == {"examples": 0, "shards": 0, "au": summary["splits"]["test"]["au"]}
+    assert all(v == {"positive": 0, "negative": 0, "unknown": 0} for v in summary["splits"]["test"]["au"].values())
+    assert examples.shard_files(str(out), "test") == []
+    assert summary["splits"]["train"]["examples"] + summary["splits"]["validation"]["examples"] == 12
+    assert summary["counters"]["resized"] == 12 and summary["has_va"] is False
+    for record in all_records(out).values():
+        f = examples.decode_example(record).features.feature
+        with Image.open(io.BytesIO(f[examples.IMAGE_ENCODED].bytes_list.value[0])) as im:
+            assert im.size == (32, 32) and im.mode == "RGB"
+
+
+def test_the_cli_converts_in_a_fresh_process_on_every_core(tmp_path):
+    """A fresh process has no TensorFlow loaded, so the local run forks one converter per core."""
+    images = sample.demo_images(40, size=48, seed=5, png_share=0.5)
+    manifest_dir, downloads_dir, keys = sample.write_dataset(str(tmp_path / "data"), images, seed=5)
+    out = tmp_path / "examples"
+    done = subprocess.run(
+        [sys.executable, "-m", "components.convert", "--manifest", manifest_dir, "--downloads", downloads_dir,
+         "--output", str(out), "--beam-args=--convert_processes=2"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "forked" not in done.stderr  # no fallback to a single process
+    assert "examples_written=40" in done.stdout
+    assert sorted(k.decode() for k in all_records(out)) == sorted(keys)
+
+
+def test_tensorflow_reads_the_examples_as_train_does(tmp_path):
+    images = [encode(sample.face_like(40, i).resize((40, 24)), "PNG") for i in range(6)]
+    manifest_dir, downloads_dir, keys = sample.write_dataset(str(tmp_path / "data"), images,
+                                                             va=[[0.5, -0.5]] * 3, seed=7)
+    out = tmp_path / "examples"
+    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.0, 0.0, beam_args="--convert_processes=1")
+    import tensorflow as tf
+
+    files = examples.shard_files(str(out), "train")
+    dataset = tf.data.TFRecordDataset(files).map(
+        lambda r: tf.io.parse_single_example(r, examples.feature_spec(60, with_va=summary["has_va"])))
+    seen = []
+    for parsed in dataset:
+        pixels = tf.io.decode_jpeg(parsed[examples.IMAGE_ENCODED]).numpy()
+        assert pixels.shape == (24, 40, 3)
+        assert parsed[examples.LABEL_AU_IDS].numpy().tolist() == list(range(1, 61))
+        seen.append(parsed[examples.IMAGE_KEY].numpy().decode())
+    assert sorted(seen) == sorted(keys)
+    # the shared reader of contract 3 (components.common.examples) sees the same
+    as_dicts = [examples.example_to_dict(r) for r in examples.iter_examples(files)]
+    assert sum("va" in d for d in as_dicts) == 3 and all(d["format"] == "jpeg" for d in as_dicts)

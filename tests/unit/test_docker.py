@@ -1,0 +1,116 @@
+"""docker/: what the Dockerfiles copy exists and reaches the build context, and their pins are requirements.lock's."""
+import fnmatch
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILES = {"cpu": ROOT / "docker" / "Dockerfile.cpu", "gpu": ROOT / "docker" / "Dockerfile.gpu"}
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    out, pending = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^\s;#]+)", line)
+        if m:
+            pins[m.group(1).lower().replace("_", "-")] = m.group(3)
+    return pins
+
+
+def dockerignore() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def ignored(relpath: str, patterns: list[str]) -> bool:
+    """Docker's rule, simplified: a pattern (with ** for any folders) excludes a path or a folder above it."""
+    parts = relpath.strip("/").split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    hit = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        p = pattern.lstrip("!").strip("/")
+        options = {p, p.replace("**/", "")} if p.startswith("**/") else {p}
+        if any(fnmatch.fnmatchcase(prefix, opt) for prefix in prefixes for opt in options):
+            hit = not negate
+    return hit
+
+
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_everything_the_dockerfile_copies_exists_and_is_in_the_build_context(kind):
+    copies = [args for word, args in instructions(DOCKERFILES[kind]) if word in ("COPY", "ADD")]
+    assert copies, f"{kind} image copies nothing"
+    patterns = dockerignore()
+    for args in copies:
+        if "--from=" in args:
+            continue  # from another image, not from the build context
+        sources = [a for a in args.split() if not a.startswith("--")][:-1]
+        for source in sources:
+            assert (ROOT / source).exists(), f"Dockerfile.{kind}: COPY {source} does not exist"
+            assert not ignored(source, patterns), f"Dockerfile.{kind}: COPY {source} is excluded by .dockerignore"
+    # The project itself and its lock are copied; the image runs `python -m components.<step>`.
+    copied = {s.rstrip("/") for args in copies if "--from=" not in args for s in args.split()[:-1]}
+    assert {"requirements.lock", "setup.py", "pipeline", "components"} <= copied
+
+
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_the_image_installs_from_the_lock_and_nothing_else(kind):
+    runs = [args for word, args in instructions(DOCKERFILES[kind]) if word == "RUN"]
+    installs = [cmd for args in runs for cmd in re.split(r"&&|;", args) if re.search(r"\bpip3? install\b", cmd)]
+    assert any("-r requirements.lock" in cmd for cmd in installs), f"Dockerfile.{kind} does not install requirements.lock"
+    pins = lock()
+    for cmd in installs:
+        # --no-deps everywhere: pip resolves nothing, so the image holds exactly the lock's versions.
+        assert "--no-deps" in cmd, f"Dockerfile.{kind}: {cmd.strip()!r} could resolve versions outside the lock"
+        for name, version in re.findall(r"([A-Za-z0-9_.\-]+)==([^\s\"']+)", cmd):
+            assert pins.get(name.lower().replace("_", "-")) == version, f"Dockerfile.{kind} pins {name}=={version}, the lock {pins.get(name.lower())}"
+
+
+def test_the_gpu_base_image_is_the_locks_tensorflow():
+    base = [args for word, args in instructions(DOCKERFILES["gpu"]) if word == "FROM"]
+    assert len(base) == 1
+    m = re.fullmatch(r"tensorflow/tensorflow:([0-9.]+)-gpu", base[0].split()[0])
+    assert m, f"GPU image base {base[0]!r} is not a tensorflow/tensorflow:X.Y.Z-gpu image"
+    assert m.group(1) == lock()["tensorflow"], "the GPU base's TensorFlow differs from requirements.lock's"
+
+
+def test_the_cpu_image_is_the_locks_python_and_its_dataflow_target_the_locks_beam():
+    stages = {}
+    for word, args in instructions(DOCKERFILES["cpu"]):
+        if word == "FROM":
+            image, _, name = args.partition(" AS ")
+            stages[name.strip() or "(default)"] = image.strip()
+    assert re.fullmatch(r"python:3\.11[-.\w]*", stages["cpu"]), stages
+    assert "--python-version 3.11" in (ROOT / "Makefile").read_text()
+    assert stages["beam"] == f"apache/beam_python3.11_sdk:{lock()['apache-beam']}"
+    assert stages["dataflow"] == "cpu" and stages["(default)"] == "cpu"
+    # The default target is the KFP image: no Beam entrypoint in front of `python -m components.<step>`.
+    text = DOCKERFILES["cpu"].read_text()
+    assert text.rstrip().endswith("FROM cpu") and text.index("ENTRYPOINT") < text.rindex("FROM cpu")
+
+
+def test_dockerignore_keeps_the_environment_runs_and_git_out():
+    patterns = dockerignore()
+    for path in (".venv", ".venv/lib/python3.11/site-packages/x.py", "runs", "runs/store/ledger.parquet", ".git",
+                 "components/__pycache__/x.pyc", "tests/unit/test_docker.py"):
+        assert ignored(path, patterns), f".dockerignore lets {path} into the build context"
+    for path in ("requirements.lock", "setup.py", "pipeline/dag.py", "components/download/component.py"):
+        assert not ignored(path, patterns), f".dockerignore keeps {path} out, but the images need it"

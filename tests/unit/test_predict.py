@@ -1,0 +1,96 @@
+"""Tests of predict: a pushed model (via LATEST, a version, or a model folder) on image files."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.predict import logic
+from components.predict.__main__ import main
+from components.push import logic as push_logic
+
+
+def _tiny():
+    name = "evaluate_tiny_model"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "data" / "evaluate" / "tiny_model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+tiny = _tiny()
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    model = tiny.make_model(str(root / "model"), tiny.GOOD)
+    # Tuned thresholds stored with the model: AU1 0.4, AU2 0.6, AU12 0.5.
+    evaluation = tiny.make_evaluation(str(root / "evaluation"), True)
+    record = push_logic.run(model, evaluation, None, destination=str(root / "registry"), model_name="au")
+    images = root / "images"
+    images.mkdir()
+    (images / "red.jpg").write_bytes(tiny.jpeg((255, 0, 0)))
+    (images / "blue.png").write_bytes(tiny.jpeg((0, 0, 255), fmt="PNG"))
+    (images / "notes.txt").write_text("not an image")
+    return {"root": root, "model": model, "model_root": str(root / "registry" / "au"), "record": record,
+            "images": images}
+
+
+def test_predict_follows_latest_and_uses_the_tuned_thresholds(pushed, capsys):
+    red, blue = str(pushed["images"] / "red.jpg"), str(pushed["images"] / "blue.png")
+    assert main(["--model", pushed["model_root"], red, blue]) == 0
+    out = capsys.readouterr().out
+    assert f"version {pushed['record']['version']}" in out
+    assert "inner brow raiser" in out and "lip corner puller" in out
+    assert "active: AU1\n" in out and "active: AU12" in out
+
+    assert main(["--model", pushed["model_root"], "--json", red, blue]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["version"] == pushed["record"]["version"] and result["au_ids"] == tiny.AU_IDS
+    first = result["images"][0]
+    assert first["image"] == red and first["active"] == [1]
+    au1 = first["aus"][0]
+    assert au1["au"] == 1 and au1["name"] == "inner brow raiser" and au1["probability"] > 0.99
+    assert [d["threshold"] for d in first["aus"]] == [0.4, 0.6, 0.5]
+    assert result["images"][1]["active"] == [12]  # a PNG is re-encoded to the JPEG the signature decodes
+
+
+def test_predict_on_a_version_folder_and_a_plain_model_folder(pushed):
+    red = [str(pushed["images"] / "red.jpg")]
+    by_version = logic.predict(pushed["record"]["uri"], red)
+    assert by_version["version"] == pushed["record"]["version"]
+    plain = logic.predict(pushed["model"], red, threshold=0.999)
+    assert plain["version"] is None and plain["thresholds"].startswith("0.999")
+    assert plain["images"][0]["aus"][0]["probability"] == pytest.approx(by_version["images"][0]["aus"][0]["probability"])
+
+
+def test_errors_are_one_message_and_exit_2(pushed, tmp_path, capsys):
+    red = str(pushed["images"] / "red.jpg")
+    assert main(["--model", pushed["model_root"], str(tmp_path / "missing.jpg")]) == 2
+    assert "missing.jpg does not exist" in capsys.readouterr().err
+    assert main(["--model", pushed["model_root"], str(pushed["images"] / "notes.txt")]) == 2
+    assert "notes.txt is not an image" in capsys.readouterr().err
+    # A registry whose only push never finished: no LATEST.
+    os.makedirs(tmp_path / "registry" / "au" / "20260101T000000Z-half" / "saved_model")
+    assert main(["--model", str(tmp_path / "registry" / "au"), red]) == 2
+    assert "has no LATEST" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "nothing"), red]) == 2
+    assert "is not a model" in capsys.readouterr().err
+
+
+def test_module_cli_runs_as_a_program(tmp_path):
+    import subprocess
+
+    help_text = subprocess.run([sys.executable, "-m", "components.predict", "--help"], capture_output=True, text=True,
+                               timeout=60, check=True).stdout
+    assert "--model" in help_text and "--json" in help_text
+    done = subprocess.run([sys.executable, "-m", "components.predict", "--model", str(tmp_path), str(tmp_path / "x.jpg")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "x.jpg does not exist" in done.stderr and "Traceback" not in done.stderr
