@@ -97,6 +97,10 @@ def _print_outcome(result) -> None:
 
 
 def main(argv=None) -> int:
+    # The steps are subprocesses of this one: keep their logs to what a user needs (TensorFlow's
+    # C++ banner and the Google client libraries' Python-version notices are neither).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     parser = argparse.ArgumentParser(prog="python pipeline.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="Run the whole DAG on this machine (kfp.local); without --source, on the demo set.")
