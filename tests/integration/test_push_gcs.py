@@ -1,7 +1,6 @@
 """Push to gs:// and read back from it, through a Cloud Storage emulator on 127.0.0.1."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,19 +14,8 @@ from components.push import logic, registry
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gcs_emulator import gcs_emulator  # noqa: E402
+import tiny_model as tiny  # noqa: E402 - tests/conftest.py puts tests/data/evaluate on the path
 
-
-def _tiny():
-    name = "evaluate_tiny_model"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "data" / "evaluate" / "tiny_model.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-tiny = _tiny()
 BUCKET = "au-models"
 DEST = f"gs://{BUCKET}/registry"
 ROOT = f"{DEST}/au"

@@ -1,12 +1,10 @@
 """Tests of the evaluate step: the measures against scikit-learn, threshold tuning, the blessing, the outputs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,18 +13,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from components.evaluate import logic
 from components.push import logic as push_logic
 
-
-def _tiny():
-    name = "evaluate_tiny_model"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "data" / "evaluate" / "tiny_model.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-tiny = _tiny()
+import tiny_model as tiny  # tests/conftest.py puts tests/data/evaluate on the path
 
 
 def _random_labels(seed: int, n: int = 300, k: int = 6):

@@ -1,11 +1,9 @@
 """Tests of predict: a pushed model (via LATEST, a version, or a model folder) on image files."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,18 +11,7 @@ from components.predict import logic
 from components.predict.__main__ import main
 from components.push import logic as push_logic
 
-
-def _tiny():
-    name = "evaluate_tiny_model"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "data" / "evaluate" / "tiny_model.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-tiny = _tiny()
+import tiny_model as tiny  # tests/conftest.py puts tests/data/evaluate on the path
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import os
 import sys
@@ -13,18 +12,7 @@ import pytest
 from components.common import storage
 from components.push import logic, registry
 
-
-def _tiny():
-    name = "evaluate_tiny_model"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "data" / "evaluate" / "tiny_model.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-tiny = _tiny()
+import tiny_model as tiny  # tests/conftest.py puts tests/data/evaluate on the path
 
 
 def _model(path: Path, seed: str = "a") -> str:
