@@ -4,8 +4,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
-# Quiet TensorFlow's C++ start-up banner; warnings and errors still show.
-export TF_CPP_MIN_LOG_LEVEL ?= 1
+# Quiet TensorFlow's C++ info and warning lines (end-of-sequence notices every epoch); errors still show.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: run test test-fast lock venv compile clean help
 
