@@ -5,20 +5,12 @@ import argparse
 import logging
 import sys
 
+from components.common.cli import StepArgumentParser
 from pipeline import defaults
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad flags: one line naming the problem, exit 2 (argparse's own message, without the usage block)."""
-
-    def error(self, message):
-        if "--beam-args" in message and "expected one argument" in message:
-            message += ' (its value starts with "--": write --beam-args="--runner=DataflowRunner ...")'
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = StepArgumentParser(
         prog="python -m components.convert",
         description="Converts the downloaded images and their labels to train/validation/test TFRecord shards "
                     "(Apache Beam; locally Beam's FnApiRunner on every core).",

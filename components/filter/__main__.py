@@ -5,14 +5,8 @@ import argparse
 import logging
 import sys
 
+from components.common.cli import StepArgumentParser
 from pipeline import defaults
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad flags: one line naming the problem, exit 2 (argparse's own message, without the usage block)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _aus(text: str) -> str:
@@ -26,7 +20,7 @@ def _aus(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = StepArgumentParser(
         prog="python -m components.filter",
         description="Keeps the chosen Action Units in every example and applies the policy for 999.",
     )
