@@ -90,10 +90,10 @@ def _print_outcome(result) -> None:
     if pushed and os.path.exists(os.path.join(pushed, "push.json")):
         with open(os.path.join(pushed, "push.json")) as f:
             record = json.load(f)
-        if record.get("pushed"):
-            print(f"\nmodel pushed to {record.get('uri') or record.get('version_uri') or record}")
+        if record["pushed"]:
+            print(f"\nmodel pushed to {record['uri']}")
         else:
-            print(f"\nmodel NOT pushed: {'; '.join(record.get('reasons', [])) or record}")
+            print(f"\nmodel NOT pushed: {'; '.join(record['reasons'])}")
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,6 @@
-"""What every step's command line shares: argparse errors as one line, not a usage block."""
+"""What the steps' command lines share: argparse errors as one line, and the step's own log lines."""
 import argparse
+import logging
 
 
 class StepArgumentParser(argparse.ArgumentParser):
@@ -9,3 +10,9 @@ class StepArgumentParser(argparse.ArgumentParser):
         if "--beam-args" in message and "expected one argument" in message:
             message += ' (its value starts with "--": write --beam-args="--runner=DataflowRunner ...")'
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def setup_logging() -> None:
+    """The step's own progress at INFO; the libraries under it (Beam, TensorFlow) only at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("components").setLevel(logging.INFO)

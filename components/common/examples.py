@@ -65,23 +65,13 @@ def make_example(
     va: Sequence[float] | None = None,
     image_format: str = "jpeg",
 ):
-    """Builds one contract-3 tf.train.Example (image bytes must already be RGB JPEG)."""
+    """Builds one contract-3 tf.train.Example (image bytes must already be RGB JPEG).
+
+    The fields are filled once, by encode_example (which the Beam steps use without TensorFlow).
+    """
     import tensorflow as tf
 
-    if len(au_ids) != len(au):
-        raise ValueError(f"image {key}: {len(au_ids)} AU ids but {len(au)} AU labels")
-    feature = {
-        IMAGE_ENCODED: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
-        IMAGE_FORMAT: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_format.encode()])),
-        IMAGE_HEIGHT: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(height)])),
-        IMAGE_WIDTH: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(width)])),
-        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
-        LABEL_AU_IDS: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(a) for a in au_ids])),
-        LABEL_AU: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in au])),
-    }
-    if va is not None:
-        feature[LABEL_VA] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in va]))
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+    return tf.train.Example.FromString(encode_example(encoded, height, width, key, au_ids, au, va, image_format))
 
 
 def example_to_dict(example) -> dict:
@@ -324,3 +314,10 @@ def remove_stale_shards(examples_dir: str, keep: Iterable[str]) -> list[str]:
                 storage.delete(f)
                 removed.append(f)
     return removed
+
+
+def format_summary(summary: dict) -> str:
+    """An examples_summary.json as the lines a CLI prints: examples and shards per split, then the counters."""
+    lines = [f"{split:<11} {s['examples']:>8} examples in {s['shards']} shard(s)" for split, s in summary["splits"].items()]
+    lines.append("counters: " + ", ".join(f"{k}={v}" for k, v in summary["counters"].items()))
+    return "\n".join(lines)

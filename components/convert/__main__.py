@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from components.common.cli import StepArgumentParser
+from components.common import examples
+from components.common.cli import StepArgumentParser, setup_logging
 from pipeline import defaults
 
 
@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("components").setLevel(logging.INFO)  # the step's own progress; Beam's stays quiet
+    setup_logging()
     from components.convert import logic
 
     try:
@@ -50,9 +49,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 2
-    for split, s in summary["splits"].items():
-        print(f"{split:<11} {s['examples']:>8} examples in {s['shards']} shard(s)")
-    print("counters:", ", ".join(f"{k}={v}" for k, v in summary["counters"].items()))
+    print(examples.format_summary(summary))
     print(f"examples: {args.output}")
     return 0
 

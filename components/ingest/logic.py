@@ -100,6 +100,11 @@ def _cell_text(v) -> str:
     return str(v)
 
 
+def _raw(cells: Sequence) -> str:
+    """A row's cells as rejects.csv keeps them, so a person can see and fix the row."""
+    return json.dumps([_cell_text(c) for c in cells], ensure_ascii=False)
+
+
 def _is_blank_row(cells: Sequence) -> bool:
     return all(_cell_text(c).strip() == "" for c in cells)
 
@@ -314,13 +319,13 @@ def run(source: str, output_dir: str) -> dict:
             rows_read += 1
             ok, bad = _check_row(list(cells), layout, is_csv)
             if bad:
-                rejects.append((row_number, bad[0], bad[1], json.dumps([_cell_text(c) for c in cells], ensure_ascii=False)))
+                rejects.append((row_number, bad[0], bad[1], _raw(cells)))
                 continue
             url, au, va = ok
             signature = au.tobytes() + (np.asarray(va, dtype=np.float32).tobytes() if va is not None else b"")
             if url in seen:
                 idx = seen[url]
-                raw = json.dumps([_cell_text(c) for c in cells], ensure_ascii=False)
+                raw = _raw(cells)
                 dup_copies.setdefault(url, []).append((row_number, raw))
                 if label_rows[idx] != signature:
                     conflicted.add(url)

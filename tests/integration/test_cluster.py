@@ -12,8 +12,7 @@ import pytest
 
 from pipeline import cluster, defaults
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kfp_fake import FakeKFP  # noqa: E402
+from kfp_fake import FakeKFP
 
 CPU_IMG = "europe-docker.pkg.dev/p/au/pipeline-cpu:2.0.0"
 GPU_IMG = "europe-docker.pkg.dev/p/au/pipeline-gpu:2.0.0"

@@ -6,11 +6,10 @@ import sys
 import pandas as pd
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from download_server import FaultServer, closed_port  # noqa: E402
+from download_server import FaultServer, closed_port
 
-from components.common.labels import image_key  # noqa: E402
-from components.download import fetch, logic  # noqa: E402
+from components.common.labels import image_key
+from components.download import fetch, logic
 
 
 def write_manifest(folder, urls) -> str:

@@ -11,11 +11,10 @@ import time
 import pandas as pd
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from download_server import FaultServer  # noqa: E402
+from download_server import FaultServer
 
-from components.common.labels import image_key  # noqa: E402
-from components.download import logic  # noqa: E402
+from components.common.labels import image_key
+from components.download import logic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -3,8 +3,6 @@ import csv
 import io
 import json
 import os
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,8 +10,7 @@ import pytest
 from components.common import labels, storage
 from components.ingest import logic
 
-sys.path.insert(0, str(Path(__file__).parent))
-from gcs_emulator import gcs_emulator  # noqa: E402
+from gcs_emulator import gcs_emulator
 
 
 def test_ingest_from_gcs(tmp_path):

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -12,9 +10,8 @@ from components.evaluate import logic as evaluate_logic
 from components.predict import logic as predict_logic
 from components.push import logic, registry
 
-sys.path.insert(0, str(Path(__file__).parent))
-from gcs_emulator import gcs_emulator  # noqa: E402
-import tiny_model as tiny  # noqa: E402 - tests/conftest.py puts tests/data/evaluate on the path
+from gcs_emulator import gcs_emulator
+import tiny_model as tiny  # tests/conftest.py puts tests/data/evaluate on the path
 
 BUCKET = "au-models"
 DEST = f"gs://{BUCKET}/registry"

@@ -14,8 +14,7 @@ import pytest
 from components.common import storage
 from components.train import synthetic
 
-sys.path.insert(0, str(Path(__file__).parent))
-from gcs_emulator import gcs_emulator  # noqa: E402
+from gcs_emulator import gcs_emulator
 
 BUCKET = "au-train"
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,6 @@ import pytest
 from components.common import storage
 from components.validate import logic
 
-sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
 from gcs_emulator import gcs_emulator  # noqa: E402
 from test_validate import make_tables, write_inputs  # noqa: E402
