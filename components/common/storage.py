@@ -158,6 +158,69 @@ def delete(uri: str) -> None:
         os.unlink(uri)
 
 
+# --- Conditional writes on one gs:// object (generation preconditions), for locks and the like ---
+# Every object version has a generation number; a request made "if the generation is still N" fails
+# with 412 Precondition Failed when someone else wrote or deleted the object since, and
+# if_generation_match=0 means "only if no such object exists". These are gs:// only.
+
+
+def read_versioned(uri: str):
+    """(bytes, generation, updated) of a gs:// object, or None when there is none.
+
+    The bytes are those of that very generation (the read is made at it; a write in between makes
+    it try again), and `updated` is the server's time of that write (a timezone-aware datetime).
+    """
+    from google.api_core import exceptions as gexc
+
+    bucket, name = split_gcs(uri)
+    for _ in range(5):
+        blob = gcs_client().bucket(bucket).get_blob(name)
+        if blob is None:
+            return None
+        generation, updated = blob.generation, blob.updated  # a download resets them from its headers
+        try:
+            return blob.download_as_bytes(if_generation_match=generation), generation, updated
+        except (gexc.PreconditionFailed, gexc.NotFound):
+            continue  # rewritten or deleted between the two requests: look again
+    raise RuntimeError(f"{uri} keeps changing while being read")
+
+
+def create_if_absent(uri: str, data: bytes, content_type: str = "application/json") -> int | None:
+    """Writes a gs:// object only if there is none; its generation, or None when one exists already."""
+    from google.api_core import exceptions as gexc
+
+    blob = _blob(uri)
+    try:
+        blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
+    except gexc.PreconditionFailed:
+        return None
+    return blob.generation
+
+
+def replace_if_generation(uri: str, data: bytes, generation: int, content_type: str = "application/json") -> int | None:
+    """Overwrites a gs:// object only if it is still at `generation`; the new generation, or None
+    when it was written or deleted since."""
+    from google.api_core import exceptions as gexc
+
+    blob = _blob(uri)
+    try:
+        blob.upload_from_string(data, content_type=content_type, if_generation_match=int(generation))
+    except gexc.PreconditionFailed:
+        return None
+    return blob.generation
+
+
+def delete_if_generation(uri: str, generation: int) -> bool:
+    """Deletes a gs:// object only if it is still at `generation`; False when it was rewritten or is gone."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        _blob(uri).delete(if_generation_match=int(generation))
+    except (gexc.PreconditionFailed, gexc.NotFound):
+        return False
+    return True
+
+
 def upload_file(local_path: str, uri: str) -> None:
     if is_gcs(uri):
         _blob(uri).upload_from_filename(local_path)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Iterable
+import tempfile
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +14,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from components.common import storage
+from components.download import merge
 
 LEDGER_FILE = "ledger.parquet"
 SUMMARY_FILE = "download_summary.json"
@@ -48,9 +50,10 @@ SCHEMA = pa.schema([
 ])
 COLUMNS = tuple(SCHEMA.names)
 SUMMARY_COLUMNS = ("key", "status", "error_class", "http_status")
-# Compaction holds the ledger in columns; the journal's text is read, and the ledger written, in pieces.
-JOURNAL_BLOCK = 32 * 1024 * 1024
-WRITE_SLICE = 65536
+# Compaction reads a journal's text, sorts its rows and writes the ledger in pieces (merge.py): memory
+# stays bounded whatever the ledger's size.
+JOURNAL_BLOCK = 8 * 1024 * 1024
+WRITE_ROWS = 16384  # rows to a row group of ledger.parquet
 
 
 def is_transient(error_class: str, http_status: int | None = None) -> bool:
@@ -111,12 +114,13 @@ def journal_line(row: dict) -> bytes:
 
 
 def _latest_rows(t: pa.Table) -> pa.Array:
-    """Indices of t's latest row per key (latest last_attempt; on a tie the later row), in key order.
+    """Indices of t's latest row per key (latest last_attempt; on a tie the later row, by merge.ORDER
+    where t has it, else by position), in key order.
 
     Sorted on three narrow columns, so the wide rows are copied once, by the caller's take.
     """
-    narrow = pa.table({"key": t["key"], "last_attempt": t["last_attempt"],
-                       "order": pa.array(np.arange(t.num_rows, dtype=np.int64))})
+    order = t[merge.ORDER] if merge.ORDER in t.column_names else pa.array(np.arange(t.num_rows, dtype=np.int64))
+    narrow = pa.table({"key": t["key"], "last_attempt": t["last_attempt"], "order": order})
     idx = pc.sort_indices(narrow, sort_keys=[("key", "ascending"), ("last_attempt", "ascending"), ("order", "ascending")])
     keys = t["key"].take(idx).combine_chunks()
     if t.num_rows > 1:
@@ -132,134 +136,258 @@ def _concat(tables: Iterable[pa.Table | None]) -> pa.Table:
 
 
 def latest_per_key(tables: Iterable[pa.Table | None]) -> pa.Table:
-    """One row per key, sorted by key: the one with the latest last_attempt; on a tie, the one from the later table."""
+    """One row per key, sorted by key: the one with the latest last_attempt; on a tie, the one from the later table.
+    In memory: for tables that fit; fold() does the same for any number of rows."""
     t = _concat(tables)
     return t.take(_latest_rows(t)) if t.num_rows else t
 
 
+def _check_columns(names: list[str], uri: str) -> None:
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise LedgerError(f"{uri} lacks the ledger columns {missing}; it was not written by this step")
+
+
 def read_ledger(uri: str) -> pa.Table:
-    """ledger.parquet at uri (local or gs://), or an empty table when there is none."""
+    """ledger.parquet at uri (local or gs://), or an empty table when there is none. Whole, in memory:
+    for a small ledger; the download step itself reads ledgers with ledger_source()."""
     if not storage.exists(uri):
         return empty_table()
     try:
         table = pq.read_table(uri if not storage.is_gcs(uri) else io.BytesIO(storage.read_bytes(uri)))
     except Exception as e:  # noqa: BLE001 - a ledger we cannot read must be named, not a traceback
         raise LedgerError(f"{uri} is not a readable ledger ({e}); move it aside to start that folder afresh") from e
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise LedgerError(f"{uri} lacks the ledger columns {missing}; it was not written by this step")
+    _check_columns(table.column_names, uri)
     return table.select(list(COLUMNS)).cast(SCHEMA)
 
 
-def write_ledger(table: pa.Table, uri: str, rows: pa.Array | None = None) -> None:
-    """Writes table (or its rows at the indices `rows`) as the ledger, atomically: a reader sees the
-    old ledger or the whole new one. Rows are copied a slice at a time, never all at once."""
-    rows = rows if rows is not None else pa.array(np.arange(table.num_rows, dtype=np.uint64))
-    gcs = storage.is_gcs(uri)
-    sink = io.BytesIO() if gcs else f"{uri}.{os.getpid()}.tmp"
-    with pq.ParquetWriter(sink, SCHEMA) as writer:
-        for start in range(0, len(rows), WRITE_SLICE):
-            writer.write_table(table.take(rows.slice(start, WRITE_SLICE)))
-        if not len(rows):
-            writer.write_table(empty_table())
-    if gcs:
-        storage.write_bytes(uri, sink.getvalue())
-        return
-    with open(sink, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(sink, uri)
+def _with_order(t: pa.Table, source: int, first_row: int) -> pa.Table:
+    """t in the ledger's columns plus merge.ORDER: source number, then row number, so later inputs win ties."""
+    t = t.select(list(COLUMNS)).cast(SCHEMA)
+    order = (np.int64(source) << 40) + np.arange(first_row, first_row + t.num_rows, dtype=np.int64)
+    return t.append_column(merge.ORDER, pa.array(order))
 
 
-def load_state(root: str) -> tuple[pa.Table, list[str]]:
-    """The latest row per key of a folder (ledger.parquet plus its journals) and the journal files read."""
-    journals = sorted(f for f in storage.list_files(storage.join(root, JOURNAL_DIR)) if f.endswith(".jsonl"))
-    return latest_per_key(_state_tables(root, journals)), journals
+def ledger_source(path: str, source: int = 0) -> Iterator[pa.Table]:
+    """A local ledger.parquet (sorted by key, as this module writes it), a batch at a time with merge.ORDER.
+    The file is opened and checked here, before the first batch is asked for."""
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - a ledger we cannot read must be named, not a traceback
+        raise LedgerError(f"{path} is not a readable ledger ({e}); move it aside to start that folder afresh") from e
+    _check_columns(pf.schema_arrow.names, path)
+
+    def batches():
+        row = 0
+        try:
+            for batch in pf.iter_batches(batch_size=merge.READ_ROWS, columns=list(COLUMNS)):
+                yield _with_order(pa.Table.from_batches([batch]), source, row)
+                row += batch.num_rows
+        except (pa.ArrowInvalid, OSError) as e:
+            raise LedgerError(f"{path} is damaged ({e}); move it aside to start that folder afresh") from e
+    return batches()
 
 
-def _state_tables(root: str, journals: list[str]) -> list[pa.Table]:
-    tables = [read_ledger(storage.join(root, LEDGER_FILE))]
-    for j in journals:
-        tables.extend(_read_journal_file(j))
-    return tables
+class _LedgerWriter:
+    """Writes ledger.parquet at uri atomically (a reader sees the old ledger or the whole new one),
+    from tables handed over in key order, WRITE_ROWS rows to a row group."""
+
+    def __init__(self, uri: str, workdir: str):
+        self.uri = uri
+        self.gcs = storage.is_gcs(uri)
+        self.tmp = os.path.join(workdir, "ledger.upload.parquet") if self.gcs else f"{uri}.{os.getpid()}.tmp"
+        self._writer = pq.ParquetWriter(self.tmp, SCHEMA)
+        self._buf: list[pa.Table] = []
+        self._buffered = 0
+
+    def write(self, t: pa.Table) -> None:
+        if t.num_rows:
+            self._buf.append(t)
+            self._buffered += t.num_rows
+            if self._buffered >= WRITE_ROWS:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self._writer.write_table(pa.concat_tables(self._buf), row_group_size=WRITE_ROWS)
+        self._buf, self._buffered = [], 0
+
+    def commit(self) -> None:
+        self._flush()
+        self._writer.close()
+        if self.gcs:
+            storage.upload_file(self.tmp, self.uri)
+            os.unlink(self.tmp)
+            return
+        with open(self.tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.uri)
+
+    def abort(self) -> None:
+        self._writer.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
 
 
-def _read_journal_file(uri: str) -> list[pa.Table]:
+def fold(sources: list[Iterable[pa.Table]], out_uri: str, workdir: str, keep: str | None = None,
+         verify_root: str | None = None) -> dict:
+    """Writes the latest row per key of the sources as the ledger at out_uri; returns its summary().
+
+    sources: inputs sorted by key, in the ledger's columns plus merge.ORDER (ledger_source(),
+    journal runs). keep: a file sorted by key whose `key` column lists the keys to keep (the
+    manifest); None keeps all. verify_root: a local folder whose images/ must hold each `ok` row's
+    file at its size, or the row is dropped (the key is then fetched again next time), so the
+    ledger never claims a file that is not there. Memory is a few batches per source, whatever
+    the number of rows.
+    """
+    streams = list(sources) + ([merge.read_batches(keep, columns=["key"])] if keep else [])
+    tally = Tally()
+    writer = _LedgerWriter(out_uri, workdir)
+    try:
+        for parts in merge.merge(streams):
+            rows = [p for p in (parts[:-1] if keep else parts) if p is not None and p.num_rows]
+            if not rows:
+                continue
+            t = pa.concat_tables(rows)
+            t = t.take(_latest_rows(t))
+            if keep:
+                wanted = parts[-1]
+                if wanted is None or not wanted.num_rows:
+                    continue
+                t = t.filter(pc.is_in(t["key"], value_set=wanted["key"].combine_chunks()))
+            t = t.select(list(COLUMNS))
+            if verify_root is not None and t.num_rows:
+                t = t.filter(pa.array(_files_present(verify_root, t), type=pa.bool_()))
+            writer.write(t)
+            tally.add(t)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
+    return tally.summary()
+
+
+def journals_of(root: str) -> list[str]:
+    """A folder's journal files, in the order they were written."""
+    return sorted(f for f in storage.list_files(storage.join(root, JOURNAL_DIR)) if f.endswith(".jsonl"))
+
+
+def _journal_tables(uri: str) -> Iterator[pa.Table]:
     """A journal in tables of at most JOURNAL_BLOCK bytes of text each: the text is never all in memory."""
     if storage.is_gcs(uri):  # a store's segments are small
-        return [read_journal(storage.read_bytes(uri))]
-    tables, carry = [], b""
+        yield read_journal(storage.read_bytes(uri))
+        return
+    carry = b""
     with open(uri, "rb") as f:
         while True:
             block = f.read(JOURNAL_BLOCK)
             data = carry + block
             if not block:
-                tables.append(read_journal(data))  # a last line with no newline was cut by a kill
-                return tables
+                yield read_journal(data)  # a last line with no newline was cut by a kill
+                return
             end = data.rfind(b"\n") + 1
-            tables.append(read_journal(data[:end]))
+            yield read_journal(data[:end])
             carry = data[end:]
 
 
-def compact(root: str, keep_keys: pa.Array | None = None, verify_files: bool = False, base: pa.Table | None = None) -> pa.Table:
-    """Folds a folder's journals into its ledger.parquet, then deletes them; keep_keys limits the rows kept.
+def journal_runs(journals: list[str], first_source: int, workdir: str) -> list[str]:
+    """The journals' rows as key-sorted runs in workdir (with merge.ORDER: journal by journal, line by line)."""
+    spiller = merge.Spiller(workdir, "journal")
+    for n, uri in enumerate(journals):
+        row = 0
+        for t in _journal_tables(uri):
+            spiller.add(_with_order(t, first_source + n, row))
+            row += t.num_rows
+    return spiller.finish()
 
-    Returns the ledger's SUMMARY_COLUMNS (enough for summarize()), not the whole ledger.
 
-    base: older rows to fold in as well (what a store knew). verify_files drops an `ok` row whose
-    image is missing or of another size, so the ledger never claims a file that is not there
-    (the key is then fetched again next time).
+def compact(root: str, keep: str | None = None, verify_files: bool = False, base: str | None = None,
+            workdir: str | None = None) -> dict:
+    """Folds a folder's journals into its ledger.parquet (local or gs://), then deletes them; returns
+    the new ledger's summary().
+
+    keep: a key-sorted file listing the keys to keep (None keeps all). base: a local ledger file of
+    older rows to fold in as well (what a store knew). verify_files drops an `ok` row whose image is
+    missing or of another size, so the ledger never claims a file that is not there (the key is
+    then fetched again next time). workdir holds the sorted runs (a temporary folder if None).
     """
-    journals = sorted(f for f in storage.list_files(storage.join(root, JOURNAL_DIR)) if f.endswith(".jsonl"))
-    t = _concat([base, *_state_tables(root, journals)])
-    idx = _latest_rows(t) if t.num_rows else pa.array([], pa.uint64())
-    if keep_keys is not None and len(idx):
-        idx = idx.filter(pc.is_in(t["key"].take(idx), value_set=keep_keys).combine_chunks())
-    if verify_files and not storage.is_gcs(root) and len(idx):
-        narrow = t.select(["key", "status", "format", "bytes"]).take(idx)
-        idx = idx.filter(pa.array(_files_present(root, narrow), type=pa.bool_()))
-    write_ledger(t, storage.join(root, LEDGER_FILE), idx)
+    with tempfile.TemporaryDirectory(prefix="ledger-", dir=workdir) as tmp:
+        journals = journals_of(root)
+        uri = storage.join(root, LEDGER_FILE)
+        sources = []
+        if base is not None:
+            sources.append(ledger_source(base, 0))
+        if storage.exists(uri):
+            local = uri
+            if storage.is_gcs(uri):
+                local = os.path.join(tmp, "ledger.parquet")
+                storage.download_file(uri, local)
+            sources.append(ledger_source(local, 1))
+        sources.extend(merge.read_batches(r) for r in journal_runs(journals, 2, tmp))
+        summary = fold(sources, uri, tmp, keep=keep, verify_root=root if verify_files and not storage.is_gcs(root) else None)
     # Deleted only once the ledger that holds their rows is in place: a kill in between re-reads them, harmlessly.
     for j in journals:
         storage.delete(j)
-    return t.select(list(SUMMARY_COLUMNS)).take(idx)
+    return summary
+
+
+def fold_journals(root: str, workdir: str | None = None) -> bool:
+    """compact(root) when it has journals (rows a run settled since the ledger was last written); True if it had."""
+    if not journals_of(root):
+        return False
+    compact(root, workdir=workdir)
+    return True
 
 
 def _files_present(root: str, table: pa.Table) -> list[bool]:
     out = []
-    for batch in table.select(["key", "status", "format", "bytes"]).to_batches(max_chunksize=65536):
-        for key, status, fmt, size in zip(*(c.to_pylist() for c in batch.columns)):
-            if status != OK:
-                out.append(True)
-                continue
-            try:
-                out.append(os.path.getsize(os.path.join(root, IMAGES_DIR, f"{key}.{fmt}")) == size)
-            except OSError:
-                out.append(False)
+    for key, status, fmt, size in zip(*(table[c].to_pylist() for c in ("key", "status", "format", "bytes"))):
+        if status != OK:
+            out.append(True)
+            continue
+        try:
+            out.append(os.path.getsize(os.path.join(root, IMAGES_DIR, f"{key}.{fmt}")) == size)
+        except OSError:
+            out.append(False)
     return out
 
 
-def summarize(table: pa.Table) -> dict:
-    """Counts per error class over the ledger rows, as the study's table of failures."""
-    counts = {c: 0 for c in ERROR_CLASSES}
-    if table.num_rows:
+class Tally:
+    """The summary's counts, added up a table at a time."""
+
+    def __init__(self):
+        self.counts = {c: 0 for c in ERROR_CLASSES}
+        self.total = 0
+        self.transient = 0
+
+    def add(self, table: pa.Table) -> "Tally":
+        if not table.num_rows:
+            return self
         for item in pc.value_counts(table["error_class"]).to_pylist():
-            counts[item["values"]] = counts.get(item["values"], 0) + int(item["counts"])
-    total = int(table.num_rows)
-    transient = 0
-    if table.num_rows:
+            self.counts[item["values"]] = self.counts.get(item["values"], 0) + int(item["counts"])
+        self.total += int(table.num_rows)
         retried_4xx = pc.and_(pc.equal(table["error_class"], "http_4xx"),
                               pc.is_in(table["http_status"], value_set=pa.array(sorted(TRANSIENT_HTTP_STATUS), pa.int32())))
         mask = pc.or_(pc.is_in(table["error_class"], value_set=pa.array(sorted(TRANSIENT_CLASSES))),
                       pc.fill_null(retried_4xx, False))
-        transient = int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
-    return {
-        "total": total,
-        "ok": counts[OK],
-        "failed": total - counts[OK],
-        "transient_failed": transient,  # fetched again by the next run
-        "counts": counts,
-        "shares": {c: (n / total if total else 0.0) for c, n in counts.items()},
-    }
+        self.transient += int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
+        return self
+
+    def summary(self) -> dict:
+        total = self.total
+        return {
+            "total": total,
+            "ok": self.counts[OK],
+            "failed": total - self.counts[OK],
+            "transient_failed": self.transient,  # fetched again by the next run
+            "counts": dict(self.counts),
+            "shares": {c: (n / total if total else 0.0) for c, n in self.counts.items()},
+        }
+
+
+def summarize(table: pa.Table) -> dict:
+    """Counts per error class over the ledger rows, as the study's table of failures."""
+    return Tally().add(table).summary()
 
 
 def format_table(summary: dict) -> str:

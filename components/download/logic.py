@@ -1,8 +1,9 @@
 """The download step: fetches every image of the manifest with retries, keeping a per-URL ledger that makes a rerun resume.
 
 How a run goes:
-- the manifest is checked, then streamed in batches of rows; each row is looked up in what the
-  output folder and the store already know (ledger.parquet plus journals): an image already there
+- the manifest is checked and sorted by key, then streamed in batches of rows; each row is joined
+  with what the output folder and the store already know (their ledger.parquet, into which the
+  journals a killed run left are folded first): an image already there
   or a permanent failure is carried over, an image the store has is copied, anything else
   (never tried, or a transient failure) is fetched;
 - a pool of worker threads fetches (fetch.py); a transient failure is tried again after an
@@ -13,10 +14,11 @@ How a run goes:
 - at the end the journals are folded into ledger.parquet (this manifest's rows only) and
   download_summary.json, and the summary table is printed.
 
-Memory while fetching stays bounded whatever the manifest's size: at most
-`workers * INFLIGHT_PER_WORKER` URLs are in flight (being fetched, queued, or waiting out a
-backoff), and the manifest is read a batch at a time. What earlier runs know, and the ledger
-being compacted, are held in Arrow columns (about half a kilobyte a row).
+Memory stays bounded whatever the manifest's size: at most `workers * INFLIGHT_PER_WORKER` URLs
+are in flight (being fetched, queued, or waiting out a backoff); the manifest is checked and sorted
+by key, and the ledgers are read, joined and compacted, a batch at a time through sorted runs on
+disk (merge.py, in the output's `.work/` while the run lasts), never held whole. URLs are fetched
+in key order, which, keys being hashes of the URLs, spreads each host's URLs over the run.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ import heapq
 import json
 import os
 import re
+import shutil
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -34,7 +36,6 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -42,12 +43,13 @@ from PIL import Image
 
 from components.common import storage
 from components.common.labels import image_key
-from components.download import ledger
+from components.download import ledger, merge
 from components.download import store as stores
 from components.download.fetch import Fetcher, ImageProblem, backoff_delay, inspect_image
 from pipeline import defaults
 
 MANIFEST_FILE = "manifest.parquet"
+WORK_DIR = ".work"  # sorted runs while a run lasts
 KEY_PATTERN = re.compile(r"[0-9a-f]{20}")
 BATCH_ROWS = 1024
 # URLs in flight (being fetched, queued, or waiting out a backoff) per worker. Generous, so that
@@ -141,11 +143,17 @@ def run(
     output_dir = os.path.abspath(output_dir)
     if store and not storage.is_gcs(store) and os.path.abspath(store) == output_dir:
         raise DownloadError(f"the store and the output are both {output_dir}; give the store a folder of its own")
-    with tempfile.TemporaryDirectory(prefix="download-manifest-") as tmp:
-        manifest_path = _manifest_path(manifest_dir, tmp)
-        keys = check_manifest(manifest_path)
-        with stores.FolderLock(output_dir, "the output folder"):
-            return _Run(manifest_path, keys, output_dir, store, settings, progress, print_table).execute()
+    with stores.FolderLock(output_dir, "the output folder"):
+        # Sorted runs of the manifest and the ledgers go here: on the output's disk, sized for the images.
+        workdir = os.path.join(output_dir, WORK_DIR)
+        shutil.rmtree(workdir, ignore_errors=True)
+        os.makedirs(workdir)
+        try:
+            manifest_path = _manifest_path(manifest_dir, workdir)
+            manifest, rows = check_manifest(manifest_path, workdir)
+            return _Run(manifest, rows, output_dir, store, settings, progress, print_table, workdir).execute()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _manifest_path(manifest_dir: str, workdir: str) -> str:
@@ -157,8 +165,12 @@ def _manifest_path(manifest_dir: str, workdir: str) -> str:
     return storage.local_copy(path, workdir)
 
 
-def check_manifest(path: str) -> pa.ChunkedArray:
-    """The manifest's keys, after checking that each is image_key(url) and appears once."""
+def check_manifest(path: str, workdir: str) -> tuple[str, int]:
+    """Checks that each key of the manifest is image_key(url) and appears once; returns the manifest's
+    (key, url) sorted by key, as a file in workdir, and its number of rows.
+
+    Sorted out of memory (merge.py), so a manifest of any size is checked in bounded memory.
+    """
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
@@ -168,11 +180,11 @@ def check_manifest(path: str) -> pa.ChunkedArray:
     if missing:
         raise DownloadError(f"manifest {path} has no column {', '.join(missing)}; expected contract 1 (key, url, AU1..AU60, row)")
     has_row = "row" in names
-    chunks = []
+    spiller = merge.Spiller(workdir, "manifest")
     offset = 0
     for batch in pf.iter_batches(batch_size=16 * BATCH_ROWS, columns=["key", "url"] + (["row"] if has_row else [])):
         keys = _as_string(batch.column(0))
-        rows = batch.column(2).to_pylist() if has_row else range(offset + 1, offset + 1 + batch.num_rows)
+        rows = batch.column(2).to_pylist() if has_row else list(range(offset + 1, offset + 1 + batch.num_rows))
         for key, url, row in zip(keys.to_pylist(), batch.column(1).to_pylist(), rows):
             if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
                 raise DownloadError(f"manifest {path}, row {row}: key {key!r} is not 20 lowercase hex digits; re-run the ingest step")
@@ -180,18 +192,38 @@ def check_manifest(path: str) -> pa.ChunkedArray:
                 raise DownloadError(
                     f"manifest {path}, row {row}: key {key} is not image_key(url) for URL {url!r}; "
                     "the manifest was edited or corrupted; re-run the ingest step")
-        chunks.append(keys)
+        spiller.add(pa.table({"key": keys, "url": _as_string(batch.column(1)),
+                              "row": pa.array(rows, pa.int64())}))
         offset += batch.num_rows
-    keys = pa.chunked_array(chunks, type=pa.string())
-    if len(keys):
-        counts = pc.value_counts(keys)
-        dup = counts.filter(pc.greater(counts.field("counts"), 1))
-        if len(dup):
-            first = dup[0].as_py()
-            raise DownloadError(
-                f"manifest {path}: key {first['values']} appears {first['counts']} times ({len(dup)} keys repeat); "
-                "the manifest must hold each URL once; re-run the ingest step")
-    return keys
+    # One pass over the merged runs writes the sorted manifest and finds keys that repeat: a key's rows
+    # all come in one step of the merge.
+    sorted_path = os.path.join(workdir, "manifest.sorted.arrow")
+    schema = pa.schema([("key", pa.string()), ("url", pa.string()), ("row", pa.int64())])
+    repeats, first = 0, None
+
+    def steps():
+        nonlocal repeats, first
+        for parts in merge.merge([merge.read_batches(r) for r in spiller.finish()]):
+            t = merge.sort_by_key(pa.concat_tables([p for p in parts if p is not None]))
+            keys = t["key"].combine_chunks()
+            if t.num_rows > 1:
+                same = pc.equal(keys.slice(1), keys.slice(0, t.num_rows - 1))
+                n = pc.sum(pc.cast(same, pa.int64())).as_py() or 0
+                if n:
+                    repeats += len(pc.unique(keys.slice(1).filter(same)))
+                    if first is None:
+                        key = keys.slice(1).filter(same)[0].as_py()
+                        at = t.filter(pc.equal(t["key"], key))["row"].to_pylist()
+                        first = (key, at)
+            yield t
+
+    merge.write_run(steps(), sorted_path, schema)
+    if first is not None:
+        key, at = first
+        raise DownloadError(
+            f"manifest {path}: key {key} appears {len(at)} times (rows {', '.join(map(str, at))}; {repeats} keys repeat); "
+            "the manifest must hold each URL once; re-run the ingest step")
+    return sorted_path, spiller.rows
 
 
 def _as_string(array: pa.Array) -> pa.Array:
@@ -214,7 +246,7 @@ class _Task:
 
 
 class _Scheduler:
-    """Hands tasks to the workers: fresh ones in manifest order, retries when their backoff is over.
+    """Hands tasks to the workers: fresh ones in the order fed (key order), retries when their backoff is over.
 
     submit() blocks while `capacity` tasks are in flight, which is what bounds memory.
     Retries wait in a heap ordered by due time, so a backoff never holds a worker.
@@ -291,9 +323,11 @@ class _Scheduler:
 
 
 class _Run:
-    def __init__(self, manifest_path, keys, output_dir, store_uri, settings: Settings, progress, print_table):
-        self.manifest_path = manifest_path
-        self.keys = keys
+    def __init__(self, manifest, total, output_dir, store_uri, settings: Settings, progress, print_table, workdir):
+        self.manifest = manifest  # (key, url) sorted by key: check_manifest()
+        self.total = total
+        self.workdir = workdir
+        self.prior: str | None = None  # a key-sorted ledger of what the output and the store knew at the start
         self.output = output_dir
         self.store_uri = store_uri
         self.s = settings
@@ -310,7 +344,7 @@ class _Run:
         self.fatal: BaseException | None = None
         self.fetcher: Fetcher | None = None
         self.journal: stores.Journal | None = None
-        self.orphans: dict[str, str] = {}
+        self.maybe_orphans = False
 
     # --- the whole run ---
     def execute(self) -> dict:
@@ -318,14 +352,14 @@ class _Run:
         # Pillow warns about large images before we get to refuse them with our own pixel limit.
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         stores.prepare_folder(self.output)
+        ledger.fold_journals(self.output, self.workdir)  # what a killed run settled
+        with os.scandir(os.path.join(self.output, ledger.IMAGES_DIR)) as it:
+            self.maybe_orphans = any(True for _ in it)
         if self.store is not None:
             self.store.open()
         interrupted = pumped = False
-        prior = None
         try:
-            index = _KeyIndex(self._load_prior())
-            prior = index.table
-            self.orphans = self._find_orphans(index)
+            self.prior = self._load_prior()
             self.journal = stores.Journal(self.output, self.run_id)
             self.fetcher = Fetcher(
                 per_host=self.s.per_host, timeout=self.s.timeout, deadline=self.s.deadline,
@@ -334,7 +368,7 @@ class _Run:
                 num_pools=max(64, 4 * self.s.workers),
             )
             try:
-                self._pump(index)
+                self._pump()
             except KeyboardInterrupt:
                 interrupted = True
                 self.sched.stop()
@@ -349,16 +383,15 @@ class _Run:
             if self.store is not None:
                 # After an error the store's journals are left for the next run to fold in.
                 self.store.close(compact=pumped and self.fatal is None)
-        table = ledger.compact(self.output, keep_keys=self.keys.combine_chunks() if self.keys.num_chunks else pa.array([], pa.string()),
-                               verify_files=True, base=prior)
+        summary = ledger.compact(self.output, keep=self.manifest, verify_files=True,
+                                 base=self.prior if self.store is not None else None, workdir=self.workdir)
         for leftover in (os.path.join(self.output, stores.PARTIAL_DIR), os.path.join(self.output, ledger.JOURNAL_DIR)):
             try:
                 os.rmdir(leftover)  # only when empty
             except OSError:
                 pass
         seconds = time.monotonic() - t0
-        summary = ledger.summarize(table)
-        summary["complete"] = not interrupted and self.fatal is None and table.num_rows == len(self.keys)
+        summary["complete"] = not interrupted and self.fatal is None and summary["total"] == self.total
         summary["run"] = {
             "started": started,
             "finished": _now(),
@@ -381,60 +414,56 @@ class _Run:
             raise DownloadError(f"download stopped: {self.fatal}; what was settled is kept, rerun to resume") from self.fatal
         if interrupted:
             raise DownloadInterrupted(
-                f"interrupted: {table.num_rows} of {len(self.keys)} URLs settled and kept in {self.output}; rerun to resume")
+                f"interrupted: {summary['total']} of {self.total} URLs settled and kept in {self.output}; rerun to resume")
         return summary
 
-    def _load_prior(self) -> pa.Table:
-        """What the output folder and the store know, latest row per key; and the output's news sent to the store."""
-        out_state, _ = ledger.load_state(self.output)
+    def _load_prior(self) -> str | None:
+        """A key-sorted ledger file of what the output folder and the store know (latest row per key),
+        after sending the store the output's news; None when neither knows anything."""
+        out_ledger = os.path.join(self.output, ledger.LEDGER_FILE)
+        out_ledger = out_ledger if os.path.exists(out_ledger) else None
         if self.store is None:
-            return out_state
-        store_state = self.store.load()
-        self._sync_up(out_state, store_state)
-        return ledger.latest_per_key([store_state, out_state])
+            return out_ledger
+        store_ledger = self.store.prepare(self.workdir)
+        if out_ledger is not None:
+            self._sync_up(out_ledger, store_ledger)
+        sources = [ledger.ledger_source(p, n) for n, p in enumerate((store_ledger, out_ledger)) if p is not None]
+        if not sources:
+            return None
+        prior = os.path.join(self.workdir, "prior.parquet")
+        ledger.fold(sources, prior, self.workdir)
+        return prior
 
-    def _sync_up(self, out_state: pa.Table, store_state: pa.Table) -> None:
+    def _sync_up(self, out_ledger: str, store_ledger: str | None) -> None:
         """Sends the store the rows (and images) a killed run settled in the output but had not yet sent."""
-        if not out_state.num_rows:
-            return
         stamp = lambda t: pc.binary_join_element_wise(t["key"], t["last_attempt"], "|")  # noqa: E731
-        news = out_state.filter(pc.invert(pc.is_in(stamp(out_state), value_set=stamp(store_state).combine_chunks()))) \
-            if store_state.num_rows else out_state
-        if not news.num_rows:
-            return
-        for batch in news.to_batches(max_chunksize=FLUSH_ROWS):
-            rows = []
-            for row in batch.to_pylist():
-                if row["status"] == ledger.OK:
-                    path = os.path.join(self.output, ledger.IMAGES_DIR, f"{row['key']}.{row['format']}")
-                    if not os.path.exists(path) or os.path.getsize(path) != row["bytes"]:
-                        continue
-                    self.store.put_image(path, row["key"], row["format"])
-                rows.append(row)
-            self.store.append(rows)
+        sources = [ledger.ledger_source(out_ledger)] + ([ledger.ledger_source(store_ledger)] if store_ledger else [])
+        for parts in merge.merge(sources):
+            out, known = parts[0], parts[1] if len(parts) > 1 else None
+            if out is None or not out.num_rows:
+                continue
+            news = out.filter(pc.invert(pc.is_in(stamp(out), value_set=stamp(known).combine_chunks()))) \
+                if known is not None and known.num_rows else out
+            news = news.select(list(ledger.COLUMNS))
+            for batch in news.to_batches(max_chunksize=FLUSH_ROWS):
+                rows = []
+                for row in batch.to_pylist():
+                    if row["status"] == ledger.OK:
+                        path = os.path.join(self.output, ledger.IMAGES_DIR, f"{row['key']}.{row['format']}")
+                        if not os.path.exists(path) or os.path.getsize(path) != row["bytes"]:
+                            continue
+                        self.store.put_image(path, row["key"], row["format"])
+                    rows.append(row)
+                if rows:
+                    self.store.append(rows)
 
-    def _find_orphans(self, index: "_KeyIndex") -> dict[str, str]:
-        """Images with no ledger row: written by a run killed before it journalled them (key -> format)."""
-        orphans: dict[str, str] = {}
-        names: list[str] = []
-
-        def check(batch):
-            before = index.lookup(pa.array([n.split(".")[0] for n in batch]))["key"]
-            for name, known in zip(batch, before):
-                if known is None:
-                    orphans[name.split(".")[0]] = name.split(".")[1]
-
-        with os.scandir(os.path.join(self.output, ledger.IMAGES_DIR)) as it:
-            for entry in it:
-                key, _, fmt = entry.name.partition(".")
-                if KEY_PATTERN.fullmatch(key) and fmt in ledger.FORMATS:
-                    names.append(entry.name)
-                    if len(names) >= 4096:
-                        check(names)
-                        names = []
-        if names:
-            check(names)
-        return orphans
+    def _orphan(self, key: str) -> str | None:
+        """The format of an image with no ledger row (written by a run killed before it journalled it), or None."""
+        if self.maybe_orphans:
+            for fmt in ledger.FORMATS:
+                if os.path.exists(os.path.join(self.output, ledger.IMAGES_DIR, f"{key}.{fmt}")):
+                    return fmt
+        return None
 
     def _adopt(self, task: _Task) -> dict | None:
         """The ledger row of an orphan image that decodes, or None (then it is fetched again, over it)."""
@@ -457,10 +486,9 @@ class _Run:
                 "message": "kept the image a stopped run had written before its ledger row"}
 
     # --- threads ---
-    def _pump(self, index: "_KeyIndex") -> None:
-        total = len(self.keys)
-        bar = _progress_bar(total, self.progress)
-        feeder = threading.Thread(target=self._feed, args=(index,), name="download-feeder", daemon=True)
+    def _pump(self) -> None:
+        bar = _progress_bar(self.total, self.progress)
+        feeder = threading.Thread(target=self._feed, name="download-feeder", daemon=True)
         workers = [threading.Thread(target=self._work, name=f"download-{i}", daemon=True) for i in range(self.s.workers)]
         closer = threading.Thread(target=self._close_when_done, args=(feeder, workers), name="download-closer", daemon=True)
         for t in [feeder, *workers, closer]:
@@ -493,6 +521,7 @@ class _Run:
                             bar.update(sum(item.values()))
                     else:
                         pending.append(item)
+                        self.sched.done()
                         self.counts[item["error_class"]] += 1
                         if bar is not None:
                             bar.update(1)
@@ -537,20 +566,29 @@ class _Run:
             self.fatal = exc
         self.sched.stop()
 
-    def _feed(self, index: "_KeyIndex") -> None:
+    def _feed(self) -> None:
         try:
-            self._feed_batches(index)
+            self._feed_batches()
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, which reports it
             self._fail(e)
         finally:
             self.sched.close()
 
-    def _feed_batches(self, index: "_KeyIndex") -> None:
-        pf = pq.ParquetFile(self.manifest_path)
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=["key", "url"]):
-            keys = _as_string(batch.column(0))
-            urls = batch.column(1).to_pylist()
-            before = index.lookup(keys)
+    def _feed_batches(self) -> None:
+        """The manifest in key order, each key beside its earlier row (a merge join, so memory is bounded)."""
+        sources = [merge.read_batches(self.manifest, columns=["key", "url"], batch_size=BATCH_ROWS)]
+        if self.prior is not None:
+            sources.append(merge.read_batches(self.prior, columns=list(ledger.COLUMNS), batch_size=BATCH_ROWS))
+        for parts in merge.merge(sources):
+            wanted, known = parts[0], parts[1] if len(parts) > 1 else None
+            if wanted is None or not wanted.num_rows:
+                continue
+            keys = wanted["key"].combine_chunks()
+            if known is not None and known.num_rows:
+                before = known.take(pc.index_in(keys, value_set=known["key"].combine_chunks())).to_pydict()
+            else:
+                before = {c: [None] * len(keys) for c in ledger.COLUMNS}
+            urls = wanted["url"].to_pylist()
             carried: Counter = Counter()
             for i, key in enumerate(keys.to_pylist()):
                 task = self._plan(key, urls[i], {c: before[c][i] for c in ledger.COLUMNS})
@@ -566,7 +604,7 @@ class _Run:
         """None when the key is settled already; else the task that settles it."""
         status = prior["status"]
         if status is None:
-            return _Task(key, url, adopt=self.orphans.get(key))
+            return _Task(key, url, adopt=self._orphan(key))
         task = _Task(key, url, attempts_before=prior["attempts"] or 0, first_attempt=prior["first_attempt"])
         if status == ledger.OK:
             path = os.path.join(self.output, ledger.IMAGES_DIR, f"{key}.{prior['format']}")
@@ -596,8 +634,9 @@ class _Run:
             if row is _DROPPED:
                 self.sched.done()
             elif row is not None:
+                # Still in flight until the main thread has taken it for the journal (it calls done()):
+                # so rows that settle faster than they are journalled cannot pile up.
                 self.results.append(row)
-                self.sched.done()
 
     def _settle(self, task: _Task) -> dict | None:
         """One attempt at a task: its ledger row when settled, None when it was put back for a retry."""
@@ -648,27 +687,6 @@ class _Run:
             message += f" (attempt {task.tries} of {self.s.max_attempts} in this run)"
         return {**row, "status": "failed", "error_class": outcome.error_class, "bytes": None, "sha256": None,
                 "format": None, "width": None, "height": None, "message": message}
-
-
-class _KeyIndex:
-    """The earlier row of each key, looked up by binary search in the sorted keys: for a large
-    ledger this costs 20 bytes a key, where a dict would cost a hundred."""
-
-    def __init__(self, table: pa.Table):
-        keys = np.array(table["key"].to_pylist(), dtype="S20")
-        if len(keys) > 1 and not (keys[1:] >= keys[:-1]).all():  # ledger tables come sorted; others are sorted here
-            order = np.argsort(keys, kind="stable")
-            table, keys = table.take(pa.array(order)), keys[order]
-        self.table, self.keys = table, keys
-
-    def lookup(self, keys: pa.Array) -> dict[str, list]:
-        """Column name -> values for each key, None where a key has no earlier row."""
-        wanted = np.array(keys.to_pylist(), dtype="S20")
-        if not len(self.keys):
-            return {c: [None] * len(wanted) for c in ledger.COLUMNS}
-        pos = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
-        found = self.keys[pos] == wanted
-        return self.table.take(pa.array(pos, mask=~found)).to_pydict()
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -16,7 +16,6 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-import pyarrow as pa
 
 from components.common import storage
 from components.download import ledger
@@ -134,10 +133,12 @@ class LocalStore:
     def open(self) -> None:
         self._lock.__enter__()
         prepare_folder(self.root)
-        self._journal = Journal(self.root, self.run_id)
 
-    def load(self) -> pa.Table:
-        return ledger.load_state(self.root)[0]
+    def prepare(self, workdir: str) -> str | None:
+        """Folds journals a killed run left into the store's ledger; its path, or None when it has none."""
+        ledger.fold_journals(self.root, workdir)
+        path = os.path.join(self.root, ledger.LEDGER_FILE)
+        return path if os.path.exists(path) else None
 
     def get_image(self, key: str, fmt: str, size: int | None, folder: str) -> bool:
         src = os.path.join(self.root, ledger.IMAGES_DIR, f"{key}.{fmt}")
@@ -153,6 +154,8 @@ class LocalStore:
         link_or_copy(path, self.root, key, fmt)
 
     def append(self, rows: list[dict]) -> None:
+        if self._journal is None:  # opened at the first rows, after prepare() has folded the older journals
+            self._journal = Journal(self.root, self.run_id)
         self._journal.write(rows)
         self._journal.flush()
 
@@ -181,12 +184,23 @@ class GcsStore:
         self._since = time.monotonic()
         self._seq = 0
         self._lock = threading.Lock()
+        from components.download.gcslock import GcsLock
+
+        self._store_lock = GcsLock(self.root, "the store", run_id=run_id)  # <store>/.lock, held on a lease
 
     def open(self) -> None:
         storage.split_gcs(self.root)  # a bad URI fails here, before any work
+        self._store_lock.acquire()
 
-    def load(self) -> pa.Table:
-        return ledger.load_state(self.root)[0]
+    def prepare(self, workdir: str) -> str | None:
+        """Folds journal segments left by earlier runs into the store's ledger; a local copy of it, or None."""
+        ledger.fold_journals(self.root, workdir)
+        uri = storage.join(self.root, ledger.LEDGER_FILE)
+        if not storage.exists(uri):
+            return None
+        local = os.path.join(workdir, "store-ledger.parquet")
+        storage.download_file(uri, local)
+        return local
 
     def get_image(self, key: str, fmt: str, size: int | None, folder: str) -> bool:
         from google.api_core import exceptions as gexc
@@ -220,10 +234,14 @@ class GcsStore:
         self._since = time.monotonic()
 
     def close(self, compact: bool = True) -> None:
-        with self._lock:
-            self._upload()
-        if compact:
-            ledger.compact(self.root)
+        try:
+            with self._lock:
+                self._upload()
+            if compact:
+                self._store_lock.check()  # a run whose lock was taken over must not compact
+                ledger.compact(self.root)
+        finally:
+            self._store_lock.release()
 
 
 def open_store(uri: str, run_id: str):
