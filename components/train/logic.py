@@ -365,7 +365,8 @@ def _train(plan: Plan, weights_file: str | None, workdir: str, started: float, c
                 metrics=_metrics(p),
             )
         if state["weights"] and state["stage"] == stage_no:
-            store.restore(net, state)
+            with strategy.scope():  # the optimizer's slots are made here, mirrored like the weights
+                store.restore(net, state)
         elif state["stage"] < stage_no:
             state["wait"] = 0  # a new stage earns its own patience
         if start >= end_epoch:
