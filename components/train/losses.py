@@ -92,7 +92,8 @@ class MaskedMacroF1(keras.metrics.Metric):
 
     def reset_state(self):
         for v in (self.tp, self.fp, self.fn):
-            v.assign(ops.zeros_like(v))
+            # Not ops.zeros_like(v): jax.numpy (0.11) takes no Keras variable there; this works on every backend.
+            v.assign(ops.zeros(v.shape, dtype=v.dtype))
 
     def get_config(self):
         return {**super().get_config(), "num_labels": self.num_labels, "threshold": self.threshold}
@@ -130,12 +131,14 @@ class _BackboneLearningRate:
     """
 
     def set_backbone_variables(self, variables, multiplier: float):
-        self._backbone_vars = list(variables)
+        # Their keys, not the variables: Keras tracks variables set on an optimizer as its own state,
+        # so each checkpoint would hold them twice, and JAX would donate one buffer twice to the step.
+        self._backbone_keys = frozenset(self._var_key(v) for v in variables)
         self._backbone_multiplier = float(multiplier)
 
     def build(self, variables):
         super().build(variables)
-        keys = {self._var_key(v) for v in getattr(self, "_backbone_vars", [])}
+        keys = getattr(self, "_backbone_keys", frozenset())
         self._backbone_indices = {i for i, v in enumerate(variables) if self._var_key(v) in keys}
 
     def update_step(self, gradient, variable, learning_rate):
