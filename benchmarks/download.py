@@ -90,8 +90,9 @@ def start_server(workdir: str, latency: float, connect_latency: float = 0.0) -> 
 
 # --- the runs ----------------------------------------------------------------------------------------
 
-def run_child(cmd: list[str], env=None, timeout: float = 900) -> tuple[float, int, int, str]:
-    """(wall seconds, peak RSS in MiB, exit code, output tail) of one child process."""
+def run_child(cmd: list[str], env=None, timeout: float = 900) -> tuple[float, int, int, str, float]:
+    """(wall seconds, peak RSS in MiB, exit code, output tail, CPU seconds) of one child process; the CPU
+    seconds, user and system, include the children it waited for (img2dataset's shard worker)."""
     start = time.monotonic()
     out = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -109,7 +110,7 @@ def run_child(cmd: list[str], env=None, timeout: float = 900) -> tuple[float, in
     out.seek(0)
     tail = out.read().decode(errors="replace")[-3000:]
     code = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss // 1024, code, tail
+    return wall, usage.ru_maxrss // 1024, code, tail, usage.ru_utime + usage.ru_stime
 
 
 def bench_ours(urls: list[str], workdir: str, workers: int) -> dict:
@@ -125,12 +126,12 @@ def bench_ours(urls: list[str], workdir: str, workers: int) -> dict:
     # One host serves everything here, so the per-host limit is the worker count.
     cmd = [sys.executable, "-m", "components.download", "--manifest", mdir, "--output", out, "--workers", str(workers),
            "--per-host", str(workers), "--no-progress"]
-    wall, rss, code, tail = run_child(cmd)
+    wall, rss, code, tail, cpu = run_child(cmd)
     if code != 0:
         return {"error": f"exit {code}: {tail[-500:]}"}
     with open(os.path.join(out, "download_summary.json")) as f:
         summary = json.load(f)
-    return {"ok": summary["ok"], "seconds": summary["run"]["seconds"], "wall": wall, "rss": rss}
+    return {"ok": summary["ok"], "seconds": summary["run"]["seconds"], "wall": wall, "rss": rss, "cpu": cpu}
 
 
 def bench_streaming(rows: int, workdir: str, workers: int) -> list[tuple[str, dict]]:
@@ -158,13 +159,14 @@ def bench_streaming(rows: int, workdir: str, workers: int) -> list[tuple[str, di
            "--max-attempts", "1", "--no-progress"]
     results = []
     for name in ("first run", "rerun on its ledger"):
-        wall, rss, code, tail = run_child(cmd)
+        wall, rss, code, tail, cpu = run_child(cmd)
         if code != 0:
             results.append((name, {"error": f"exit {code}: {tail[-500:]}"}))
             break
         with open(os.path.join(out, "download_summary.json")) as f:
             summary = json.load(f)
-        results.append((name, {"ok": summary["total"], "seconds": summary["run"]["seconds"], "wall": wall, "rss": rss}))
+        results.append((name, {"ok": summary["total"], "seconds": summary["run"]["seconds"], "wall": wall, "rss": rss,
+                               "cpu": cpu}))
     return results
 
 
@@ -206,7 +208,7 @@ def bench_img2dataset(python: str, urls: list[str], workdir: str, workers: int) 
     ]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     env.pop("PYTHONPATH", None)
-    wall, rss, code, tail = run_child(cmd, env=env)
+    wall, rss, code, tail, cpu = run_child(cmd, env=env)
     stats = []
     for path in glob.glob(os.path.join(out, "*_stats.json")):
         with open(path) as f:
@@ -215,7 +217,7 @@ def bench_img2dataset(python: str, urls: list[str], workdir: str, workers: int) 
         return {"error": f"exit {code}: {tail[-500:]}"}
     seconds = max(s["end_time"] for s in stats) - min(s["start_time"] for s in stats)
     # Its parent and its shard worker are two processes: ru_maxrss is the larger of them.
-    return {"ok": sum(s["successes"] for s in stats), "seconds": seconds, "wall": wall, "rss": rss}
+    return {"ok": sum(s["successes"] for s in stats), "seconds": seconds, "wall": wall, "rss": rss, "cpu": cpu}
 
 
 def main(argv=None) -> int:
@@ -262,7 +264,8 @@ def main(argv=None) -> int:
     setup = f" + {args.connect_latency * 1000:g} ms per new connection" if args.connect_latency else ""
     print(f"\n{args.urls} URLs, {args.workers} workers, {args.latency * 1000:g} ms per request{setup}, "
           f"{os.cpu_count()} CPU cores; latency bound = workers / latency = {bound:.0f} images/s")
-    print(f"{'downloader':<28} {'ok':>6} {'seconds':>8} {'images/s':>9} {'of bound':>9} {'wall s':>7} {'peak RSS MiB':>13}")
+    print(f"{'downloader':<28} {'ok':>6} {'seconds':>8} {'images/s':>9} {'of bound':>9} {'wall s':>7} {'CPU s':>6} "
+          f"{'peak RSS MiB':>13}")
     rates = {}
     for name, r in rows:
         if "error" in r:
@@ -270,7 +273,8 @@ def main(argv=None) -> int:
             continue
         rate = r["ok"] / r["seconds"] if r["seconds"] > 0 else 0.0
         rates[name] = rate
-        print(f"{name:<28} {r['ok']:>6} {r['seconds']:>8.2f} {rate:>9.1f} {rate / bound:>8.0%} {r['wall']:>7.1f} {r['rss']:>13}")
+        print(f"{name:<28} {r['ok']:>6} {r['seconds']:>8.2f} {rate:>9.1f} {rate / bound:>8.0%} {r['wall']:>7.1f} "
+              f"{r['cpu']:>6.2f} {r['rss']:>13}")
     if len(rates) == 2:
         a, b = rates.values()
         print(f"speed-up over img2dataset: {a / b:.2f}x" if b else "img2dataset fetched nothing")
@@ -278,14 +282,16 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:
             results = bench_streaming(args.streaming_rows, tmp, args.workers)
         print(f"\nstreaming: {args.streaming_rows} manifest rows, all on .invalid hosts (settled as dns at the first attempt, no network)")
-        print(f"{'run':<20} {'rows settled':>13} {'seconds':>8} {'rows/s':>9} {'wall s':>7} {'peak RSS MiB':>13}")
+        print(f"{'run':<20} {'rows settled':>13} {'seconds':>8} {'rows/s':>9} {'wall s':>7} {'CPU s':>6} {'peak RSS MiB':>13}")
         for name, r in results:
             if "error" in r:
                 print(f"{name:<20} {r['error']}")
             else:
-                print(f"{name:<20} {r['ok']:>13} {r['seconds']:>8.2f} {r['ok'] / r['seconds']:>9.0f} {r['wall']:>7.1f} {r['rss']:>13}")
+                print(f"{name:<20} {r['ok']:>13} {r['seconds']:>8.2f} {r['ok'] / r['seconds']:>9.0f} {r['wall']:>7.1f} "
+                      f"{r['cpu']:>6.2f} {r['rss']:>13}")
     print("seconds: from the first request to the last result, without interpreter start-up "
-          "(ours: download_summary.json run.seconds; img2dataset: its shard stats); wall s: the whole process.")
+          "(ours: download_summary.json run.seconds; img2dataset: its shard stats); wall s and CPU s (user + system): "
+          "the whole process, start-up included.")
     return 0
 
 
