@@ -221,6 +221,38 @@ def delete_if_generation(uri: str, generation: int) -> bool:
     return True
 
 
+def download_versioned(uri: str, local_path: str) -> int:
+    """Downloads a gs:// object to local_path; returns the generation it holds, or 0 when there is
+    no such object (nothing is written then). Pair it with upload_file_if_generation()."""
+    from google.api_core import exceptions as gexc
+
+    bucket, name = split_gcs(uri)
+    Path(local_path).parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(5):
+        blob = gcs_client().bucket(bucket).get_blob(name)
+        if blob is None:
+            return 0
+        generation = blob.generation  # a download resets it from its headers
+        try:
+            blob.download_to_filename(local_path, if_generation_match=generation)
+            return int(generation)
+        except (gexc.PreconditionFailed, gexc.NotFound):
+            continue  # rewritten or deleted between the two requests: look again
+    raise RuntimeError(f"{uri} keeps changing while being read")
+
+
+def upload_file_if_generation(local_path: str, uri: str, generation: int) -> bool:
+    """Uploads a local file to a gs:// object only if the object is still at `generation` (0: only if
+    there is none); False when someone else wrote or deleted it since."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        _blob(uri).upload_from_filename(local_path, if_generation_match=int(generation))
+    except gexc.PreconditionFailed:
+        return False
+    return True
+
+
 def upload_file(local_path: str, uri: str) -> None:
     if is_gcs(uri):
         _blob(uri).upload_from_filename(local_path)

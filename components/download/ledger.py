@@ -192,8 +192,9 @@ class _LedgerWriter:
     """Writes ledger.parquet at uri atomically (a reader sees the old ledger or the whole new one),
     from tables handed over in key order, WRITE_ROWS rows to a row group."""
 
-    def __init__(self, uri: str, workdir: str):
+    def __init__(self, uri: str, workdir: str, generation: int | None = None):
         self.uri = uri
+        self.generation = generation  # gs://: write only over this generation of the ledger (0: none)
         self.gcs = storage.is_gcs(uri)
         self.tmp = os.path.join(workdir, "ledger.upload.parquet") if self.gcs else f"{uri}.{os.getpid()}.tmp"
         self._writer = pq.ParquetWriter(self.tmp, SCHEMA)
@@ -216,8 +217,15 @@ class _LedgerWriter:
         self._flush()
         self._writer.close()
         if self.gcs:
-            storage.upload_file(self.tmp, self.uri)
-            os.unlink(self.tmp)
+            try:
+                if self.generation is None:
+                    storage.upload_file(self.tmp, self.uri)
+                elif not storage.upload_file_if_generation(self.tmp, self.uri, self.generation):
+                    raise LedgerError(
+                        f"{self.uri} was rewritten by another run while this one folded its journals in; this run "
+                        "left it as it is and kept the journals, which the next run folds in")
+            finally:
+                os.unlink(self.tmp)
             return
         with open(self.tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -230,7 +238,7 @@ class _LedgerWriter:
 
 
 def fold(sources: list[Iterable[pa.Table]], out_uri: str, workdir: str, keep: str | None = None,
-         verify_root: str | None = None) -> dict:
+         verify_root: str | None = None, generation: int | None = None) -> dict:
     """Writes the latest row per key of the sources as the ledger at out_uri; returns its summary().
 
     sources: inputs sorted by key, in the ledger's columns plus merge.ORDER (ledger_source(),
@@ -238,11 +246,12 @@ def fold(sources: list[Iterable[pa.Table]], out_uri: str, workdir: str, keep: st
     manifest); None keeps all. verify_root: a local folder whose images/ must hold each `ok` row's
     file at its size, or the row is dropped (the key is then fetched again next time), so the
     ledger never claims a file that is not there. Memory is a few batches per source, whatever
-    the number of rows.
+    the number of rows. generation (gs:// only): the ledger is written only if out_uri is still at
+    that generation (0: absent), else LedgerError; so two runs can never lose each other's rows.
     """
     streams = list(sources) + ([merge.read_batches(keep, columns=["key"])] if keep else [])
     tally = Tally()
-    writer = _LedgerWriter(out_uri, workdir)
+    writer = _LedgerWriter(out_uri, workdir, generation)
     try:
         for parts in merge.merge(streams):
             rows = [p for p in (parts[:-1] if keep else parts) if p is not None and p.num_rows]
@@ -314,17 +323,20 @@ def compact(root: str, keep: str | None = None, verify_files: bool = False, base
     with tempfile.TemporaryDirectory(prefix="ledger-", dir=workdir) as tmp:
         journals = journals_of(root)
         uri = storage.join(root, LEDGER_FILE)
-        sources = []
+        sources, generation = [], None
         if base is not None:
             sources.append(ledger_source(base, 0))
-        if storage.exists(uri):
-            local = uri
-            if storage.is_gcs(uri):
-                local = os.path.join(tmp, "ledger.parquet")
-                storage.download_file(uri, local)
-            sources.append(ledger_source(local, 1))
+        if storage.is_gcs(uri):
+            # Written back only over the generation read here (a store's lock guards it too).
+            local = os.path.join(tmp, "ledger.parquet")
+            generation = storage.download_versioned(uri, local)
+            if generation:
+                sources.append(ledger_source(local, 1))
+        elif os.path.exists(uri):
+            sources.append(ledger_source(uri, 1))
         sources.extend(merge.read_batches(r) for r in journal_runs(journals, 2, tmp))
-        summary = fold(sources, uri, tmp, keep=keep, verify_root=root if verify_files and not storage.is_gcs(root) else None)
+        summary = fold(sources, uri, tmp, keep=keep, verify_root=root if verify_files and not storage.is_gcs(root) else None,
+                       generation=generation)
     # Deleted only once the ledger that holds their rows is in place: a kill in between re-reads them, harmlessly.
     for j in journals:
         storage.delete(j)

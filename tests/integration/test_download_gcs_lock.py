@@ -232,3 +232,36 @@ def test_a_gcs_store_that_lost_its_lock_does_not_compact(gcs, monkeypatch):
     finally:
         b.close(compact=True)
     assert compacted == [PREFIX] and not storage.exists(LOCK)
+
+
+def test_a_compaction_never_overwrites_a_ledger_that_another_run_wrote_meanwhile(gcs, monkeypatch, tmp_path):
+    import pyarrow.parquet as pq
+
+    from components.download import ledger
+
+    root = f"gs://{BUCKET}/other-store"
+
+    def row(key):
+        return {"key": key, "url": f"http://x/{key}", "status": "failed", "error_class": "network", "attempts": 1,
+                "first_attempt": "2024-01-01T00:00:00.000000Z", "last_attempt": "2024-01-01T00:00:00.000000Z",
+                "message": ""}
+
+    storage.write_bytes(f"{root}/journal/run1-000000.jsonl", ledger.journal_line(row("a")))
+    assert ledger.compact(root)["total"] == 1
+    storage.write_bytes(f"{root}/journal/run2-000000.jsonl", ledger.journal_line(row("b")))
+    theirs = str(tmp_path / "theirs.parquet")
+    pq.write_table(ledger.rows_to_table([row("a"), row("z")]), theirs)
+
+    real_fold = ledger.fold
+
+    def racing_fold(*args, **kwargs):
+        storage.upload_file(theirs, f"{root}/ledger.parquet")  # another run writes while this one merges
+        return real_fold(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "fold", racing_fold)
+    with pytest.raises(ledger.LedgerError, match="rewritten by another run.*kept the journals"):
+        ledger.compact(root)
+    assert ledger.read_ledger(f"{root}/ledger.parquet")["key"].to_pylist() == ["a", "z"]  # theirs, untouched
+    assert list(storage.list_files(f"{root}/journal")) == [f"{root}/journal/run2-000000.jsonl"]  # ours, kept
+    monkeypatch.setattr(ledger, "fold", real_fold)
+    assert ledger.compact(root)["total"] == 3  # the next compaction folds both in
