@@ -495,6 +495,16 @@ class _Run:
             t.start()
         try:
             self._collect(bar)
+        except BaseException as e:
+            # The journal could not be written (a full disk) or the run was interrupted: the workers stop
+            # too, rather than fetch on with nobody to journal what they settle.
+            self.sched.stop()
+            self.fetcher.abort()
+            if isinstance(e, OSError):
+                raise DownloadError(
+                    f"download stopped: writing the ledger journal in {self.output} failed ({e}); the rows "
+                    "journalled before are kept: free space (or fix the folder) and rerun to resume") from e
+            raise
         finally:
             bar.set_postfix_str(self._postfix(), refresh=False)
             bar.close()

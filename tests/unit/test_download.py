@@ -14,6 +14,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 import types
 import zlib
 from collections import Counter
@@ -94,6 +95,9 @@ class FakeFetcher:
         raise AssertionError(url)
 
     def close(self):
+        pass
+
+    def abort(self):
         pass
 
 
@@ -546,3 +550,32 @@ def test_component_writes_the_output_folder_and_metadata(tmp_path, fake):
                          workers=2, timeout=1.0, max_attempts=1, max_bytes=1_000_000, allow_private=True)
     assert downloads.metadata == {"total": 3, "ok": 2, "failed": 1, "transient_failed": 0}
     assert len(read_ledger(downloads.path)) == 3 and len(os.listdir(os.path.join(downloads.path, "images"))) == 2
+
+
+def test_a_journal_that_cannot_be_written_stops_the_workers_with_a_clear_error(tmp_path, fake, monkeypatch):
+    import errno
+
+    urls = [f"{U}/ok/{i}" for i in range(200)]
+    m = write_manifest(tmp_path / "m", urls)
+    real_write, calls = store.Journal.write, []
+
+    def full_disk(self, rows):
+        calls.append(len(rows))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(self, rows)
+
+    monkeypatch.setattr(store.Journal, "write", full_disk)
+    monkeypatch.setattr(logic, "FLUSH_ROWS", 4)  # several writes, each of a few rows
+    real_fetch = fake.fetch
+    monkeypatch.setattr(fake, "fetch", lambda self, url: (time.sleep(0.01), real_fetch(self, url))[1])
+    with pytest.raises(logic.DownloadError, match=r"writing the ledger journal in .*No space left.*rerun to resume"):
+        run(m, tmp_path / "out", workers=2)
+    fetched = sum(fake.calls.values())
+    time.sleep(0.3)
+    assert sum(fake.calls.values()) <= fetched + 2  # the workers stop: at most the fetches under way end
+    assert fetched < 200
+    monkeypatch.setattr(store.Journal, "write", real_write)
+    summary = run(m, tmp_path / "out")  # the rerun resumes: what was journalled is not fetched again
+    r = summary["run"]
+    assert summary["ok"] == 200 and r["carried_over"] == calls[0] and r["fetched_ok"] + r["adopted"] == 200 - calls[0]
