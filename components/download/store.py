@@ -117,8 +117,13 @@ def link_or_copy(src: str, folder: str, key: str, fmt: str) -> str:
 
 
 def prepare_folder(folder: str) -> None:
+    """Makes images/ and empties .partial/; removes a ledger half-written by a run killed while compacting
+    (it was never renamed into place, so the ledger.parquet beside it is whole)."""
     os.makedirs(os.path.join(folder, ledger.IMAGES_DIR), exist_ok=True)
     clear_partial(folder)
+    for name in os.listdir(folder):
+        if name.startswith(ledger.LEDGER_FILE + ".") and name.endswith(".tmp"):
+            os.unlink(os.path.join(folder, name))
 
 
 class LocalStore:

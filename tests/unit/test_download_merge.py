@@ -165,3 +165,10 @@ def test_a_store_folds_what_a_killed_run_left_before_the_run_reads_it(tmp_path):
     finally:
         s.close()
     assert ledger.read_ledger(os.path.join(root, "ledger.parquet"))["key"].to_pylist() == ["a", "c"]
+
+
+def test_a_ledger_half_written_by_a_killed_compaction_is_cleared(tmp_path):
+    (tmp_path / "ledger.parquet.4242.tmp").write_bytes(b"half a parquet file")
+    (tmp_path / "notes.tmp").write_bytes(b"not ours")
+    store.prepare_folder(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [".partial", "images", "notes.tmp"]
