@@ -164,11 +164,11 @@ def delete(uri: str) -> None:
 # if_generation_match=0 means "only if no such object exists". These are gs:// only.
 
 
-def read_versioned(uri: str):
-    """(bytes, generation, updated) of a gs:// object, or None when there is none.
+def _read_at_generation(uri: str, read):
+    """(read(blob, generation), generation, updated) of a gs:// object, or None when there is none.
 
-    The bytes are those of that very generation (the read is made at it; a write in between makes
-    it try again), and `updated` is the server's time of that write (a timezone-aware datetime).
+    read() downloads at that very generation (if_generation_match); a write in between makes it try
+    again. `updated` is the server's time of that write (a timezone-aware datetime).
     """
     from google.api_core import exceptions as gexc
 
@@ -179,10 +179,16 @@ def read_versioned(uri: str):
             return None
         generation, updated = blob.generation, blob.updated  # a download resets them from its headers
         try:
-            return blob.download_as_bytes(if_generation_match=generation), generation, updated
+            return read(blob, generation), generation, updated
         except (gexc.PreconditionFailed, gexc.NotFound):
             continue  # rewritten or deleted between the two requests: look again
     raise RuntimeError(f"{uri} keeps changing while being read")
+
+
+def read_versioned(uri: str):
+    """(bytes, generation, updated) of a gs:// object, or None when there is none; the bytes are
+    those of that very generation."""
+    return _read_at_generation(uri, lambda blob, generation: blob.download_as_bytes(if_generation_match=generation))
 
 
 def create_if_absent(uri: str, data: bytes, content_type: str = "application/json") -> int | None:
@@ -224,21 +230,10 @@ def delete_if_generation(uri: str, generation: int) -> bool:
 def download_versioned(uri: str, local_path: str) -> int:
     """Downloads a gs:// object to local_path; returns the generation it holds, or 0 when there is
     no such object (nothing is written then). Pair it with upload_file_if_generation()."""
-    from google.api_core import exceptions as gexc
-
-    bucket, name = split_gcs(uri)
     Path(local_path).parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):
-        blob = gcs_client().bucket(bucket).get_blob(name)
-        if blob is None:
-            return 0
-        generation = blob.generation  # a download resets it from its headers
-        try:
-            blob.download_to_filename(local_path, if_generation_match=generation)
-            return int(generation)
-        except (gexc.PreconditionFailed, gexc.NotFound):
-            continue  # rewritten or deleted between the two requests: look again
-    raise RuntimeError(f"{uri} keeps changing while being read")
+    got = _read_at_generation(
+        uri, lambda blob, generation: blob.download_to_filename(local_path, if_generation_match=generation))
+    return int(got[1]) if got else 0
 
 
 def upload_file_if_generation(local_path: str, uri: str, generation: int) -> bool:

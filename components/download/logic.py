@@ -203,18 +203,16 @@ def check_manifest(path: str, workdir: str) -> tuple[str, int]:
 
     def steps():
         nonlocal repeats, first
-        for parts in merge.merge([merge.read_batches(r) for r in spiller.finish()]):
-            t = merge.sort_by_key(pa.concat_tables([p for p in parts if p is not None]))
+        for t in merge.merge_tables([merge.read_batches(r) for r in spiller.finish()]):
             keys = t["key"].combine_chunks()
             if t.num_rows > 1:
-                same = pc.equal(keys.slice(1), keys.slice(0, t.num_rows - 1))
-                n = pc.sum(pc.cast(same, pa.int64())).as_py() or 0
-                if n:
-                    repeats += len(pc.unique(keys.slice(1).filter(same)))
+                # A key equal to the one before it repeats.
+                dups = keys.slice(1).filter(pc.equal(keys.slice(1), keys.slice(0, t.num_rows - 1)))
+                if len(dups):
+                    repeats += len(pc.unique(dups))
                     if first is None:
-                        key = keys.slice(1).filter(same)[0].as_py()
-                        at = t.filter(pc.equal(t["key"], key))["row"].to_pylist()
-                        first = (key, at)
+                        key = dups[0].as_py()
+                        first = (key, t.filter(pc.equal(t["key"], key))["row"].to_pylist())
             yield t
 
     merge.write_run(steps(), sorted_path, schema)
@@ -495,9 +493,9 @@ class _Run:
             t.start()
         try:
             self._collect(bar)
-        except BaseException as e:
-            # The journal could not be written (a full disk) or the run was interrupted: the workers stop
-            # too, rather than fetch on with nobody to journal what they settle.
+        except Exception as e:
+            # The journal could not be written (a full disk): the workers stop too, rather than fetch on
+            # with nobody to journal what they settle. (execute() handles an interrupt.)
             self.sched.stop()
             self.fetcher.abort()
             if isinstance(e, OSError):

@@ -87,9 +87,7 @@ class Spiller:
             self._spill()
         while len(self.runs) > FAN_IN:
             group, self.runs = self.runs[:FAN_IN], self.runs[FAN_IN:]
-            merged = (sort_by_key(pa.concat_tables([p for p in parts if p is not None]))
-                      for parts in merge([read_batches(r) for r in group]))
-            self.runs.append(write_run(merged, self._path(), self._schema))
+            self.runs.append(write_run(merge_tables([read_batches(r) for r in group]), self._path(), self._schema))
             for r in group:
                 os.unlink(r)
         return self.runs
@@ -153,3 +151,9 @@ def merge(sources: list[Iterable[pa.Table]]) -> Iterator[list[pa.Table | None]]:
                 while not c.done and c.last_key() == frontier:
                     c.pull()
         yield [c.take_upto(frontier) if c.rows else None for c in cursors]
+
+
+def merge_tables(sources: list[Iterable[pa.Table]]) -> Iterator[pa.Table]:
+    """merge() for inputs of one schema: each step's rows as one table sorted by key (and ORDER)."""
+    for parts in merge(sources):
+        yield sort_by_key(pa.concat_tables([p for p in parts if p is not None]))

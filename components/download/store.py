@@ -16,7 +16,6 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-
 from components.common import storage
 from components.download import ledger
 
