@@ -1,15 +1,23 @@
 """Benchmark of the download step: images/s and peak memory against a loopback server with a fixed latency, beside img2dataset.
 
-    python benchmarks/download.py [--urls 2000] [--workers 32] [--latency 0.05]
-                                  [--img2dataset-python PATH | --no-img2dataset]
+    python benchmarks/download.py [--urls 2000] [--workers 32] [--latency 0.05] [--connect-latency 0,0.1]
+                                  [--image-size 64x48] [--img2dataset-modes raw,validate]
+                                  [--img2dataset-python PATH | --no-img2dataset] [--streaming-rows N]
 
 A loopback server (asyncio, its own process) answers every request after `latency` seconds with
-a small JPEG, keeping connections alive. With W workers no downloader can beat W / latency
-images per second: the latency bound. The download step runs as its CLI in a subprocess (peak
-RSS from wait4); img2dataset, when it can be installed, runs on the same URL list with the same
-number of threads, in the same run, one after the other. img2dataset lives in its own virtual
-environment (never the project's): --img2dataset-python, or else one made under
-benchmarks/.cache/img2dataset/ on first use. Prints a table; asserts nothing.
+a JPEG of --image-size, keeping connections alive. With W workers no downloader can beat
+W / latency images per second: the latency bound. Each --connect-latency value is one scenario:
+0 is the plain per-request latency model (a new connection is free, as on loopback); 0.1 adds
+100 ms before a new connection's first answer, what TCP and TLS round trips cost on a real host.
+The download step runs as its CLI in a subprocess (peak RSS from wait4); img2dataset, when it
+can be installed, runs on the same URL list with the same number of threads, in the same run,
+one after the other, in each of --img2dataset-modes:
+  raw       --disable_all_reencoding: stores the bytes it got, decodes nothing (so it would keep
+            an HTML page or a truncated file; less work than the download step, which decodes);
+  validate  --resize_mode no --skip_reencode: decodes every image (OpenCV) and keeps the original
+            bytes, the same job as the download step's.
+img2dataset lives in its own virtual environment (never the project's): --img2dataset-python, or
+else one made under benchmarks/.cache/img2dataset/ on first use. Prints a table; asserts nothing.
 """
 from __future__ import annotations
 
@@ -32,17 +40,22 @@ I2D_VENV = os.path.join(CACHE, "img2dataset")
 
 # --- the loopback server (run as `download.py --serve PORT_FILE --latency S`) -------------------
 
-def _jpeg() -> bytes:
+def _jpeg(width: int = 64, height: int = 48) -> bytes:
+    """A photo-like JPEG (gradients plus noise, quality 90): its size and decoding cost grow with the
+    pixel count as a real photo's do (640x480: ~140 KB)."""
+    import numpy as np
     from PIL import Image
 
-    im = Image.new("RGB", (64, 48), (120, 80, 200))
+    y, x = np.mgrid[0:height, 0:width]
+    a = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], -1).astype(np.float32)
+    a += np.random.default_rng(0).normal(0, 18, a.shape)
     buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=85)
+    Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
-def serve(port_file: str, latency: float, connect_latency: float) -> None:
-    body = _jpeg()
+def serve(port_file: str, latency: float, connect_latency: float, image_size: str = "64x48") -> None:
+    body = _jpeg(*parse_size(image_size))
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -74,10 +87,21 @@ def serve(port_file: str, latency: float, connect_latency: float) -> None:
     asyncio.run(main())
 
 
-def start_server(workdir: str, latency: float, connect_latency: float = 0.0) -> tuple[subprocess.Popen, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--image-size {text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+    if w < 8 or h < 8:
+        raise argparse.ArgumentTypeError(f"--image-size {text!r}: at least 8x8")
+    return w, h
+
+
+def start_server(workdir: str, latency: float, connect_latency: float = 0.0,
+                 image_size: str = "64x48") -> tuple[subprocess.Popen, int]:
     port_file = os.path.join(workdir, "port")
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", port_file, "--latency", str(latency),
-                             "--connect-latency", str(connect_latency)])
+                             "--connect-latency", str(connect_latency), "--image-size", image_size])
     deadline = time.time() + 60
     while not os.path.exists(port_file):
         if time.time() > deadline or proc.poll() is not None:
@@ -194,7 +218,15 @@ def find_img2dataset(python: str | None, install: bool) -> tuple[str | None, str
     return find_img2dataset(venv_python, False)
 
 
-def bench_img2dataset(python: str, urls: list[str], workdir: str, workers: int) -> dict:
+I2D_MODES = {
+    # Keeps the bytes it got without decoding them.
+    "raw": ["--resize_mode", "no", "--disable_all_reencoding", "True"],
+    # Decodes every image (cv2.imdecode) and keeps the original bytes when the format is already jpg.
+    "validate": ["--resize_mode", "no", "--skip_reencode", "True", "--encode_format", "jpg"],
+}
+
+
+def bench_img2dataset(python: str, urls: list[str], workdir: str, workers: int, mode: str = "raw") -> dict:
     os.makedirs(workdir, exist_ok=True)
     url_file = os.path.join(workdir, "urls.txt")
     with open(url_file, "w") as f:
@@ -203,7 +235,7 @@ def bench_img2dataset(python: str, urls: list[str], workdir: str, workers: int) 
     cmd = [
         python, "-m", "img2dataset.main", "--url_list", url_file, "--input_format", "txt", "--output_folder", out,
         "--output_format", "files", "--processes_count", "1", "--thread_count", str(workers),
-        "--resize_mode", "no", "--disable_all_reencoding", "True", "--retries", "0", "--timeout", "10",
+        *I2D_MODES[mode], "--retries", "0", "--timeout", "10",
         "--enable_wandb", "False", "--number_sample_per_shard", str(len(urls) + 1), "--distributor", "multiprocessing",
     ]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -220,14 +252,56 @@ def bench_img2dataset(python: str, urls: list[str], workdir: str, workers: int) 
     return {"ok": sum(s["successes"] for s in stats), "seconds": seconds, "wall": wall, "rss": rss, "cpu": cpu}
 
 
+def _seconds_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds, comma-separated, e.g. 0,0.1") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one or more seconds >= 0")
+    return values
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in I2D_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected some of {', '.join(I2D_MODES)}, comma-separated")
+    return modes
+
+
+def print_scenario(urls: int, workers: int, latency: float, connect: float, image: str, body: int,
+                   rows: list[tuple[str, dict]]) -> None:
+    bound = workers / latency
+    setup = f" + {connect * 1000:g} ms per new connection" if connect else " (a new connection costs nothing)"
+    print(f"\n{urls} URLs of {image} JPEG ({body / 1024:.0f} KiB), {workers} workers, {latency * 1000:g} ms per "
+          f"request{setup}, {os.cpu_count()} CPU cores; latency bound = workers / latency = {bound:.0f} images/s")
+    print(f"{'downloader':<32} {'ok':>6} {'seconds':>8} {'images/s':>9} {'of bound':>9} {'wall s':>7} {'CPU s':>6} "
+          f"{'peak RSS MiB':>13} {'ours is':>8}")
+    ours = None
+    for name, r in rows:
+        if "error" in r:
+            print(f"{name:<32} {r['error']}")
+            continue
+        rate = r["ok"] / r["seconds"] if r["seconds"] > 0 else 0.0
+        ours = rate if ours is None and name.startswith("download step") else ours
+        ratio = f"{ours / rate:.2f}x" if ours is not None and rate and not name.startswith("download step") else ""
+        print(f"{name:<32} {r['ok']:>6} {r['seconds']:>8.2f} {rate:>9.1f} {rate / bound:>8.0%} {r['wall']:>7.1f} "
+              f"{r['cpu']:>6.2f} {r['rss']:>13} {ratio:>8}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--urls", type=int, default=2000, help="URLs in the list.")
     p.add_argument("--workers", type=int, default=32, help="Workers (and img2dataset threads).")
     p.add_argument("--latency", type=float, default=0.05, help="Seconds the server waits before each answer.")
-    p.add_argument("--connect-latency", type=float, default=0.0,
+    p.add_argument("--connect-latency", type=_seconds_list, default=[0.0, 0.1],
                    help="Extra seconds before the first answer on each new connection (a real connection's "
-                   "TCP and TLS round trips; loopback has none). 0 = the plain per-request latency model.")
+                   "TCP and TLS round trips; loopback has none), comma-separated: one scenario each. "
+                   "0 = the plain per-request latency model. Default: 0,0.1.")
+    p.add_argument("--image-size", default="64x48", help="WIDTHxHEIGHT of the JPEG served (photo-like). Default 64x48.")
+    p.add_argument("--img2dataset-modes", type=_modes, default=list(I2D_MODES),
+                   help=f"img2dataset configurations to run, comma-separated, of: {', '.join(I2D_MODES)} (see above).")
     p.add_argument("--img2dataset-python", default=None, help="Python of a virtual environment with img2dataset.")
     p.add_argument("--no-img2dataset", action="store_true", help="Skip img2dataset (and do not install it).")
     p.add_argument("--streaming-rows", type=int, default=0,
@@ -235,49 +309,43 @@ def main(argv=None) -> int:
                    "against manifest size. 0 = skip.")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    try:
+        parse_size(args.image_size)
+    except argparse.ArgumentTypeError as e:
+        p.error(str(e))
     if args.serve:
-        serve(args.serve, args.latency, args.connect_latency)
+        serve(args.serve, args.latency, args.connect_latency[0], args.image_size)
         return 0
     sys.path.insert(0, REPO)
 
-    bound = args.workers / args.latency
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:
-        server, port = start_server(tmp, args.latency, args.connect_latency)
-        try:
-            # Distinct paths, so nothing can be served from a cache.
-            urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(args.urls)]
-            ours = bench_ours(urls, os.path.join(tmp, "a"), args.workers)
-            rows.append(("download step (this repo)", ours))
-            if args.no_img2dataset:
-                rows.append(("img2dataset", {"error": "skipped (--no-img2dataset)"}))
-            else:
-                python, why = find_img2dataset(args.img2dataset_python, install=True)
-                if python is None:
-                    rows.append(("img2dataset", {"error": why}))
-                else:
-                    rows.append(("img2dataset", bench_img2dataset(python, urls, os.path.join(tmp, "b"), args.workers)))
-        finally:
-            server.kill()
-            server.wait()
-
-    setup = f" + {args.connect_latency * 1000:g} ms per new connection" if args.connect_latency else ""
-    print(f"\n{args.urls} URLs, {args.workers} workers, {args.latency * 1000:g} ms per request{setup}, "
-          f"{os.cpu_count()} CPU cores; latency bound = workers / latency = {bound:.0f} images/s")
-    print(f"{'downloader':<28} {'ok':>6} {'seconds':>8} {'images/s':>9} {'of bound':>9} {'wall s':>7} {'CPU s':>6} "
-          f"{'peak RSS MiB':>13}")
-    rates = {}
-    for name, r in rows:
-        if "error" in r:
-            print(f"{name:<28} {r['error']}")
-            continue
-        rate = r["ok"] / r["seconds"] if r["seconds"] > 0 else 0.0
-        rates[name] = rate
-        print(f"{name:<28} {r['ok']:>6} {r['seconds']:>8.2f} {rate:>9.1f} {rate / bound:>8.0%} {r['wall']:>7.1f} "
-              f"{r['cpu']:>6.2f} {r['rss']:>13}")
-    if len(rates) == 2:
-        a, b = rates.values()
-        print(f"speed-up over img2dataset: {a / b:.2f}x" if b else "img2dataset fetched nothing")
+    python, why = None, "skipped (--no-img2dataset)"
+    if not args.no_img2dataset:
+        python, why = find_img2dataset(args.img2dataset_python, install=True)
+    i2d_version = ""
+    if python is not None:
+        i2d_version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('img2dataset'))"],
+                                     capture_output=True, text=True, timeout=120).stdout.strip()
+    body = len(_jpeg(*parse_size(args.image_size)))
+    for connect in args.connect_latency:
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:
+            server, port = start_server(tmp, args.latency, connect, args.image_size)
+            try:
+                # Distinct paths, so nothing can be served from a cache.
+                urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(args.urls)]
+                rows.append(("download step (this repo)", bench_ours(urls, os.path.join(tmp, "a"), args.workers)))
+                for mode in args.img2dataset_modes:
+                    name = f"img2dataset {i2d_version} ({mode})"
+                    if python is None:
+                        rows.append((name, {"error": why}))
+                    else:
+                        rows.append((name, bench_img2dataset(python, urls, os.path.join(tmp, f"b-{mode}"), args.workers,
+                                                             mode)))
+            finally:
+                server.kill()
+                server.wait()
+        print_scenario(args.urls, args.workers, args.latency, connect, args.image_size, body, rows)
+    print("ours is: the download step's images/s over that row's.")
     if args.streaming_rows:
         with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:
             results = bench_streaming(args.streaming_rows, tmp, args.workers)

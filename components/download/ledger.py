@@ -192,10 +192,11 @@ class _LedgerWriter:
     """Writes ledger.parquet at uri atomically (a reader sees the old ledger or the whole new one),
     from tables handed over in key order, WRITE_ROWS rows to a row group."""
 
-    def __init__(self, uri: str, workdir: str, generation: int | None = None):
+    def __init__(self, uri: str, workdir: str, generation: int | None = None, local_copy: str | None = None):
         self.uri = uri
         self.generation = generation  # gs://: write only over this generation of the ledger (0: none)
         self.gcs = storage.is_gcs(uri)
+        self.local_copy = local_copy  # gs://: the uploaded file is kept here instead of deleted
         self.tmp = os.path.join(workdir, "ledger.upload.parquet") if self.gcs else f"{uri}.{os.getpid()}.tmp"
         self._writer = pq.ParquetWriter(self.tmp, SCHEMA)
         self._buf: list[pa.Table] = []
@@ -224,8 +225,11 @@ class _LedgerWriter:
                     raise LedgerError(
                         f"{self.uri} was rewritten by another run while this one folded its journals in; this run "
                         "left it as it is and kept the journals, which the next run folds in")
+                if self.local_copy:
+                    os.replace(self.tmp, self.local_copy)
             finally:
-                os.unlink(self.tmp)
+                if os.path.exists(self.tmp):
+                    os.unlink(self.tmp)
             return
         with open(self.tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -238,7 +242,7 @@ class _LedgerWriter:
 
 
 def fold(sources: list[Iterable[pa.Table]], out_uri: str, workdir: str, keep: str | None = None,
-         verify_root: str | None = None, generation: int | None = None) -> dict:
+         verify_root: str | None = None, generation: int | None = None, local_copy: str | None = None) -> dict:
     """Writes the latest row per key of the sources as the ledger at out_uri; returns its summary().
 
     sources: inputs sorted by key, in the ledger's columns plus merge.ORDER (ledger_source(),
@@ -248,10 +252,11 @@ def fold(sources: list[Iterable[pa.Table]], out_uri: str, workdir: str, keep: st
     ledger never claims a file that is not there. Memory is a few batches per source, whatever
     the number of rows. generation (gs:// only): the ledger is written only if out_uri is still at
     that generation (0: absent), else LedgerError; so two runs can never lose each other's rows.
+    local_copy (gs:// only): a local path where the file that was uploaded is kept.
     """
     streams = list(sources) + ([merge.read_batches(keep, columns=["key"])] if keep else [])
     tally = Tally()
-    writer = _LedgerWriter(out_uri, workdir, generation)
+    writer = _LedgerWriter(out_uri, workdir, generation, local_copy)
     try:
         for parts in merge.merge(streams):
             rows = [p for p in (parts[:-1] if keep else parts) if p is not None and p.num_rows]
@@ -311,7 +316,7 @@ def journal_runs(journals: list[str], first_source: int, workdir: str) -> list[s
 
 
 def compact(root: str, keep: str | None = None, verify_files: bool = False, base: str | None = None,
-            workdir: str | None = None) -> dict:
+            workdir: str | None = None, local_copy: str | None = None) -> dict:
     """Folds a folder's journals into its ledger.parquet (local or gs://), then deletes them; returns
     the new ledger's summary().
 
@@ -319,6 +324,7 @@ def compact(root: str, keep: str | None = None, verify_files: bool = False, base
     older rows to fold in as well (what a store knew). verify_files drops an `ok` row whose image is
     missing or of another size, so the ledger never claims a file that is not there (the key is
     then fetched again next time). workdir holds the sorted runs (a temporary folder if None).
+    local_copy (gs:// only): a local path that receives the ledger as uploaded, saving a download.
     """
     with tempfile.TemporaryDirectory(prefix="ledger-", dir=workdir) as tmp:
         journals = journals_of(root)
@@ -336,18 +342,19 @@ def compact(root: str, keep: str | None = None, verify_files: bool = False, base
             sources.append(ledger_source(uri, 1))
         sources.extend(merge.read_batches(r) for r in journal_runs(journals, 2, tmp))
         summary = fold(sources, uri, tmp, keep=keep, verify_root=root if verify_files and not storage.is_gcs(root) else None,
-                       generation=generation)
+                       generation=generation, local_copy=local_copy if storage.is_gcs(uri) else None)
     # Deleted only once the ledger that holds their rows is in place: a kill in between re-reads them, harmlessly.
     for j in journals:
         storage.delete(j)
     return summary
 
 
-def fold_journals(root: str, workdir: str | None = None) -> bool:
-    """compact(root) when it has journals (rows a run settled since the ledger was last written); True if it had."""
+def fold_journals(root: str, workdir: str | None = None, local_copy: str | None = None) -> bool:
+    """compact(root) when it has journals (rows a run settled since the ledger was last written); True if it had.
+    local_copy: as compact's (gs:// only), written only when there were journals to fold."""
     if not journals_of(root):
         return False
-    compact(root, workdir=workdir)
+    compact(root, workdir=workdir, local_copy=local_copy)
     return True
 
 

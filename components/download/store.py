@@ -198,11 +198,12 @@ class GcsStore:
 
     def prepare(self, workdir: str) -> str | None:
         """Folds journal segments left by earlier runs into the store's ledger; a local copy of it, or None."""
-        ledger.fold_journals(self.root, workdir)
+        local = os.path.join(workdir, "store-ledger.parquet")
+        if ledger.fold_journals(self.root, workdir, local_copy=local):
+            return local  # the file it just uploaded: no need to download it again
         uri = storage.join(self.root, ledger.LEDGER_FILE)
         if not storage.exists(uri):
             return None
-        local = os.path.join(workdir, "store-ledger.parquet")
         storage.download_file(uri, local)
         return local
 

@@ -265,3 +265,30 @@ def test_a_compaction_never_overwrites_a_ledger_that_another_run_wrote_meanwhile
     assert list(storage.list_files(f"{root}/journal")) == [f"{root}/journal/run2-000000.jsonl"]  # ours, kept
     monkeypatch.setattr(ledger, "fold", real_fold)
     assert ledger.compact(root)["total"] == 3  # the next compaction folds both in
+
+
+def test_prepare_after_a_killed_run_folds_its_segments_and_keeps_the_uploaded_ledger(gcs, monkeypatch, tmp_path):
+    from components.download import ledger
+
+    def row(key):
+        return {"key": key, "url": f"http://x/{key}", "status": "failed", "error_class": "network", "attempts": 1,
+                "first_attempt": "2024-01-01T00:00:00.000000Z", "last_attempt": "2024-01-01T00:00:00.000000Z",
+                "message": ""}
+
+    storage.write_bytes(f"{PREFIX}/journal/run1-000000.jsonl", ledger.journal_line(row("a")))
+    assert ledger.compact(PREFIX)["total"] == 1
+    # A killed run left segments behind: prepare folds them in and uploads a new ledger ...
+    storage.write_bytes(f"{PREFIX}/journal/run2-000000.jsonl", ledger.journal_line(row("b")) + ledger.journal_line(row("c")))
+    downloads = []
+    real_download = storage.download_file
+    monkeypatch.setattr(storage, "download_file", lambda *a, **k: downloads.append(a) or real_download(*a, **k))
+    s = store.GcsStore(PREFIX, "run3")
+    local = s.prepare(str(tmp_path))
+    # ... and keeps the file it uploaded, instead of downloading it again.
+    assert downloads == []
+    assert ledger.read_ledger(local)["key"].to_pylist() == ["a", "b", "c"]
+    assert storage.read_bytes(f"{PREFIX}/ledger.parquet") == open(local, "rb").read()
+    assert not list(storage.list_files(f"{PREFIX}/journal"))
+    # With no segments to fold, the ledger is downloaded.
+    again = s.prepare(str(tmp_path / "again"))
+    assert len(downloads) == 1 and ledger.read_ledger(again)["key"].to_pylist() == ["a", "b", "c"]
