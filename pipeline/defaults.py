@@ -36,7 +36,7 @@ DEMO_STALL_SECONDS = 30.0
 DEMO_PORT = 47321
 
 # --- download -----------------------------------------------------------------------------
-DOWNLOAD_STORE = ""  # "" = no store; pipeline.py run uses runs/store/ so reruns resume
+DOWNLOAD_STORE = ""  # "" = no store: each run fetches every URL; give --download-store (e.g. runs/store) so reruns resume
 DOWNLOAD_WORKERS = 32
 DOWNLOAD_TIMEOUT = 10.0  # seconds: connect, and each read, of one request
 DOWNLOAD_DEADLINE_FACTOR = 3.0  # a request's total deadline (redirects included) is this x timeout
@@ -56,7 +56,7 @@ DOWNLOAD_USER_AGENT = "emotionet-au-pipeline/0.1 (research image download)"
 # (drift_comparator of each AU feature), where it can be edited.
 VALIDATE_DRIFT_THRESHOLD = 0.1  # L-infinity distance of an AU's 0/1/999 shares vs the previous run
 VALIDATE_MAX_FAILURE_RATE_RISE = 0.1  # download failure rate may rise this much (0.1 = 10 points)
-VALIDATE_SCHEMA_URI = ""  # "" = infer each run; pipeline.py run keeps it in runs/schema/
+VALIDATE_SCHEMA_URI = ""  # "" = infer each run, compare with none; give --schema-uri (e.g. runs/schema) to keep one
 VALIDATE_MAX_ANOMALIES = 0
 
 # --- convert ------------------------------------------------------------------------------

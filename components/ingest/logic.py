@@ -199,21 +199,38 @@ def _sniff_width(rows: list[list]) -> int:
 # ------------------------------------------------------------------------------------------ checking
 
 
+def _rejoin_url(cells: list, layout: Layout) -> tuple[list | None, str]:
+    """A CSV row whose unquoted URL was split at its commas: (the row with the URL's cells joined back,
+    "") when that gives every label column a valid label, else (None, why not).
+
+    The extra cells are taken to follow the URL column's cell. When they are all numbers they may
+    just as well be stray label cells (a row with two labels too many), so the row is not guessed at.
+    """
+    extra = len(cells) - layout.width
+    u = layout.url_col
+    pieces = cells[u:u + extra + 1]
+    rejoined = list(cells[:u]) + [",".join(_cell_text(c) for c in pieces)] + list(cells[u + extra + 1:])
+    if any(col >= 0 and _parse_au(rejoined[col]) is None for col in layout.au_cols) or (
+            layout.va_cols is not None and any(_parse_float(rejoined[col]) is None for col in layout.va_cols)):
+        return None, ""
+    if all(_parse_float(p) is not None for p in pieces[1:]):
+        return None, (f"; the {extra} cell(s) after the URL are numbers, so they may be labels as well as parts of a "
+                      "URL with unquoted commas: quote the URL (\"http://...,...\") or remove the extra cells")
+    return rejoined, ""
+
+
 def _check_row(cells: list, layout: Layout, is_csv: bool):
     """(url, au[60], va or None) for a good row, or (reason, detail) for a bad one."""
     width = layout.width
-    if len(cells) != width and is_csv and len(cells) > width and layout.url_col == 0 and not layout.has_header:
-        # An unquoted URL with commas was split over several cells: when the last cells are
-        # valid labels, the cells before them are the URL.
-        tail = cells[len(cells) - (width - 1):]
-        au_ok = all(_parse_au(v) is not None for v in tail[:N_AU])
-        va_ok = layout.va_cols is None or all(_parse_float(v) is not None for v in tail[N_AU:])
-        if au_ok and va_ok:
-            cells = [",".join(_cell_text(c) for c in cells[: len(cells) - (width - 1)])] + list(tail)
+    why = ""
+    if is_csv and len(cells) > width:
+        rejoined, why = _rejoin_url(cells, layout)
+        if rejoined is not None:
+            cells = rejoined
     if len(cells) < width and not is_csv:
         cells = list(cells) + [None] * (width - len(cells))  # xlsx drops trailing empty cells
     if len(cells) != width:
-        return None, (WRONG_CELL_COUNT, f"{len(cells)} cells, expected {width}")
+        return None, (WRONG_CELL_COUNT, f"{len(cells)} cells, expected {width}{why}")
     url = _cell_text(cells[layout.url_col])
     if not url.strip():
         return None, (MISSING_URL, "no URL in the URL column")

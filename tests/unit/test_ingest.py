@@ -102,6 +102,44 @@ def test_csv_unquoted_url_with_commas_is_rejoined_or_rejected(tmp_path):
     assert summary["rejected_by_reason"] == {logic.WRONG_CELL_COUNT: 1}
 
 
+def test_csv_with_a_header_rejoins_an_unquoted_url_wherever_its_column_is(tmp_path):
+    good = "http://example.org/smile,happy,face.jpg"
+    # A header naming the columns, the URL column in the middle, valence/arousal at the end.
+    header = ["AU" + str(a) for a in labels.ALL_AU_IDS[:30]] + ["URL"] + ["AU" + str(a) for a in labels.ALL_AU_IDS[30:]]
+    header += ["valence", "arousal"]
+
+    def line(url, seed, va=("0.5", "-0.25")):
+        au = [str(v) for v in au_row(seed)]
+        return ",".join(au[:30] + [url] + au[30:] + list(va))
+
+    lines = [",".join(header), line(good, 3), line("http://example.org/ok.jpg", 4), line("http://example.org/x,y.jpg", 5, ("?", "0"))]
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = logic.run(str(tmp_path / "s.csv"), str(tmp_path / "out"))
+    manifest, rejects, _ = read_outputs(tmp_path / "out")
+    assert summary["header_row"] and summary["has_valence_arousal"]
+    assert manifest["url"].tolist() == [good, "http://example.org/ok.jpg"]
+    assert manifest["row"].tolist() == [2, 3]
+    assert manifest.loc[0, list(labels.AU_COLUMNS)].tolist() == au_row(3)
+    assert manifest["valence"].tolist() == [0.5, 0.5] and manifest["arousal"].tolist() == [-0.25, -0.25]
+    # Rejoined, its valence is not a number: the rejoin is refused and the row is rejected for its width.
+    assert rejects["row"].tolist() == [4] and rejects["reason"].tolist() == [logic.WRONG_CELL_COUNT]
+
+
+def test_csv_extra_cells_that_are_numbers_are_not_taken_for_parts_of_the_url(tmp_path):
+    # Two labels too many at the end: joining the first two label cells to the URL would leave 60
+    # valid labels, shifted by two, and a URL ending in ",1,0". The row is rejected instead.
+    au = au_row(6)
+    lines = ["http://example.org/ok.jpg," + ",".join(map(str, au_row(4))),
+             "http://example.org/c.jpg," + ",".join(map(str, au + [1, 0]))]
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = logic.run(str(tmp_path / "s.csv"), str(tmp_path / "out"))
+    manifest, rejects, _ = read_outputs(tmp_path / "out")
+    assert manifest["url"].tolist() == ["http://example.org/ok.jpg"]
+    assert rejects["row"].tolist() == [2] and rejects["reason"].tolist() == [logic.WRONG_CELL_COUNT]
+    assert "63 cells, expected 61" in rejects["detail"][0] and "quote the URL" in rejects["detail"][0]
+    assert summary["rejected_by_reason"] == {logic.WRONG_CELL_COUNT: 1}
+
+
 def test_every_kind_of_bad_row_is_rejected_and_ingest_goes_on(tmp_path):
     ok = au_row(1)
     rows = [
