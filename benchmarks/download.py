@@ -54,8 +54,8 @@ def _jpeg(width: int = 64, height: int = 48) -> bytes:
     return buf.getvalue()
 
 
-def serve(port_file: str, latency: float, connect_latency: float, image_size: str = "64x48") -> None:
-    body = _jpeg(*parse_size(image_size))
+def serve(port_file: str, latency: float, connect_latency: float, image_size: tuple[int, int] = (64, 48)) -> None:
+    body = _jpeg(*image_size)
     head = (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -88,20 +88,21 @@ def serve(port_file: str, latency: float, connect_latency: float, image_size: st
 
 
 def parse_size(text: str) -> tuple[int, int]:
+    """--image-size WIDTHxHEIGHT as (width, height)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--image-size {text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
     if w < 8 or h < 8:
-        raise argparse.ArgumentTypeError(f"--image-size {text!r}: at least 8x8")
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 8x8")
     return w, h
 
 
 def start_server(workdir: str, latency: float, connect_latency: float = 0.0,
-                 image_size: str = "64x48") -> tuple[subprocess.Popen, int]:
+                 image_size: tuple[int, int] = (64, 48)) -> tuple[subprocess.Popen, int]:
     port_file = os.path.join(workdir, "port")
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", port_file, "--latency", str(latency),
-                             "--connect-latency", str(connect_latency), "--image-size", image_size])
+                             "--connect-latency", str(connect_latency), "--image-size", "x".join(map(str, image_size))])
     deadline = time.time() + 60
     while not os.path.exists(port_file):
         if time.time() > deadline or proc.poll() is not None:
@@ -270,22 +271,24 @@ def _modes(text: str) -> list[str]:
     return modes
 
 
-def print_scenario(urls: int, workers: int, latency: float, connect: float, image: str, body: int,
+def print_scenario(urls: int, workers: int, latency: float, connect: float, image: tuple[int, int], body: int,
                    rows: list[tuple[str, dict]]) -> None:
+    """One scenario's table; rows[0] is the download step's, which the other rows are compared with."""
     bound = workers / latency
     setup = f" + {connect * 1000:g} ms per new connection" if connect else " (a new connection costs nothing)"
-    print(f"\n{urls} URLs of {image} JPEG ({body / 1024:.0f} KiB), {workers} workers, {latency * 1000:g} ms per "
+    print(f"\n{urls} URLs of {image[0]}x{image[1]} JPEG ({body / 1024:.0f} KiB), {workers} workers, {latency * 1000:g} ms per "
           f"request{setup}, {os.cpu_count()} CPU cores; latency bound = workers / latency = {bound:.0f} images/s")
     print(f"{'downloader':<32} {'ok':>6} {'seconds':>8} {'images/s':>9} {'of bound':>9} {'wall s':>7} {'CPU s':>6} "
           f"{'peak RSS MiB':>13} {'ours is':>8}")
     ours = None
-    for name, r in rows:
+    for i, (name, r) in enumerate(rows):
         if "error" in r:
             print(f"{name:<32} {r['error']}")
             continue
         rate = r["ok"] / r["seconds"] if r["seconds"] > 0 else 0.0
-        ours = rate if ours is None and name.startswith("download step") else ours
-        ratio = f"{ours / rate:.2f}x" if ours is not None and rate and not name.startswith("download step") else ""
+        if i == 0:
+            ours = rate
+        ratio = f"{ours / rate:.2f}x" if i and ours is not None and rate else ""
         print(f"{name:<32} {r['ok']:>6} {r['seconds']:>8.2f} {rate:>9.1f} {rate / bound:>8.0%} {r['wall']:>7.1f} "
               f"{r['cpu']:>6.2f} {r['rss']:>13} {ratio:>8}")
 
@@ -299,7 +302,8 @@ def main(argv=None) -> int:
                    help="Extra seconds before the first answer on each new connection (a real connection's "
                    "TCP and TLS round trips; loopback has none), comma-separated: one scenario each. "
                    "0 = the plain per-request latency model. Default: 0,0.1.")
-    p.add_argument("--image-size", default="64x48", help="WIDTHxHEIGHT of the JPEG served (photo-like). Default 64x48.")
+    p.add_argument("--image-size", type=parse_size, default=(64, 48),
+                   help="WIDTHxHEIGHT of the JPEG served (photo-like). Default 64x48.")
     p.add_argument("--img2dataset-modes", type=_modes, default=list(I2D_MODES),
                    help=f"img2dataset configurations to run, comma-separated, of: {', '.join(I2D_MODES)} (see above).")
     p.add_argument("--img2dataset-python", default=None, help="Python of a virtual environment with img2dataset.")
@@ -309,10 +313,6 @@ def main(argv=None) -> int:
                    "against manifest size. 0 = skip.")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    try:
-        parse_size(args.image_size)
-    except argparse.ArgumentTypeError as e:
-        p.error(str(e))
     if args.serve:
         serve(args.serve, args.latency, args.connect_latency[0], args.image_size)
         return 0
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
     if python is not None:
         i2d_version = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('img2dataset'))"],
                                      capture_output=True, text=True, timeout=120).stdout.strip()
-    body = len(_jpeg(*parse_size(args.image_size)))
+    body = len(_jpeg(*args.image_size))
     for connect in args.connect_latency:
         rows = []
         with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp:

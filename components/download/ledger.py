@@ -342,7 +342,7 @@ def compact(root: str, keep: str | None = None, verify_files: bool = False, base
             sources.append(ledger_source(uri, 1))
         sources.extend(merge.read_batches(r) for r in journal_runs(journals, 2, tmp))
         summary = fold(sources, uri, tmp, keep=keep, verify_root=root if verify_files and not storage.is_gcs(root) else None,
-                       generation=generation, local_copy=local_copy if storage.is_gcs(uri) else None)
+                       generation=generation, local_copy=local_copy)
     # Deleted only once the ledger that holds their rows is in place: a kill in between re-reads them, harmlessly.
     for j in journals:
         storage.delete(j)

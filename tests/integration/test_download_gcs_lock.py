@@ -41,6 +41,13 @@ def holder() -> dict:
     return json.loads(storage.read_bytes(LOCK))
 
 
+def _row(key: str) -> dict:
+    """A ledger row of a failed fetch, as a run journals it."""
+    return {"key": key, "url": f"http://x/{key}", "status": "failed", "error_class": "network", "attempts": 1,
+            "first_attempt": "2024-01-01T00:00:00.000000Z", "last_attempt": "2024-01-01T00:00:00.000000Z",
+            "message": ""}
+
+
 def dead_holder_lock(lease: float = SHORT, run_id: str = "dead-run") -> int:
     """A lock object as a run that was then SIGKILLed left it: nobody renews it."""
     body = {"run_id": run_id, "host": "gone-host", "pid": 4242, "token": "t-dead", "acquired": "2026-01-01T00:00:00Z",
@@ -241,16 +248,11 @@ def test_a_compaction_never_overwrites_a_ledger_that_another_run_wrote_meanwhile
 
     root = f"gs://{BUCKET}/other-store"
 
-    def row(key):
-        return {"key": key, "url": f"http://x/{key}", "status": "failed", "error_class": "network", "attempts": 1,
-                "first_attempt": "2024-01-01T00:00:00.000000Z", "last_attempt": "2024-01-01T00:00:00.000000Z",
-                "message": ""}
-
-    storage.write_bytes(f"{root}/journal/run1-000000.jsonl", ledger.journal_line(row("a")))
+    storage.write_bytes(f"{root}/journal/run1-000000.jsonl", ledger.journal_line(_row("a")))
     assert ledger.compact(root)["total"] == 1
-    storage.write_bytes(f"{root}/journal/run2-000000.jsonl", ledger.journal_line(row("b")))
+    storage.write_bytes(f"{root}/journal/run2-000000.jsonl", ledger.journal_line(_row("b")))
     theirs = str(tmp_path / "theirs.parquet")
-    pq.write_table(ledger.rows_to_table([row("a"), row("z")]), theirs)
+    pq.write_table(ledger.rows_to_table([_row("a"), _row("z")]), theirs)
 
     real_fold = ledger.fold
 
@@ -270,15 +272,10 @@ def test_a_compaction_never_overwrites_a_ledger_that_another_run_wrote_meanwhile
 def test_prepare_after_a_killed_run_folds_its_segments_and_keeps_the_uploaded_ledger(gcs, monkeypatch, tmp_path):
     from components.download import ledger
 
-    def row(key):
-        return {"key": key, "url": f"http://x/{key}", "status": "failed", "error_class": "network", "attempts": 1,
-                "first_attempt": "2024-01-01T00:00:00.000000Z", "last_attempt": "2024-01-01T00:00:00.000000Z",
-                "message": ""}
-
-    storage.write_bytes(f"{PREFIX}/journal/run1-000000.jsonl", ledger.journal_line(row("a")))
+    storage.write_bytes(f"{PREFIX}/journal/run1-000000.jsonl", ledger.journal_line(_row("a")))
     assert ledger.compact(PREFIX)["total"] == 1
     # A killed run left segments behind: prepare folds them in and uploads a new ledger ...
-    storage.write_bytes(f"{PREFIX}/journal/run2-000000.jsonl", ledger.journal_line(row("b")) + ledger.journal_line(row("c")))
+    storage.write_bytes(f"{PREFIX}/journal/run2-000000.jsonl", ledger.journal_line(_row("b")) + ledger.journal_line(_row("c")))
     downloads = []
     real_download = storage.download_file
     monkeypatch.setattr(storage, "download_file", lambda *a, **k: downloads.append(a) or real_download(*a, **k))
