@@ -45,6 +45,11 @@ def build_pipeline(platform: "Platform | None" = None):
         test_fraction: float = defaults.CONVERT_TEST_FRACTION,
         max_side: int = defaults.CONVERT_MAX_SIDE,
         beam_args: str = defaults.CONVERT_BEAM_ARGS,
+        faces: str = defaults.FACES_MODE,
+        no_face: str = defaults.FACES_NO_FACE,
+        face_size: int = defaults.FACES_SIZE,
+        face_margin: float = defaults.FACES_MARGIN,
+        face_min_score: float = defaults.FACES_MIN_SCORE,
         aus: str = defaults.FILTER_AUS,
         policy: str = defaults.FILTER_POLICY,
         task: str = defaults.TRAIN_TASK,
@@ -83,6 +88,11 @@ def build_pipeline(platform: "Platform | None" = None):
             test_fraction: Share of images in the test split.
             max_side: Longest image side after resizing in convert (0 keeps the size).
             beam_args: Apache Beam pipeline options for convert and filter, e.g. "--runner=DataflowRunner --project=P".
+            faces: crop (find the largest face, level its eyes, crop it) or whole (the whole picture).
+            no_face: What to do with an image in which no face is found: skip or whole.
+            face_size: Side of the square face crop, in pixels.
+            face_margin: Added on each side of the face box, as a share of its side.
+            face_min_score: Detector confidence needed to call it a face (0..1).
             aus: Comma-separated AU numbers to train on.
             policy: What to do with 999 (not annotated) in a kept AU: drop, mask or zero.
             task: au (multi-label Action Units) or va (valence/arousal regression).
@@ -128,6 +138,11 @@ def build_pipeline(platform: "Platform | None" = None):
             test_fraction=test_fraction,
             max_side=max_side,
             beam_args=beam_args,
+            faces=faces,
+            no_face=no_face,
+            face_size=face_size,
+            face_margin=face_margin,
+            face_min_score=face_min_score,
         )
         # Converting data that failed validation would waste the rest of the run.
         convert_task.after(validate_task)

@@ -72,6 +72,18 @@ CONVERT_SHARD_BYTES = 150 * 1000 * 1000
 CONVERT_PART_BYTES = 32 * 1000 * 1000
 CONVERT_MIN_PARTS = 16
 
+# Faces (inside convert): find the largest face, level its eyes, crop it with a margin.
+FACES_MODE = "crop"  # crop | whole (the whole picture, as before the face step)
+FACES_NO_FACE = "skip"  # skip | whole: an image in which no face is found
+FACES_SIZE = 160  # px, side of the square crop (train resizes to its --image-size)
+FACES_MARGIN = 0.25  # added on each side of the detector's box, as a share of its side
+FACES_MIN_SCORE = 0.5  # BlazeFace confidence needed to call it a face
+# MediaPipe's BlazeFace, shipped inside its wheel: the full-range model (faces small in the
+# frame), then the short-range one when the first finds nothing.
+FACES_DETECTOR = "blazeface-full+short"
+# Larger images are shrunk to this longest side for detection only (the crop uses every pixel).
+FACES_DETECT_MAX_SIDE = 1280
+
 # --- filter -------------------------------------------------------------------------------
 FILTER_AUS = "1,2,4,5,6,9,12,17,20,25,26"
 # mask keeps every image and lets training ignore unknown labels: with drop (the study's

@@ -64,6 +64,7 @@ def make_example(
     au: Sequence[int],
     va: Sequence[float] | None = None,
     image_format: str = "jpeg",
+    face: dict | None = None,
 ):
     """Builds one contract-3 tf.train.Example (image bytes must already be RGB JPEG).
 
@@ -71,7 +72,7 @@ def make_example(
     """
     import tensorflow as tf
 
-    return tf.train.Example.FromString(encode_example(encoded, height, width, key, au_ids, au, va, image_format))
+    return tf.train.Example.FromString(encode_example(encoded, height, width, key, au_ids, au, va, image_format, face))
 
 
 def example_to_dict(example) -> dict:
@@ -92,6 +93,16 @@ def example_to_dict(example) -> dict:
     }
     if LABEL_VA in f and len(f[LABEL_VA].float_list.value) == 2:
         out["va"] = [float(v) for v in f[LABEL_VA].float_list.value]
+    from components.common import faces
+
+    if faces.FACE_STATUS in f:
+        out["face_status"] = f[faces.FACE_STATUS].bytes_list.value[0].decode()
+    for name, field in ((faces.FACE_BOX, "face_box"), (faces.FACE_LANDMARKS, "face_landmarks"),
+                        (faces.FACE_SCORE, "face_score"), (faces.FACE_ANGLE, "face_angle")):
+        if name in f:
+            out[field] = [float(v) for v in f[name].float_list.value]
+    if faces.FACE_COUNT in f:
+        out["face_count"] = int(f[faces.FACE_COUNT].int64_list.value[0])
     return out
 
 
@@ -212,8 +223,12 @@ def encode_example(
     au: Sequence[int],
     va: Sequence[float] | None = None,
     image_format: str = "jpeg",
+    face: dict | None = None,
 ) -> bytes:
-    """make_example(...).SerializeToString() without importing TensorFlow (what the Beam steps use)."""
+    """make_example(...).SerializeToString() without importing TensorFlow (what the Beam steps use).
+
+    face: the face features of components.common.faces ({key: bytes, or a list of floats or ints}).
+    """
     if len(au_ids) != len(au):
         raise ValueError(f"image {key}: {len(au_ids)} AU ids but {len(au)} AU labels")
     example = _proto_example_class()()
@@ -227,6 +242,13 @@ def encode_example(
     f[LABEL_AU].int64_list.value.extend(list(map(int, au)))
     if va is not None:
         f[LABEL_VA].float_list.value.extend(list(map(float, va)))
+    for name, value in (face or {}).items():
+        if isinstance(value, bytes):
+            f[name].bytes_list.value.append(value)
+        elif all(isinstance(v, int) for v in value):  # Python ints: int64_list; floats: float_list
+            f[name].int64_list.value.extend(int(v) for v in value)
+        else:
+            f[name].float_list.value.extend(float(v) for v in value)
     return example.SerializeToString()
 
 

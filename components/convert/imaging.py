@@ -65,6 +65,30 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
+def decode_rgb(data: bytes, max_side: int = 0):
+    """(RGB Pillow image, source format) of any image's bytes; max_side > 0 shrinks the longest side to it.
+
+    Grey, CMYK, palette, 16-bit and transparent images come out RGB (alpha on white); GIF and
+    WebP give their first frame. Raises UndecodableImage on truncated or corrupt data.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            source_format = im.format or "unknown"
+            size = target_size(im.size[0], im.size[1], max_side)
+            if source_format in _JPEG_FORMATS and size != im.size:
+                im.draft(im.mode if im.mode in ("RGB", "L") else None, size)
+            im.seek(0)
+            im.load()
+            rgb = _to_rgb(im)
+            if rgb.size != size:
+                rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            return rgb, source_format
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad data; each one means "cannot decode"
+        raise UndecodableImage(f"{type(e).__name__}: {e}") from e
+
+
 def to_rgb_jpeg(data: bytes, max_side: int = 0, quality: int = defaults.CONVERT_JPEG_QUALITY) -> ConvertedImage:
     """The image as RGB JPEG: an RGB JPEG that needs no resize is passed through byte for byte; anything else
     (PNG, GIF's first frame, WebP, BMP, CMYK, palette, grayscale, alpha) is decoded, made RGB and encoded.

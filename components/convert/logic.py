@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from components.common import examples, labels, storage
+from components.common.faces import FaceSettings
 from pipeline import defaults
 
 _LOG = logging.getLogger(__name__)
@@ -253,12 +254,16 @@ def run(
     shard_bytes: int = defaults.CONVERT_SHARD_BYTES,
     part_bytes: int = defaults.CONVERT_PART_BYTES,
     min_parts: int = defaults.CONVERT_MIN_PARTS,
+    faces: FaceSettings | None = None,
 ) -> dict:
     """Converts every downloaded image of the manifest to contract-3 examples in output_dir; returns the summary.
 
+    faces (default FaceSettings(): crop): each image's largest face is found, its eyes levelled
+    and it is cropped; an image with no face is skipped or kept whole, counted by reason.
     Undecodable or missing images are counted and skipped. examples_summary.json is written
     last: a folder without it is a run that did not finish.
     """
+    faces = faces if faces is not None else FaceSettings()
     examples.split_for_key("", validation_fraction, test_fraction)  # checks the fractions up front
     if int(max_side) < 0:
         raise ValueError(f"max_side is {max_side}; expected 0 (keep the size) or a positive number of pixels")
@@ -284,19 +289,20 @@ def run(
         parts = write_work_list(*assign_parts(work, plan), storage.join(staging, "worklist.parquet"),
                                 storage.join(downloads_dir, IMAGES_DIR))
         del work  # from here on the pipeline holds a few parts per core, whatever the dataset size
-        stats = _run_pipeline(parts, plan, au_ids, output_dir, staging, int(max_side), options)
+        stats = _run_pipeline(parts, plan, au_ids, output_dir, staging, int(max_side), options, faces)
     else:
         _LOG.warning("no downloaded image of the manifest to convert; the examples are empty")
 
     summary = transforms.write_summary(output_dir, au_ids, stats, plan, has_va=has_va, policy=None,
                                        counters={**counters, **stats["counters"]},
                                        parameters={"validation_fraction": validation_fraction,
-                                                   "test_fraction": test_fraction, "max_side": int(max_side)})
+                                                   "test_fraction": test_fraction, "max_side": int(max_side),
+                                                   "faces": faces.to_dict()})
     storage.delete(staging)
     return summary
 
 
-def _run_pipeline(parts, plan, au_ids, output_dir, staging, max_side, options) -> dict:
+def _run_pipeline(parts, plan, au_ids, output_dir, staging, max_side, options, faces: FaceSettings) -> dict:
     import apache_beam as beam
 
     from components.convert import transforms
@@ -308,7 +314,7 @@ def _run_pipeline(parts, plan, au_ids, output_dir, staging, max_side, options) -
         | "Parts" >> beam.Create(parts)
         | "ImagesToTFRecords" >> transforms.ImagesToTFRecords(
             output_dir, storage.join(staging, "parts"), plan, au_ids, max_side,
-            processes=transforms.local_processes(options))
+            processes=transforms.local_processes(options), faces=faces.to_dict())
         | "WriteStats" >> beam.Map(transforms.write_stats, stats_path)
     )
     result = pipeline.run()

@@ -8,6 +8,7 @@ import logging
 import os
 
 from components.common import examples
+from components.common import faces as face_contract
 from components.convert import imaging
 
 _LOG = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ EXAMPLES_WRITTEN = "examples_written"
 SKIPPED_UNDECODABLE = "skipped_undecodable"
 SKIPPED_MISSING_FILE = "skipped_missing_file"
 COUNTERS = (EXAMPLES_WRITTEN, imaging.PASSED_THROUGH, imaging.REENCODED, imaging.RESIZED,
-            SKIPPED_UNDECODABLE, SKIPPED_MISSING_FILE)
+            SKIPPED_UNDECODABLE, SKIPPED_MISSING_FILE) + face_contract.COUNTERS
 # download names each image images/<key>.<ext>; a missing file is looked for under these too.
 IMAGE_EXTENSIONS = ("jpg", "png", "gif", "bmp", "webp", "jpeg")
 
@@ -70,14 +71,18 @@ def create_file(path: str):
 def convert_part(task: dict) -> dict:
     """Converts the images of task["items"] (sorted by key) and streams their examples to task["path"].
 
-    task: {"split", "shard", "part", "path", "items", "au_ids", "max_side"}; each item is
-    {"key", "path", "au" (int16 bytes), "va"}. Returns the task's split/shard/part/path with
-    "stats" (examples, per-AU counts, counters). One image is in memory at a time.
+    task: {"split", "shard", "part", "path", "items", "au_ids", "max_side", "faces"}; each item is
+    {"key", "path", "au" (int16 bytes), "va"}; "faces" is a FaceSettings dict (absent: whole
+    images). Returns the task's split/shard/part/path with "stats" (examples, per-AU counts,
+    counters). One image is in memory at a time.
     """
     import numpy as np
 
+    from components.faces import logic as faces
+
     au_ids = [int(a) for a in task["au_ids"]]
     max_side = int(task["max_side"])
+    settings = face_contract.FaceSettings.from_dict(task.get("faces"))
     counters = dict.fromkeys(COUNTERS, 0)
     written = []  # the labels of each example written
     with create_file(task["path"]) as out:
@@ -88,20 +93,30 @@ def convert_part(task: dict) -> dict:
                 counters[SKIPPED_MISSING_FILE] += 1
                 continue
             try:
-                image = imaging.to_rgb_jpeg(data, max_side)
+                image = faces.prepare(data, settings, max_side)
             except imaging.UndecodableImage as e:
                 _LOG.warning("image %s (%s) cannot be decoded, skipped: %s", item["key"], item["path"], e)
                 counters[SKIPPED_UNDECODABLE] += 1
                 continue
+            if image.reason:
+                counters[face_contract.counter_name(image.reason)] += 1
+            if image.count > 1:
+                counters["faces_multiple"] += 1
+            if image.jpeg is None:
+                counters["faces_skipped"] += 1
+                continue
+            counters[face_contract.counter_name(image.status)] += 1
             au = np.frombuffer(item["au"], dtype=np.int16)
             if au.size != len(au_ids):
                 raise ValueError(f"image {item['key']}: {au.size} AU labels for {len(au_ids)} AU ids")
             record = examples.encode_example(
-                image.jpeg, image.height, image.width, item["key"], au_ids, au.tolist(), va=item.get("va")
+                image.jpeg, image.height, image.width, item["key"], au_ids, au.tolist(), va=item.get("va"),
+                face=image.features(),
             )
             examples.write_record(out, record)
             written.append(au)
-            counters[image.outcome] += 1
+            if image.status != face_contract.CROPPED:  # crops are counted as faces_cropped
+                counters[image.outcome] += 1
     counters[EXAMPLES_WRITTEN] = len(written)
     split = task["split"]
     counts = examples.label_counts(written, len(au_ids))

@@ -224,10 +224,11 @@ class _ConvertPartFn(beam.DoFn):
     already runs one worker per core.
     """
 
-    def __init__(self, staging_dir: str, au_ids, max_side: int, processes: int = 1):
+    def __init__(self, staging_dir: str, au_ids, max_side: int, processes: int = 1, faces: dict | None = None):
         self._staging_dir = staging_dir
         self._au_ids = [int(a) for a in au_ids]
         self._max_side = int(max_side)
+        self._faces = dict(faces) if faces else None
         self._processes = int(processes)
         self._counters = {name: Metrics.counter(NAMESPACE, name) for name in parts.COUNTERS}
         self._pool = None
@@ -269,7 +270,7 @@ class _ConvertPartFn(beam.DoFn):
             "path": FileSystems.join(
                 self._staging_dir, f"{part['split']}-{part['shard']:05d}-part-{part['part']:05d}.tfrecord"),
             "items": read_part_items(part),
-            "au_ids": self._au_ids, "max_side": self._max_side,
+            "au_ids": self._au_ids, "max_side": self._max_side, "faces": self._faces,
         }
         if self._pool is None:
             yield self._count(parts.convert_part(task))
@@ -320,18 +321,20 @@ class _ConcatenateShardFn(beam.DoFn):
 
 @beam.ptransform_fn
 def ImagesToTFRecords(parts_of_work, output_dir: str, staging_dir: str, plan: dict, au_ids, max_side: int = 0,
-                      processes: int = 1):  # noqa: N802 - Beam names transforms in CamelCase
+                      processes: int = 1, faces: dict | None = None):  # noqa: N802 - Beam names transforms in CamelCase
     """Parts of the work -> contract-3 TFRecord shards in output_dir; returns a PCollection of one statistics dict.
 
     Each part is {"split", "shard", "part"} and either "items" (a list of {"key", "path"
     (images/<key>.<ext>), "au" (int16 bytes, one per au_id), "va" ([valence, arousal] or
     None)}) or "work_list", "row_group", "images_dir" (logic.write_work_list). plan: {split:
     {"shards": n}} for every split with images. Undecodable and missing images are counted
-    and skipped. processes: local processes converting parts at once (local_processes).
+    and skipped. processes: local processes converting parts at once (local_processes). faces:
+    a components.common.faces.FaceSettings dict (None: whole images, no detection); each worker
+    process loads the face detector once.
     """
     return (
         parts_of_work
-        | "ConvertAndWritePart" >> beam.ParDo(_ConvertPartFn(staging_dir, au_ids, max_side, processes))
+        | "FindAlignCropFacesAndWritePart" >> beam.ParDo(_ConvertPartFn(staging_dir, au_ids, max_side, processes, faces))
         | "KeyByShard" >> beam.Map(lambda p: ((p["split"], p["shard"]), p))
         | "GroupByShard" >> beam.GroupByKey()
         | "ConcatenateParts" >> beam.ParDo(_ConcatenateShardFn(output_dir, plan))

@@ -121,7 +121,9 @@ def run(
     summary = transforms.write_summary(
         output_dir, keep_ids, stats, plan, has_va=source.get("has_va", False), policy=policy,
         counters={**dict.fromkeys(COUNTERS, 0), **stats["counters"]},
-        parameters={"aus": ",".join(map(str, keep_ids)), "policy": policy, "source": examples_dir},
+        # The face settings the images were cut with travel on to train (and so to the model).
+        parameters={"aus": ",".join(map(str, keep_ids)), "policy": policy, "source": examples_dir,
+                    "faces": (source.get("parameters") or {}).get("faces")},
     )
     _LOG.info("filter: %s", {s: v["examples"] for s, v in summary["splits"].items()})
     return summary

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from components.common import examples as ex
 from components.common import storage
+from components.common.faces import FaceSettings
 from components.train import backbones, data
 from components.train import model as model_lib
 from pipeline import defaults
@@ -499,6 +500,9 @@ def model_config(p: Plan, run_facts: dict) -> dict:
             "labels": [f"AU{a}" for a in p.au_ids] if p.task == "au" else ["valence", "arousal"],
         },
         "threshold": 0.5 if p.task == "au" else None,
+        # What a new image goes through before the signature (components.faces.logic.prepare): the
+        # settings convert cut the training images with, so predict and any server do the same.
+        "faces": FaceSettings.from_dict((p.summary.get("parameters") or {}).get("faces")).to_dict(),
         "signature": {"name": export.SIGNATURE, "input": export.SIGNATURE_INPUT, "output": head},
         "preprocessing": {
             "decode": "tf.io.decode_image(channels=3, expand_animations=False): JPEG, PNG, GIF (first frame) "

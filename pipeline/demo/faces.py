@@ -155,8 +155,52 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return img
 
 
-def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray) -> None:
-    """Draws one face, centred, on a transparent layer; `inten` holds each AU's intensity (0..1)."""
+@dataclass(frozen=True)
+class FaceGeometry:
+    """Where the parts of a drawn face are, in face units (fractions of the layer's width, y down)."""
+
+    cx: float
+    cy: float
+    fw: float  # half-width of the skin oval
+    fh_top: float  # centre to the top of the oval (under the hair)
+    fh_bot: float  # centre to the chin
+    taper: float  # how much the jaw narrows
+    eye_y: float
+    eye_dx: float
+    eye_w: float
+    brow_y: float
+    nose_y: float
+    mouth_y: float
+    mouth_half: float
+    skin: tuple
+    hair: tuple
+    clothes: tuple
+    hair_style: int
+
+    def detector_box(self) -> np.ndarray:
+        """The outline a face detector boxes (brow to chin, cheek to cheek) as points [k, 2] in face units."""
+        a = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        s, c = np.sin(a), np.cos(a)
+        top = self.cy - DETECTOR_TOP * (self.cy - self.brow_y)
+        xs = self.cx + DETECTOR_WIDTH * self.fw * c * (1 - self.taper * np.clip(s, 0, 1) ** 2)
+        ys = np.where(s > 0, self.cy + DETECTOR_CHIN * self.fh_bot * s, self.cy + (self.cy - top) * s)
+        return np.stack([xs, ys], axis=1)
+
+
+# The detector's box relative to the drawn face (tuned against MediaPipe's BlazeFace): its top is
+# DETECTOR_TOP times the centre-to-brow distance above the centre, its sides DETECTOR_WIDTH of the
+# oval's half-width, its bottom DETECTOR_CHIN of the centre-to-chin distance.
+DETECTOR_TOP = 1.6
+DETECTOR_WIDTH = 1.0
+DETECTOR_CHIN = 1.0
+
+
+def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray, decorate=None) -> FaceGeometry:
+    """Draws one face, centred, on a transparent layer; `inten` holds each AU's intensity (0..1).
+
+    `decorate(canvas, geometry)`, when given, draws over the finished face (occluders, in face
+    units); it must not take from `rng`. Returns where the face's parts are.
+    """
     def au(n: int) -> float:
         return float(inten[_AU_INDEX[n]])
 
@@ -175,7 +219,8 @@ def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray) ->
     hair_style = rng.integers(0, 4)  # 0 bald/shaved, 1 short, 2 long, 3 fringe
 
     # shoulders and neck
-    cv.ellipse(cx, 1.05, 0.42, 0.2, fill=CLOTHES[rng.integers(len(CLOTHES))])
+    clothes = CLOTHES[rng.integers(len(CLOTHES))]
+    cv.ellipse(cx, 1.05, 0.42, 0.2, fill=clothes)
     cv.polygon([(cx - 0.11, cy + 0.2), (cx + 0.11, cy + 0.2), (cx + 0.13, 0.92), (cx - 0.13, 0.92)], fill=_shade(skin, 0.85))
     if hair_style == 2:  # long hair falls behind the face
         cv.ellipse(cx, cy + 0.05, fw + 0.07, fh_top + 0.14, fill=hair)
@@ -325,14 +370,37 @@ def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray) ->
         for side in (-1, 1):
             cv.ellipse(cx + side * eye_dx, eye_y + 0.004, eye_w + 0.015, 0.038, fill=None, outline=frame, width=0.006)
         cv.line([(cx - eye_dx + eye_w + 0.015, eye_y), (cx + eye_dx - eye_w - 0.015, eye_y)], frame, 0.006)
+    geometry = FaceGeometry(cx=cx, cy=cy, fw=fw, fh_top=fh_top, fh_bot=fh_bot, taper=taper, eye_y=eye_y,
+                            eye_dx=eye_dx, eye_w=eye_w, brow_y=eye_y - brow_gap, nose_y=nose_y, mouth_y=mouth_y,
+                            mouth_half=half, skin=skin, hair=hair, clothes=clothes, hair_style=int(hair_style))
+    if decorate is not None:
+        decorate(cv, geometry)
+    return geometry
+
+
+def face_layer(inten: np.ndarray, rng: np.random.Generator, size: int, decorate=None) -> tuple[Image.Image, FaceGeometry]:
+    """One face with neck and shoulders on a transparent `size`x`size` RGBA layer, and where its parts are.
+
+    Drawn at twice the size, then reduced: cheap antialiasing. `decorate` as in _draw_face.
+    """
+    layer = Image.new("RGBA", (size * 2, size * 2), (0, 0, 0, 0))
+    geometry = _draw_face(layer, rng, inten, decorate)
+    return layer.reduce(2), geometry
 
 
 def render_face(inten: np.ndarray, rng: np.random.Generator, size: int = 128) -> Image.Image:
     """An RGB face of `size`x`size` px showing the AU intensities `inten` (FACE_AU_IDS order)."""
+    return render_portrait(inten, rng, size)[0]
+
+
+def render_portrait(inten: np.ndarray, rng: np.random.Generator, size: int = 128
+                    ) -> tuple[Image.Image, tuple[float, float, float, float], float]:
+    """render_face's image, plus the face's detector box (x0, y0, x1, y1 px, clipped to the image) and its tilt.
+
+    The tilt is in degrees, counter-clockwise as the image is seen (PIL's rotate convention).
+    """
     bg = _background(rng, size).convert("RGBA")
-    layer = Image.new("RGBA", (size * 2, size * 2), (0, 0, 0, 0))
-    _draw_face(layer, rng, inten)  # drawn at twice the size, then reduced: cheap antialiasing
-    layer = layer.reduce(2)
+    layer, geometry = face_layer(inten, rng, size)
     # pose: rotation, scale, offset (an inverse affine map: output pixel -> layer pixel)
     angle = math.radians(rng.uniform(-12, 12))
     scale = rng.uniform(1.0, 1.3)
@@ -355,7 +423,14 @@ def render_face(inten: np.ndarray, rng: np.random.Generator, size: int = 128) ->
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     if rng.random() < 0.15:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
-    return img
+    # the box: the detector outline mapped through the pose (layer pixel -> output pixel)
+    inv = np.linalg.inv(np.array([[ca, sa], [-sa, ca]]))
+    pts = geometry.detector_box() * size - np.array([xoff, yoff])
+    out = pts @ inv.T
+    x0, y0 = np.clip(out.min(axis=0), 0, size)
+    x1, y1 = np.clip(out.max(axis=0), 0, size)
+    # the inverse map turns the layer by `angle`, so the face is seen turned the other way
+    return img, (float(x0), float(y0), float(x1), float(y1)), -math.degrees(angle)
 
 
 _GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}

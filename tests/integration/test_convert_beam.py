@@ -14,8 +14,13 @@ from apache_beam.testing.util import assert_that
 from PIL import Image
 
 from components.common import examples, labels
+from components.common import faces as face_contract
+from components.common.faces import FaceSettings
 from components.convert import logic, sample, transforms
 from components.convert.component import convert
+
+# These tests are about the Beam machinery on small drawn images, not faces: whole images.
+WHOLE = FaceSettings(mode="whole")
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +105,8 @@ def test_images_to_tfrecords_on_the_local_runner(tmp_path):
     counters = {m.key.metric.name: m.committed
                 for m in result.metrics().query(MetricsFilter().with_namespace("convert"))["counters"]}
     assert counters == {"examples_written": 9, "passed_through": 1, "reencoded": 8, "resized": 0,
-                        "skipped_undecodable": 1, "skipped_missing_file": 1}
+                        "skipped_undecodable": 1, "skipped_missing_file": 1, "faces_whole": 9,
+                        **{name: 0 for name in face_contract.COUNTERS if name != "faces_whole"}}
     assert sorted(os.listdir(out)) == ["train-00000-of-00001.tfrecord", "validation-00000-of-00001.tfrecord"]
     assert not os.listdir(tmp_path / "staging")  # the parts are gone
 
@@ -140,7 +146,7 @@ def test_convert_step_writes_contract_3_and_is_stable_across_runs(tmp_path):
     (out / "train-00000-of-00009.tfrecord").write_bytes(b"left by an earlier run")
     size = sum(len(i) for i in images)
 
-    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.2, 0.2, shard_bytes=size // 3)
+    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.2, 0.2, shard_bytes=size // 3, faces=WHOLE)
 
     written = [k for i, k in enumerate(keys[:90]) if i != 5]
     expected = expected_counts(manifest_dir, written, 0.2, 0.2)
@@ -164,7 +170,8 @@ def test_convert_step_writes_contract_3_and_is_stable_across_runs(tmp_path):
     again = tmp_path / "again"
     art = lambda p: types.SimpleNamespace(path=str(p), uri=str(p), metadata={})  # noqa: E731
     convert.python_func(manifest=art(manifest_dir), downloads=art(downloads_dir), examples=art(again),
-                        validation_fraction=0.2, test_fraction=0.2, max_side=0, beam_args="--convert_processes=1")
+                        validation_fraction=0.2, test_fraction=0.2, max_side=0, beam_args="--convert_processes=1",
+                        faces="whole", no_face="skip", face_size=160, face_margin=0.25, face_min_score=0.5)
     assert examples.read_summary(str(again))["splits"]["test"]["examples"] == summary["splits"]["test"]["examples"]
     # (the default shard size gives one shard a split here, so compare examples, not files)
     assert all_records(again) == first
@@ -174,7 +181,7 @@ def test_an_empty_split_has_no_shards_and_max_side_resizes(tmp_path):
     images = [encode(sample.face_like(80, i), "PNG") for i in range(12)]
     manifest_dir, downloads_dir, _ = sample.write_dataset(str(tmp_path / "data"), images)
     out = tmp_path / "examples"
-    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.3, 0.0, max_side=32,
+    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.3, 0.0, max_side=32, faces=WHOLE,
                         beam_args="--convert_processes=1")
     assert summary["splits"]["test"] == {"examples": 0, "shards": 0, "au": summary["splits"]["test"]["au"]}
     assert all(v == {"positive": 0, "negative": 0, "unknown": 0} for v in summary["splits"]["test"]["au"].values())
@@ -194,7 +201,7 @@ def test_the_cli_converts_in_a_fresh_process_on_every_core(tmp_path):
     out = tmp_path / "examples"
     done = subprocess.run(
         [sys.executable, "-m", "components.convert", "--manifest", manifest_dir, "--downloads", downloads_dir,
-         "--output", str(out), "--beam-args=--convert_processes=2"],
+         "--output", str(out), "--beam-args=--convert_processes=2", "--faces", "whole"],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "forked" not in done.stderr  # no fallback to a single process
@@ -207,7 +214,7 @@ def test_tensorflow_reads_the_examples_as_train_does(tmp_path):
     manifest_dir, downloads_dir, keys = sample.write_dataset(str(tmp_path / "data"), images,
                                                              va=[[0.5, -0.5]] * 3, seed=7)
     out = tmp_path / "examples"
-    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.0, 0.0, beam_args="--convert_processes=1")
+    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.0, 0.0, beam_args="--convert_processes=1", faces=WHOLE)
     import tensorflow as tf
 
     files = examples.shard_files(str(out), "train")
@@ -223,3 +230,49 @@ def test_tensorflow_reads_the_examples_as_train_does(tmp_path):
     # the shared reader of contract 3 (components.common.examples) sees the same
     as_dicts = [examples.example_to_dict(r) for r in examples.iter_examples(files)]
     assert sum("va" in d for d in as_dicts) == 3 and all(d["format"] == "jpeg" for d in as_dicts)
+
+
+def _photo_scenes(n: int) -> list[bytes]:
+    """n scenes holding a real portrait photograph (matplotlib's Grace Hopper) at varied sizes, tilts and places."""
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        photo = Image.open(io.BytesIO(f.read())).convert("RGB")
+    rng = np.random.default_rng(4)
+    out = []
+    for i in range(n):
+        w, h = int(rng.integers(320, 641)), int(rng.integers(320, 641))
+        scene = Image.fromarray(rng.integers(60, 200, (h, w, 3), dtype=np.uint8))
+        side = int(min(w, h) * rng.uniform(0.5, 0.9))
+        face = photo.resize((side, int(side * 600 / 512))).rotate(float(rng.uniform(-20, 20)))
+        scene.paste(face.crop((0, 0, side, min(face.size[1], h))), (int(rng.integers(0, w - side + 1)), 0))
+        out.append(encode(scene, "JPEG" if i % 2 else "PNG"))
+    return out
+
+
+def test_convert_crops_faces_in_forked_workers_and_counts_the_rest(tmp_path):
+    images = _photo_scenes(10) + [encode(sample.face_like(80, i), "PNG") for i in range(3)]  # 3 without a face
+    images.append(encode(Image.new("RGB", (12, 12)), "PNG"))  # too small
+    manifest_dir, downloads_dir, keys = sample.write_dataset(str(tmp_path / "data"), images, seed=2)
+    out = tmp_path / "examples"
+    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.2, 0.2, beam_args="--convert_processes=2")
+    c = summary["counters"]
+    assert c["faces_cropped"] == 10 and c["faces_no_face"] == 3 and c["faces_too_small"] == 1
+    assert c["faces_skipped"] == 4 and c["examples_written"] == 10
+    assert summary["parameters"]["faces"] == FaceSettings().to_dict()
+    records = all_records(out)
+    assert sorted(k.decode() for k in records) == sorted(keys[:10])
+    for record in records.values():
+        d = examples.example_to_dict(record)
+        assert d["face_status"] == "cropped" and (d["width"], d["height"]) == (160, 160)
+        assert len(d["face_box"]) == 4 and len(d["face_landmarks"]) == 12 and d["face_score"][0] >= 0.5
+
+    # --no-face whole keeps them, counted by reason; the KFP wrapper puts the counts on the artifact
+    art = lambda p: types.SimpleNamespace(path=str(p), uri=str(p), metadata={})  # noqa: E731
+    kept = art(tmp_path / "kept")
+    convert.python_func(manifest=art(manifest_dir), downloads=art(downloads_dir), examples=kept,
+                        validation_fraction=0.2, test_fraction=0.2, max_side=0, beam_args="--convert_processes=1",
+                        faces="crop", no_face="whole", face_size=128, face_margin=0.2, face_min_score=0.5)
+    assert kept.metadata["faces_cropped"] == 10 and kept.metadata["faces_no_face_whole"] == 4
+    assert kept.metadata["faces_no_face"] == 3 and kept.metadata["faces"] == "crop"
+    assert examples.read_summary(kept.path)["counters"]["examples_written"] == 14

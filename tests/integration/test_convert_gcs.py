@@ -2,6 +2,7 @@
 import pytest
 
 from components.common import examples, storage
+from components.common.faces import FaceSettings
 from components.convert import logic, sample
 from components.filter import logic as filter_logic
 
@@ -24,7 +25,8 @@ def gcs(monkeypatch):
 def test_convert_then_filter_on_gcs(tmp_path, gcs):
     images = sample.demo_images(24, size=40, seed=9, png_share=0.5)
     manifest_dir, downloads_dir, keys = sample.write_dataset(str(tmp_path), images, seed=9)
-    summary = logic.run(manifest_dir, downloads_dir, "gs://bucket/examples", beam_args="--convert_processes=1")
+    summary = logic.run(manifest_dir, downloads_dir, "gs://bucket/examples", beam_args="--convert_processes=1",
+                        faces=FaceSettings(mode="whole"))
     assert sum(s["examples"] for s in summary["splits"].values()) == 24
     names = sorted(f.rsplit("/", 1)[1] for f in storage.list_files("gs://bucket/examples"))
     expected = sorted(examples.shard_name(s, 0, 1) for s, v in summary["splits"].items() if v["examples"])

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from components.common import faces as face_contract
 from components.common import examples, labels
 from components.convert import imaging, logic, parts, sample, transforms
 from components.convert import __main__ as cli
@@ -154,8 +155,10 @@ def test_convert_part_writes_examples_counts_and_skips(tmp_path):
     result = parts.convert_part({"split": "train", "shard": 0, "part": 3, "path": str(tmp_path / "out" / "p.tfrecord"),
                                  "items": items, "au_ids": list(labels.ALL_AU_IDS), "max_side": 0})
     counters = result["stats"]["counters"]
+    # a task without face settings (as before the face step) converts whole images, detecting nothing
     assert counters == {"examples_written": 2, "passed_through": 1, "reencoded": 1, "resized": 0,
-                        "skipped_undecodable": 1, "skipped_missing_file": 1}
+                        "skipped_undecodable": 1, "skipped_missing_file": 1, "faces_whole": 2,
+                        **{name: 0 for name in face_contract.COUNTERS if name != "faces_whole"}}
     au = np.array(result["stats"]["splits"]["train"]["au"])
     assert au[0].tolist() == [2, 0, 0] and au[1].tolist() == [0, 0, 2] and au[2].tolist() == [0, 2, 0]
     with open(tmp_path / "out" / "p.tfrecord", "rb") as f:

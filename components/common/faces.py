@@ -1,0 +1,101 @@
+"""The face contract: settings convert crops with (recorded with the examples and the model) and the face features of contract 3."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pipeline import defaults
+
+# How an image reaches the examples (also the values of the `face/status` feature).
+CROPPED = "cropped"  # the largest face, rotated so the eyes are level, cropped with a margin, resized
+NO_FACE_WHOLE = "no_face_whole"  # no face found (--no-face whole): the whole image
+WHOLE = "whole"  # --faces whole: no detection, the whole image
+STATUSES = (CROPPED, NO_FACE_WHOLE, WHOLE)
+
+# Why no face was cropped from an image; each is counted (faces_<reason>) whatever --no-face does.
+NO_FACE = "no_face"  # decodable, but the detector found no face at --face-min-score
+TOO_SMALL = "too_small"  # shorter side below MIN_IMAGE_SIDE px: nothing a detector or a model can use
+TINY_FACE = "tiny_face"  # a face was found, but its box is below MIN_FACE_SIDE px
+REASONS = (NO_FACE, TOO_SMALL, TINY_FACE)
+
+MIN_IMAGE_SIDE = 24
+MIN_FACE_SIDE = 12
+
+# Face features of contract 3, in the source image's pixels (before any crop or resize).
+FACE_STATUS = "face/status"  # bytes: one of STATUSES
+FACE_BOX = "face/box"  # float[4]: xmin, ymin, xmax, ymax of the detector's box
+FACE_LANDMARKS = "face/landmarks"  # float[12]: x, y of right eye, left eye, nose tip, mouth, right ear, left ear
+FACE_SCORE = "face/score"  # float[1]: the detector's confidence
+FACE_ANGLE = "face/angle"  # float[1]: degrees the crop was rotated so the eyes are level
+FACE_COUNT = "face/count"  # int64[1]: faces found in the image (the largest is cropped)
+# The landmarks' order, as MediaPipe's BlazeFace gives them ("right" is the person's right).
+LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
+
+MODES = ("crop", "whole")
+NO_FACE_POLICIES = ("skip", "whole")
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """How convert (and predict, and any server) turns an image into the model's input."""
+
+    mode: str = defaults.FACES_MODE  # crop | whole
+    no_face: str = defaults.FACES_NO_FACE  # skip | whole: an image in which no face is found
+    size: int = defaults.FACES_SIZE  # side of the square crop, px
+    margin: float = defaults.FACES_MARGIN  # added on each side of the face box, as a share of its side
+    min_score: float = defaults.FACES_MIN_SCORE  # detector confidence needed to call it a face
+    detector: str = defaults.FACES_DETECTOR
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"faces is {self.mode!r}; expected one of {', '.join(MODES)}")
+        if self.no_face not in NO_FACE_POLICIES:
+            raise ValueError(f"no_face is {self.no_face!r}; expected one of {', '.join(NO_FACE_POLICIES)}")
+        if not 32 <= int(self.size) <= 1024:
+            raise ValueError(f"face_size is {self.size}; expected a side between 32 and 1024 px")
+        if not 0 <= float(self.margin) <= 1:
+            raise ValueError(f"face_margin is {self.margin}; expected a share of the face box between 0 and 1")
+        if not 0 < float(self.min_score) < 1:
+            raise ValueError(f"face_min_score is {self.min_score}; expected a confidence between 0 and 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: "dict | None") -> "FaceSettings":
+        """The settings recorded in examples_summary.json or model_config.json; None (made before faces) is whole."""
+        if not d:
+            return cls(mode="whole")
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+def counter_name(reason: str) -> str:
+    """The convert counter of a reason or status: faces_no_face, faces_cropped, ..."""
+    return f"faces_{reason}"
+
+
+COUNTERS = tuple(counter_name(r) for r in (CROPPED, NO_FACE_WHOLE, WHOLE) + REASONS) + (
+    "faces_multiple", "faces_skipped")
+
+
+def face_counters(counters: dict) -> dict:
+    """The faces_* counters of a convert summary, zeros included."""
+    return {name: int(counters.get(name, 0)) for name in COUNTERS}
+
+
+def format_counters(counters: dict) -> str:
+    """One line for a person: how many images were cropped, kept whole or skipped, and why."""
+    c = face_counters(counters)
+    parts = [f"{c[counter_name(CROPPED)]} face crops"]
+    if c[counter_name(WHOLE)]:
+        parts.append(f"{c[counter_name(WHOLE)]} whole images (--faces whole)")
+    if c[counter_name(NO_FACE_WHOLE)]:
+        parts.append(f"{c[counter_name(NO_FACE_WHOLE)]} kept whole without a face")
+    if c["faces_skipped"]:
+        parts.append(f"{c['faces_skipped']} skipped without a face")
+    why = [f"{r.replace('_', ' ')} {c[counter_name(r)]}" for r in REASONS if c[counter_name(r)]]
+    if why:
+        parts.append("reasons: " + ", ".join(why))
+    if c["faces_multiple"]:
+        parts.append(f"{c['faces_multiple']} with several faces (the largest used)")
+    return "; ".join(parts)

@@ -1,0 +1,125 @@
+"""Finds faces in an RGB image with MediaPipe's BlazeFace (its models ship inside the mediapipe wheel: nothing is downloaded)."""
+from __future__ import annotations
+
+import os
+import sys
+import types
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import defaults
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detection, in the pixels of the image it was found in."""
+
+    box: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax
+    landmarks: np.ndarray  # (6, 2) float32: x, y of components.common.faces.LANDMARK_NAMES
+    score: float
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+    @property
+    def side(self) -> float:
+        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+    def scaled(self, factor: float) -> "Face":
+        return Face(tuple(float(v) * factor for v in self.box), self.landmarks * np.float32(factor), self.score)
+
+
+def _import_face_detection():
+    """mediapipe.python.solutions.face_detection, without mediapipe's Tasks API.
+
+    mediapipe 0.10.14's package __init__ imports its Tasks API, whose optional_dependencies
+    import TensorFlow (and genai imports JAX): ~10 s and TensorFlow's thread pools in every
+    Beam worker, where a forked converter must not have them. The face solution needs none of
+    it, so the Tasks packages are stood in for while mediapipe is imported.
+    """
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ INFO/WARNING lines on stderr
+    if "mediapipe.python.solutions.face_detection" in sys.modules:
+        return sys.modules["mediapipe.python.solutions.face_detection"]
+    stubs = [n for n in ("mediapipe.tasks", "mediapipe.tasks.python") if n not in sys.modules]
+    for name in stubs:
+        sys.modules[name] = types.ModuleType(name)
+    try:
+        from mediapipe.python.solutions import face_detection
+    except ImportError as e:
+        raise RuntimeError(
+            f"the face detector needs mediapipe ({e}); install the project's requirements.lock "
+            "(`make venv`) or run with --faces whole"
+        ) from e
+    finally:
+        for name in stubs:
+            sys.modules.pop(name, None)
+    return face_detection
+
+
+class Detector:
+    """BlazeFace full-range (small, distant faces), then short-range when the first finds nothing.
+
+    One instance per process: the models load in milliseconds, but a MediaPipe graph must not
+    be shared across threads or forked processes, so each worker makes its own (see get()).
+    """
+
+    def __init__(self, min_score: float = defaults.FACES_MIN_SCORE,
+                 max_side: int = defaults.FACES_DETECT_MAX_SIDE):
+        face_detection = _import_face_detection()
+        self.min_score = float(min_score)
+        self.max_side = int(max_side)
+        self._models = [face_detection.FaceDetection(model_selection=m, min_detection_confidence=self.min_score)
+                        for m in (1, 0)]
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """Every face found in an (H, W, 3) uint8 RGB array, largest first; [] when there is none."""
+        h, w = rgb.shape[:2]
+        scale = 1.0
+        if max(h, w) > self.max_side:  # detection needs few pixels; a 6000 px photo would cost seconds
+            import cv2
+
+            scale = self.max_side / max(h, w)
+            rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        rgb = np.ascontiguousarray(rgb)
+        for model in self._models:
+            found = self._faces(model.process(rgb).detections, rgb.shape[1], rgb.shape[0])
+            if found:
+                if scale != 1.0:
+                    found = [f.scaled(1.0 / scale) for f in found]
+                return sorted(found, key=lambda f: f.area, reverse=True)
+        return []
+
+    def _faces(self, detections, w: int, h: int) -> list[Face]:
+        out = []
+        for d in detections or ():
+            score = float(d.score[0]) if d.score else 0.0
+            if score < self.min_score:
+                continue
+            rb = d.location_data.relative_bounding_box
+            x0, y0 = max(0.0, rb.xmin * w), max(0.0, rb.ymin * h)
+            x1, y1 = min(float(w), (rb.xmin + rb.width) * w), min(float(h), (rb.ymin + rb.height) * h)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            points = np.array([[k.x * w, k.y * h] for k in d.location_data.relative_keypoints], np.float32)
+            if points.shape != (6, 2):
+                continue
+            out.append(Face((x0, y0, x1, y1), points, score))
+        return out
+
+    def close(self) -> None:
+        for m in self._models:
+            m.close()
+        self._models = []
+
+
+_DETECTORS: dict[tuple[int, float, int], Detector] = {}
+
+
+def get(min_score: float = defaults.FACES_MIN_SCORE, max_side: int = defaults.FACES_DETECT_MAX_SIDE) -> Detector:
+    """This process's detector for these settings, made on first use (a forked child makes its own)."""
+    key = (os.getpid(), float(min_score), int(max_side))
+    if key not in _DETECTORS:
+        _DETECTORS[key] = Detector(min_score, max_side)
+    return _DETECTORS[key]

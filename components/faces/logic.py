@@ -1,0 +1,107 @@
+"""One image's bytes -> the model's input under the face settings: the aligned face crop, the whole image, or nothing."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from components.common import faces as contract
+from components.convert import imaging
+from components.faces import align, detect
+from pipeline import defaults
+
+
+@dataclass(frozen=True)
+class FaceImage:
+    """What one image becomes. jpeg is None when it is skipped (no face found, --no-face skip)."""
+
+    jpeg: bytes | None
+    width: int
+    height: int
+    status: str | None  # contract.CROPPED, NO_FACE_WHOLE or WHOLE; None when skipped
+    reason: str | None  # why no face was cropped (contract.REASONS); None when one was
+    outcome: str  # convert's counter: imaging.PASSED_THROUGH/REENCODED/RESIZED, or "cropped"
+    source_width: int
+    source_height: int
+    face: detect.Face | None = None  # the largest face, in the source image's pixels
+    count: int = 0  # faces found
+    angle: float = 0.0
+
+    def features(self) -> dict:
+        """The face features of contract 3 for this image (components.common.faces)."""
+        out = {contract.FACE_STATUS: (self.status or "").encode(), contract.FACE_COUNT: [int(self.count)]}
+        if self.face is not None:
+            out[contract.FACE_BOX] = [float(v) for v in self.face.box]
+            out[contract.FACE_LANDMARKS] = [float(v) for v in self.face.landmarks.reshape(-1)]
+            out[contract.FACE_SCORE] = [float(self.face.score)]
+            out[contract.FACE_ANGLE] = [float(self.angle)]
+        return out
+
+    def describe(self) -> str:
+        """One line for a person: the box used, or why there is none."""
+        if self.face is not None and self.status == contract.CROPPED:
+            x0, y0, x1, y1 = self.face.box
+            more = f", {self.count} faces (the largest used)" if self.count > 1 else ""
+            return (f"face at x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} of {self.source_width}x{self.source_height} "
+                    f"(score {self.face.score:.2f}, turned {self.angle:+.1f} deg{more})")
+        why = {contract.NO_FACE: "no face found", contract.TOO_SMALL: "image too small to find a face in",
+               contract.TINY_FACE: "the face found is too small to use"}.get(self.reason or "", "no face used")
+        then = "the whole image is used" if self.jpeg is not None else "skipped"
+        return f"{why} in {self.source_width}x{self.source_height}: {then}"
+
+
+def _encode(rgb: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _source_size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad data
+        raise imaging.UndecodableImage(f"{type(e).__name__}: {e}") from e
+
+
+def prepare(data: bytes, settings: contract.FaceSettings, max_side: int = 0,
+            quality: int = defaults.CONVERT_JPEG_QUALITY, detector: detect.Detector | None = None) -> FaceImage:
+    """The model's input for one image's bytes under `settings`; raises imaging.UndecodableImage on bad bytes.
+
+    crop: the largest face found, turned so its eyes are level, cut with settings.margin of its
+    box on each side and resized to settings.size (RGB JPEG). An image with no usable face is
+    kept whole or skipped (settings.no_face), with the reason. whole: the image as convert
+    always made it (max_side applies only to whole images).
+    """
+    if settings.mode == "whole":
+        image = imaging.to_rgb_jpeg(data, max_side, quality)
+        return FaceImage(image.jpeg, image.width, image.height, contract.WHOLE, None, image.outcome,
+                         *_source_size(data))
+    rgb_image, _ = imaging.decode_rgb(data)
+    source_w, source_h = rgb_image.size
+    face, count, reason = None, 0, None
+    if min(source_w, source_h) < contract.MIN_IMAGE_SIDE:
+        reason = contract.TOO_SMALL
+    else:
+        rgb = np.asarray(rgb_image)
+        found = (detector or detect.get(settings.min_score)).detect(rgb)
+        count = len(found)
+        if not found:
+            reason = contract.NO_FACE
+        elif found[0].side < contract.MIN_FACE_SIDE:
+            reason, face = contract.TINY_FACE, found[0]
+        else:
+            face = found[0]
+            crop, angle = align.align_crop(rgb, face, int(settings.size), float(settings.margin))
+            return FaceImage(_encode(crop, quality), crop.shape[1], crop.shape[0], contract.CROPPED, None, "cropped",
+                             source_w, source_h, face, count, angle)
+    if settings.no_face == "skip":
+        return FaceImage(None, 0, 0, None, reason, "skipped", source_w, source_h, face, count)
+    image = imaging.to_rgb_jpeg(data, max_side, quality)
+    return FaceImage(image.jpeg, image.width, image.height, contract.NO_FACE_WHOLE, reason, image.outcome,
+                     source_w, source_h, face, count)

@@ -1,0 +1,220 @@
+"""The face step on a real photograph (matplotlib ships Grace Hopper's portrait) and on the inputs the web serves."""
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from matplotlib import cbook
+from PIL import Image
+
+from components.common import examples
+from components.common import faces as contract
+from components.convert import imaging, parts
+from components.faces import __main__ as cli
+from components.faces import align, detect, logic
+
+CROP = contract.FaceSettings()
+WHOLE_IF_NONE = contract.FaceSettings(no_face="whole")
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A real portrait photograph, 512x600, shipped inside matplotlib's wheel."""
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        return Image.open(io.BytesIO(f.read())).convert("RGB")
+
+
+def _bytes(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **kw)
+    return out.getvalue()
+
+
+def _landmarks_in_crop(result: logic.FaceImage) -> np.ndarray:
+    m = align.crop_matrix(result.face, result.width, CROP.margin, result.angle)
+    pts = result.face.landmarks.astype(np.float64)
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def test_real_photo_face_is_found_aligned_and_cropped(photo):
+    result = logic.prepare(_bytes(photo), CROP)
+    assert result.status == contract.CROPPED and result.reason is None and result.count == 1
+    assert (result.width, result.height) == (CROP.size, CROP.size)
+    x0, y0, x1, y1 = result.face.box
+    # Her face sits in the middle of the portrait, about 200 px wide (found by eye: x 165-365, y 130-330).
+    assert 120 < x0 < 210 and 320 < x1 < 410 and 90 < y0 < 170 and 290 < y1 < 370
+    assert result.face.score > 0.7
+    right_eye, left_eye = result.face.landmarks[0], result.face.landmarks[1]
+    assert right_eye[0] < left_eye[0]  # the person's right eye is on the image's left
+    assert abs(result.angle) < 5  # she looks straight into the camera
+    crop = np.asarray(Image.open(io.BytesIO(result.jpeg)))
+    assert crop.shape == (CROP.size, CROP.size, 3)
+    # The crop is the face: the detector finds it again, filling the middle of the crop.
+    again = detect.get().detect(crop)
+    assert again and again[0].side > 0.45 * CROP.size
+    cx = (again[0].box[0] + again[0].box[2]) / 2
+    assert abs(cx - CROP.size / 2) < 0.1 * CROP.size
+
+
+@pytest.mark.parametrize("tilt", [-25, 18])
+def test_a_tilted_face_is_turned_so_the_eyes_are_level(photo, tilt):
+    turned = photo.rotate(tilt, expand=True, fillcolor=(90, 90, 90), resample=Image.BICUBIC)
+    result = logic.prepare(_bytes(turned), CROP)
+    assert result.status == contract.CROPPED
+    # PIL turns counter-clockwise, which lowers the eye on the image's left: the crop turns back.
+    assert result.angle == pytest.approx(-tilt, abs=7)
+    eyes = _landmarks_in_crop(result)[:2]
+    assert abs(eyes[0, 1] - eyes[1, 1]) < 1.5  # level in the crop
+    assert abs((eyes[0, 0] + eyes[1, 0]) / 2 - CROP.size / 2) < 0.12 * CROP.size
+
+
+def test_crop_matrix_maps_the_box_centre_to_the_crop_centre_and_levels_the_eyes():
+    face = detect.Face((100.0, 50.0, 200.0, 150.0),
+                       np.array([[120, 80], [180, 110], [150, 100], [150, 130], [100, 90], [200, 120]], np.float32),
+                       0.9)
+    angle = align.eye_angle(face)
+    assert angle == pytest.approx(math.degrees(math.atan2(30, 60)))
+    m = align.crop_matrix(face, 160, 0.25, angle)
+    centre = m[:, :2] @ np.array([150.0, 100.0]) + m[:, 2]
+    assert centre == pytest.approx([80.0, 80.0])
+    eyes = face.landmarks[:2].astype(np.float64) @ m[:, :2].T + m[:, 2]
+    assert eyes[0, 1] == pytest.approx(eyes[1, 1])
+    # the box side plus a quarter of it on each side spans the 160 px crop
+    assert math.hypot(m[0, 0], m[0, 1]) == pytest.approx(160 / 150)
+
+
+def test_no_face_is_skipped_or_kept_whole_with_its_reason():
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    skipped = logic.prepare(_bytes(noise, "PNG"), CROP)
+    assert skipped.jpeg is None and skipped.status is None and skipped.reason == contract.NO_FACE
+    assert "no face found" in skipped.describe() and "skipped" in skipped.describe()
+    whole = logic.prepare(_bytes(noise, "PNG"), WHOLE_IF_NONE)
+    assert whole.status == contract.NO_FACE_WHOLE and whole.reason == contract.NO_FACE
+    assert (whole.width, whole.height) == (320, 240)
+    assert Image.open(io.BytesIO(whole.jpeg)).format == "JPEG"
+
+
+def test_a_tiny_image_is_too_small():
+    result = logic.prepare(_bytes(Image.new("RGB", (16, 12), (200, 150, 120))), WHOLE_IF_NONE)
+    assert result.reason == contract.TOO_SMALL and result.status == contract.NO_FACE_WHOLE
+
+
+def test_a_huge_image_is_searched_shrunk_and_cropped_from_full_resolution(photo):
+    big = Image.new("RGB", (4000, 3000), (40, 60, 50))
+    big.paste(photo.resize((1536, 1800)), (2200, 900))
+    result = logic.prepare(_bytes(big, quality=80), CROP)
+    assert result.status == contract.CROPPED and (result.source_width, result.source_height) == (4000, 3000)
+    x0, y0, x1, y1 = result.face.box  # in the huge image's own pixels
+    assert 2200 + 3 * 120 < x0 < 2200 + 3 * 210 and 900 + 3 * 90 < y0 < 900 + 3 * 170
+    assert x1 - x0 > 450
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P"])
+def test_grey_cmyk_transparent_and_palette_images_are_cropped(photo, mode):
+    if mode == "RGBA":
+        img = photo.convert("RGBA")
+        img.putalpha(Image.new("L", img.size, 255))
+        data = _bytes(img, "PNG")
+    elif mode == "P":
+        data = _bytes(photo.quantize(256), "PNG")
+    else:
+        data = _bytes(photo.convert(mode))
+    result = logic.prepare(data, CROP)
+    assert result.status == contract.CROPPED
+    assert np.asarray(Image.open(io.BytesIO(result.jpeg))).shape == (CROP.size, CROP.size, 3)
+
+
+def test_several_faces_the_largest_is_used(photo):
+    scene = Image.new("RGB", (900, 600), (70, 80, 90))
+    scene.paste(photo.resize((256, 300)), (20, 150))
+    scene.paste(photo.resize((435, 510)), (440, 45))
+    result = logic.prepare(_bytes(scene), CROP)
+    assert result.count == 2 and result.status == contract.CROPPED
+    assert result.face.box[0] > 440  # the larger face, on the right
+    assert "2 faces (the largest used)" in result.describe()
+
+
+def test_undecodable_bytes_raise(photo):
+    with pytest.raises(imaging.UndecodableImage):
+        logic.prepare(_bytes(photo)[:2000], CROP)
+    with pytest.raises(imaging.UndecodableImage):
+        logic.prepare(b"<html>not an image</html>", CROP)
+
+
+def test_whole_mode_finds_nothing_and_keeps_convert_s_behaviour(photo):
+    data = _bytes(photo)
+    result = logic.prepare(data, contract.FaceSettings(mode="whole"))
+    assert result.status == contract.WHOLE and result.jpeg == data and result.face is None  # passed through
+
+
+def test_face_features_reach_the_example(photo):
+    result = logic.prepare(_bytes(photo), CROP)
+    record = examples.encode_example(result.jpeg, result.height, result.width, "k", [1, 2], [0, 1],
+                                     face=result.features())
+    d = examples.example_to_dict(record)
+    assert d["face_status"] == contract.CROPPED and d["face_count"] == 1
+    assert d["face_box"] == pytest.approx(list(result.face.box), abs=1e-3)
+    assert len(d["face_landmarks"]) == 12 and d["face_score"][0] == pytest.approx(result.face.score, abs=1e-6)
+    assert d["face_angle"][0] == pytest.approx(result.angle, abs=1e-4)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("mode", "faces", "faces is 'faces'"), ("no_face", "drop", "no_face is 'drop'"),
+    ("size", 8, "face_size is 8"), ("margin", 2.0, "face_margin is 2.0"), ("min_score", 1.5, "face_min_score"),
+])
+def test_bad_settings_say_what_is_expected(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        contract.FaceSettings(**{field: value})
+
+
+def test_settings_round_trip_and_old_folders_read_as_whole():
+    s = contract.FaceSettings(no_face="whole", size=128)
+    assert contract.FaceSettings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    assert contract.FaceSettings.from_dict(None).mode == "whole"
+
+
+def test_convert_part_counts_each_image_by_reason(tmp_path, photo):
+    rng = np.random.default_rng(1)
+    files = {
+        "a": _bytes(photo),
+        "b": _bytes(Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)), "PNG"),  # no face
+        "c": _bytes(Image.new("RGB", (10, 10))),  # too small
+        "d": b"broken",
+    }
+    items = []
+    for key, data in sorted(files.items()):
+        path = tmp_path / f"{key}.jpg"
+        path.write_bytes(data)
+        items.append({"key": key, "path": str(path), "au": np.array([1, 0], np.int16).tobytes(), "va": None})
+    task = {"split": "train", "shard": 0, "part": 0, "path": str(tmp_path / "out.tfrecord"), "items": items,
+            "au_ids": [1, 2], "max_side": 0, "faces": CROP.to_dict()}
+    counters = parts.convert_part(task)["stats"]["counters"]
+    assert counters["examples_written"] == 1 and counters["faces_cropped"] == 1
+    assert counters["faces_no_face"] == 1 and counters["faces_too_small"] == 1 and counters["faces_skipped"] == 2
+    assert counters["skipped_undecodable"] == 1
+    with open(task["path"], "rb") as f:
+        (record,) = list(examples.read_records(f))
+    assert examples.example_to_dict(record)["face_status"] == contract.CROPPED
+    assert "1 face crops; 2 skipped without a face; reasons: no face 1, too small 1" == contract.format_counters(counters)
+
+    task["faces"] = WHOLE_IF_NONE.to_dict()
+    counters = parts.convert_part(task)["stats"]["counters"]
+    assert counters["examples_written"] == 3 and counters["faces_no_face_whole"] == 2
+
+
+def test_cli_prints_the_box_and_writes_the_crop(tmp_path, photo, capsys):
+    src = tmp_path / "hopper.png"
+    photo.save(src)
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (200, 160), (180, 180, 170)).save(blank)
+    assert cli.main([str(src), str(blank), "--output", str(tmp_path / "crops")]) == 0
+    out = capsys.readouterr().out
+    assert "hopper.png: face at x" in out and "wall.png: no face found in 200x160: skipped" in out
+    assert Image.open(tmp_path / "crops" / "hopper.face.jpg").size == (CROP.size, CROP.size)
+    assert cli.main([str(tmp_path / "missing.jpg")]) == 1
+    assert "missing.jpg does not exist" in capsys.readouterr().err
+    assert cli.main([str(src), "--face-size", "8"]) == 2
