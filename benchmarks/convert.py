@@ -31,9 +31,10 @@ MODES = {
 }
 
 
-def dataset(size: int, image_size: int) -> str:
+def dataset(size: int, image_size: int, seed: int = 0, scene: str = "portrait", cache: str = CACHE) -> str:
     """A demo set of `size` faces (pipeline.demo: JPEG, CMYK JPEG, PNG, RGBA and palette PNG, WebP, GIF)
     laid out as ingest and download leave it: manifest/manifest.parquet and downloads/{images/, ledger.parquet}.
+    scene: portrait (faces filling 128 px squares, what this benchmark measures) or wild (benchmarks/faces.py).
     """
     sys.path.insert(0, ROOT)
     import numpy as np
@@ -42,13 +43,13 @@ def dataset(size: int, image_size: int) -> str:
     from components.common import labels
     from pipeline.demo import generate
 
-    root = os.path.join(CACHE, f"demo-n{size}-px{image_size}")
+    root = os.path.join(cache, f"demo-n{size}-px{image_size}" + (f"-seed{seed}-{scene}" if (seed, scene) != (0, "portrait") else ""))
     done = os.path.join(root, "downloads", "ledger.parquet")
     if os.path.exists(done):
         return root
     print(f"generating a demo set of {size} faces of {image_size} px in {root} ...", file=sys.stderr, flush=True)
     demo_dir = os.path.join(root, "demo")
-    generate.generate_demo(demo_dir, size=size, seed=0, image_size=image_size)
+    generate.generate_demo(demo_dir, size=size, seed=seed, image_size=image_size, scene=scene)
     truth = generate.load_labels(demo_dir)
     urls = [f"http://127.0.0.1/demo/{name}" for name in truth["name"]]
     keys = [labels.image_key(u) for u in urls]
@@ -119,10 +120,13 @@ def child_convert(data: str, out: str, beam_args: str):
     # Imports are process start-up, as TensorFlow's is for the loop; starting Beam's workers is not.
     import apache_beam.runners.portability.fn_api_runner  # noqa: F401
 
+    from components.common.faces import FaceSettings
     from components.convert import logic, transforms  # noqa: F401
 
     start = time.perf_counter()
-    summary = logic.run(os.path.join(data, "manifest"), os.path.join(data, "downloads"), out, beam_args=beam_args)
+    # The same work as the loop: whole images (benchmarks/faces.py measures the face crop).
+    summary = logic.run(os.path.join(data, "manifest"), os.path.join(data, "downloads"), out, beam_args=beam_args,
+                        faces=FaceSettings(mode="whole"))
     return time.perf_counter() - start, summary["counters"]["examples_written"]
 
 

@@ -48,6 +48,11 @@ def _import_face_detection():
     try:
         from mediapipe.python.solutions import face_detection
     except ImportError as e:
+        if "lib" in str(e) and ".so" in str(e):  # OpenCV under MediaPipe needs libGL and GLib
+            raise RuntimeError(
+                f"the face detector cannot load a system library ({e}); on Debian or Ubuntu: "
+                "apt-get install libgl1 libglib2.0-0 (the project's Docker images have them), or run with --faces whole"
+            ) from e
         raise RuntimeError(
             f"the face detector needs mediapipe ({e}); install the project's requirements.lock "
             "(`make venv`) or run with --faces whole"

@@ -45,6 +45,8 @@ class FaceImage:
             more = f", {self.count} faces (the largest used)" if self.count > 1 else ""
             return (f"face at x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} of {self.source_width}x{self.source_height} "
                     f"(score {self.face.score:.2f}, turned {self.angle:+.1f} deg{more})")
+        if self.status == contract.WHOLE:
+            return f"whole image, {self.source_width}x{self.source_height} (faces: whole, no face detection)"
         why = {contract.NO_FACE: "no face found", contract.TOO_SMALL: "image too small to find a face in",
                contract.TINY_FACE: "the face found is too small to use"}.get(self.reason or "", "no face used")
         then = "the whole image is used" if self.jpeg is not None else "skipped"

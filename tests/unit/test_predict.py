@@ -81,3 +81,39 @@ def test_module_cli_runs_as_a_program(tmp_path):
     done = subprocess.run([sys.executable, "-m", "components.predict", "--model", str(tmp_path), str(tmp_path / "x.jpg")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "x.jpg does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_model_trained_on_face_crops_gets_the_face_crop_and_says_which_box(tmp_path, capsys):
+    """model_config.json's faces settings are applied to a new image: the box used is printed."""
+    import io
+
+    from matplotlib import cbook
+    from PIL import Image
+
+    from components.common.faces import FaceSettings
+
+    model = tiny.make_model(str(tmp_path / "model"), tiny.GOOD, faces=FaceSettings().to_dict())
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        photo = Image.open(io.BytesIO(f.read())).convert("RGB")
+    scene = Image.new("RGB", (1000, 700), (0, 0, 255))  # blue all round: whole, it would read as AU12
+    scene.paste(photo.resize((256, 300)), (600, 300))
+    scene.save(tmp_path / "scene.jpg")
+    Image.new("RGB", (300, 200), (0, 0, 255)).save(tmp_path / "wall.png")
+
+    result = logic.predict(model, [str(tmp_path / "scene.jpg"), str(tmp_path / "wall.png")])
+    assert result["faces"]["mode"] == "crop"
+    scene_result, wall = result["images"]
+    x0, y0, x1, y1 = scene_result["face"]["box"]
+    assert 600 < x0 < 720 and 300 < y0 < 400 and scene_result["face"]["status"] == "cropped"
+    assert 12 not in scene_result["active"]  # it scored the face, not the blue around it
+    assert wall["scored"] is False and wall["face"]["reason"] == "no_face" and "aus" not in wall
+
+    assert main(["--model", model, str(tmp_path / "scene.jpg"), str(tmp_path / "wall.png")]) == 0
+    out = capsys.readouterr().out
+    assert "face at x " in out and "of 1000x700 (score" in out
+    assert "no face found in 300x200: skipped" in out and "not scored" in out
+
+    # a model trained with --no-face whole scores the whole image and says so
+    whole = tiny.make_model(str(tmp_path / "whole"), tiny.GOOD, faces=FaceSettings(no_face="whole").to_dict())
+    (wall,) = logic.predict(whole, [str(tmp_path / "wall.png")])["images"]
+    assert wall["face"]["status"] == "no_face_whole" and wall["active"] == [12]

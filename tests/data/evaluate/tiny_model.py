@@ -30,7 +30,7 @@ def jpeg(rgb, size: int = 8, fmt: str = "JPEG") -> bytes:
     return buf.getvalue()
 
 
-def make_model(model_dir: str, weights=GOOD, au_ids=AU_IDS, task: str = "au") -> str:
+def make_model(model_dir: str, weights=GOOD, au_ids=AU_IDS, task: str = "au", faces: dict | None = None) -> str:
     """Writes saved_model/ (serving_default: image_bytes -> probabilities or valence_arousal) and model_config.json."""
     import tensorflow as tf
 
@@ -60,6 +60,8 @@ def make_model(model_dir: str, weights=GOOD, au_ids=AU_IDS, task: str = "au") ->
     os.makedirs(model_dir, exist_ok=True)
     tf.saved_model.save(m, os.path.join(model_dir, "saved_model"), signatures={"serving_default": m.serve})
     config = {"au_ids": list(au_ids) if task == "au" else [], "task": task, "image_size": 8, "backbone": "tiny"}
+    if faces is not None:
+        config["faces"] = faces
     with open(os.path.join(model_dir, "model_config.json"), "w") as f:
         json.dump(config, f)
     with open(os.path.join(model_dir, "history.json"), "w") as f:
