@@ -26,6 +26,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default=defaults.RUNS_DIR, help="Folder holding every local run, the demo set and the registry.")
     p.add_argument("--demo-size", type=int, default=defaults.DEMO_SIZE, help="Images in the demo set generated when --source is not given.")
     p.add_argument("--demo-seed", type=int, default=defaults.DEMO_SEED, help="Seed of the demo set.")
+    p.add_argument("--demo-scene", choices=("wild", "portrait"), default="wild",
+                   help="Demo images: wild (the face small in a cluttered web photo, some tilted, grey, low-quality "
+                        "or partly hidden) or portrait (the face fills a square image).")
     p.add_argument("--demo-faults", action=argparse.BooleanOptionalAction, default=True,
                    help="Serve the demo set with the web's faults (404s, timeouts, DNS, TLS...).")
     add_pipeline_parameter_flags(p)
@@ -67,9 +70,10 @@ def _run_on_demo(args, arguments: dict, run_dir: str):
     from pipeline import demo
     from pipeline.local import run_pipeline
 
-    demo_dir = os.path.abspath(os.path.join(args.runs_dir, "demo", f"size{args.demo_size}-seed{args.demo_seed}"))
-    print(f"demo set: {args.demo_size} synthetic faces in {demo_dir}", flush=True)
-    demo.generate_demo(demo_dir, args.demo_size, args.demo_seed)
+    demo_dir = os.path.abspath(os.path.join(args.runs_dir, "demo",
+                                            f"size{args.demo_size}-seed{args.demo_seed}-{args.demo_scene}"))
+    print(f"demo set: {args.demo_size} synthetic faces ({args.demo_scene} scenes) in {demo_dir}", flush=True)
+    demo.generate_demo(demo_dir, args.demo_size, args.demo_seed, scene=args.demo_scene)
     arguments.setdefault("download_timeout", defaults.DEMO_DOWNLOAD_TIMEOUT)
     with demo.DemoServer(demo_dir, faults=args.demo_faults, seed=args.demo_seed) as server:
         sheet = demo.write_sheet(demo_dir, server, os.path.join(run_dir, "demo_sheet.xlsx"), seed=args.demo_seed)

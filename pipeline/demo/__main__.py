@@ -9,16 +9,27 @@ import sys
 import threading
 
 from pipeline import defaults
+from pipeline.demo.generate import DEFAULT_SCENE, SCENES
 
 EPILOG = """\
 examples:
   python -m pipeline.demo generate --out runs/demo --size 2000 --seed 0
+  python -m pipeline.demo generate --out runs/demo-portrait --scene portrait
   python -m pipeline.demo serve --dir runs/demo            # prints the base URL and the sheet path
   python pipeline.py run --source runs/demo/sheet.xlsx   # in another shell, while serve runs
 
 generate writes DIR/images/face-NNNNN.{jpg,png,gif,webp} (JPEG, CMYK JPEG, PNG, RGBA and palette
-PNG, GIF, WebP), DIR/labels.parquet (the ground truth: name, AU1..AU60, valence, arousal) and
-DIR/demo_summary.json; a folder that already holds the same size and seed is left as it is.
+PNG, GIF, WebP), DIR/labels.parquet (the ground truth: name, AU1..AU60, valence, arousal, and
+where the face is: face_x0 face_y0 face_x1 face_y1, tilt, grey, jpeg_quality, occluder,
+faces_in_scene) and DIR/demo_summary.json; a folder that already holds the same size, seed and
+scene is left as it is.
+
+--scene wild (the default) draws web photos: 320..640 px each way, cluttered (rooms, streets,
+parks, stripes, shapes, lights), the face 15-45% of the shorter side; ~25% tilted 10-30 degrees,
+~10% grey, ~10% low-quality JPEG (quality 8-25), ~12% partly hidden (sunglasses, cap, scarf,
+hand, mug: the AUs they hide are 999, as EmotioNet marks occluded AUs), ~3% with a smaller
+bystander, ~1% with no face at all (its box is NaN). --scene portrait draws the face filling a
+--image-size square, as the demo did before.
 
 serve binds 127.0.0.1 only and writes the sheet (no header: URL, AU1..AU60, valence, arousal)
 whose URLs point at it, plus SHEET.faults.csv: each row's route and the error_class the download
@@ -33,11 +44,16 @@ def _generate(args) -> int:
     from pipeline.demo import generate_demo
 
     summary = generate_demo(args.out, size=args.size, seed=args.seed, image_size=args.image_size,
-                            workers=args.workers)
+                            workers=args.workers, scene=args.scene)
     state = "already there" if summary["cached"] else f"written in {summary['seconds']} s"
-    print(f"{summary['size']} faces (seed {summary['seed']}) in {args.out}: {state}")
+    print(f"{summary['size']} faces (seed {summary['seed']}, {summary['scene']} scenes) in {args.out}: {state}")
     print("AU prevalence: " + ", ".join(f"AU{a} {p:.0%}" for a, p in summary["prevalence"].items()))
     print("formats: " + json.dumps(summary["formats"]))
+    print("conditions: " + json.dumps(summary["conditions"]))
+    size = summary["face_size"]
+    if size["min_px"] is not None:
+        print(f"face size: {size['min_px']}-{size['max_px']} px, {size['min_share']:.0%}-{size['max_share']:.0%} "
+              "of the image's shorter side")
     return 0
 
 
@@ -69,7 +85,7 @@ def _serve(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.demo",
-        description="The demo world: synthetic faces whose 11 Action Units are visible, served on 127.0.0.1 "
+        description="The demo world: synthetic faces whose 11 Action Units are visible, in cluttered web photos, served on 127.0.0.1 "
                     "with the web's faults, and an EmotioNet-format sheet of their URLs.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -77,9 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="Write a synthetic face set and its ground-truth labels.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("--out", default=defaults.DEMO_DIR, help="Folder for images/, labels.parquet and demo_summary.json.")
-    g.add_argument("--size", type=int, default=defaults.DEMO_SIZE, help="Number of faces.")
+    g.add_argument("--size", type=int, default=defaults.DEMO_SIZE, help="Number of images.")
     g.add_argument("--seed", type=int, default=defaults.DEMO_SEED, help="Seed: the same seed and size give the same bytes.")
-    g.add_argument("--image-size", type=int, default=defaults.DEMO_IMAGE_SIZE, help="Side of most faces, in px.")
+    g.add_argument("--scene", choices=SCENES, default=DEFAULT_SCENE,
+                   help="wild: the face small in a cluttered web photo, some tilted, grey, low-quality, partly hidden "
+                        "(default); portrait: the face fills a square image.")
+    g.add_argument("--image-size", type=int, default=defaults.DEMO_IMAGE_SIZE,
+                   help="Side of most portraits, in px (wild scenes are 320..640 px each way).")
     g.add_argument("--workers", type=int, default=0, help="Processes drawing faces (0: one per core).")
     s = sub.add_parser("serve", help="Serve a set on 127.0.0.1 and write its EmotioNet sheet; Ctrl-C stops.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

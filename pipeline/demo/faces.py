@@ -104,25 +104,62 @@ def _shade(colour, f: float, add=(0, 0, 0)) -> tuple[int, int, int]:
 
 
 class _Canvas:
-    """Draws in face units (0..1 across the canvas) so every size draws the same face."""
+    """Draws in face units (0..1 across the canvas) so every size draws the same face.
 
-    def __init__(self, img: Image.Image):
+    On an RGBA image PIL writes a translucent colour, alpha included, instead of laying it over
+    what is there. With blend=True translucent strokes are laid over (drawn on a small overlay,
+    then alpha-composited); without it they leave see-through marks, as render_face always has.
+    """
+
+    def __init__(self, img: Image.Image, blend: bool = False):
         self.s = img.size[0]
+        self.img = img
         self.d = ImageDraw.Draw(img, "RGBA")
+        self.blend = blend and img.mode == "RGBA"
 
     def pts(self, points):
         return [(x * self.s, y * self.s) for x, y in points]
 
+    def _over(self, colour) -> bool:
+        return self.blend and colour is not None and len(colour) == 4 and colour[3] < 255
+
+    def _composite(self, xy, pad: float, draw) -> None:
+        """Runs draw(ImageDraw, shift) on an overlay covering the points xy (+pad px), then lays it over."""
+        xs, ys = [p[0] for p in xy], [p[1] for p in xy]
+        w, h = self.img.size
+        x0, y0 = max(0, int(math.floor(min(xs) - pad))), max(0, int(math.floor(min(ys) - pad)))
+        x1, y1 = min(w, int(math.ceil(max(xs) + pad)) + 1), min(h, int(math.ceil(max(ys) + pad)) + 1)
+        if x1 <= x0 or y1 <= y0:
+            return
+        overlay = Image.new("RGBA", (x1 - x0, y1 - y0), (0, 0, 0, 0))
+        draw(ImageDraw.Draw(overlay), (x0, y0))
+        self.img.alpha_composite(overlay, dest=(x0, y0))
+
     def ellipse(self, cx, cy, rx, ry, fill, outline=None, width=0.0):
         s = self.s
-        self.d.ellipse([(cx - rx) * s, (cy - ry) * s, (cx + rx) * s, (cy + ry) * s], fill=fill, outline=outline,
-                       width=max(1, int(width * s)) if outline else 0)
+        box = [(cx - rx) * s, (cy - ry) * s, (cx + rx) * s, (cy + ry) * s]
+        w = max(1, int(width * s)) if outline else 0
+        if self._over(fill) or self._over(outline):
+            self._composite([box[:2], box[2:]], 1, lambda d, o: d.ellipse(
+                [box[0] - o[0], box[1] - o[1], box[2] - o[0], box[3] - o[1]], fill=fill, outline=outline, width=w))
+        else:
+            self.d.ellipse(box, fill=fill, outline=outline, width=w)
 
     def polygon(self, points, fill):
-        self.d.polygon(self.pts(points), fill=fill)
+        xy = self.pts(points)
+        if self._over(fill):
+            self._composite(xy, 1, lambda d, o: d.polygon([(x - o[0], y - o[1]) for x, y in xy], fill=fill))
+        else:
+            self.d.polygon(xy, fill=fill)
 
     def line(self, points, fill, width):
-        self.d.line(self.pts(points), fill=fill, width=max(1, int(round(width * self.s))), joint="curve")
+        xy = self.pts(points)
+        w = max(1, int(round(width * self.s)))
+        if self._over(fill):
+            self._composite(xy, w, lambda d, o: d.line([(x - o[0], y - o[1]) for x, y in xy], fill=fill, width=w,
+                                                       joint="curve"))
+        else:
+            self.d.line(xy, fill=fill, width=w, joint="curve")
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -190,21 +227,24 @@ class FaceGeometry:
 # The detector's box relative to the drawn face (tuned against MediaPipe's BlazeFace): its top is
 # DETECTOR_TOP times the centre-to-brow distance above the centre, its sides DETECTOR_WIDTH of the
 # oval's half-width, its bottom DETECTOR_CHIN of the centre-to-chin distance.
-DETECTOR_TOP = 1.6
-DETECTOR_WIDTH = 1.0
-DETECTOR_CHIN = 1.0
+DETECTOR_TOP = 2.1
+DETECTOR_WIDTH = 0.96
+DETECTOR_CHIN = 0.92
 
 
-def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray, decorate=None) -> FaceGeometry:
+def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray, decorate=None,
+               shaded: bool = False) -> FaceGeometry:
     """Draws one face, centred, on a transparent layer; `inten` holds each AU's intensity (0..1).
 
     `decorate(canvas, geometry)`, when given, draws over the finished face (occluders, in face
-    units); it must not take from `rng`. Returns where the face's parts are.
+    units). `shaded` adds the shadows of a lit face (darker rim, lid creases, nose and lip
+    shadows, darker brows and lips) that let a face detector find it when it is small; the
+    random stream is used exactly as without it. Returns where the face's parts are.
     """
     def au(n: int) -> float:
         return float(inten[_AU_INDEX[n]])
 
-    cv = _Canvas(img)
+    cv = _Canvas(img, blend=shaded)
     skin = _shade(SKIN_TONES[rng.integers(len(SKIN_TONES))], rng.uniform(0.9, 1.08))
     hair = _shade(HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))], rng.uniform(0.85, 1.15))
     dark = _shade(skin, 0.55)
@@ -232,7 +272,10 @@ def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray, de
     s, c = np.sin(a), np.cos(a)
     xs = cx + fw * c * (1 - taper * np.clip(s, 0, 1) ** 2)
     ys = cy + np.where(s > 0, fh_bot, fh_top) * s
-    cv.polygon(list(zip(xs.tolist(), ys.tolist())), fill=skin)
+    cv.polygon(list(zip(xs.tolist(), ys.tolist())), fill=_shade(skin, 0.72) if shaded else skin)
+    if shaded:  # the rim turns away from the light: darker towards the edge
+        for k, f in ((0.94, 0.86), (0.86, 1.0)):
+            cv.polygon(list(zip((cx + (xs - cx) * k).tolist(), (cy + (ys - cy) * k).tolist())), fill=_shade(skin, f))
     if hair_style in (1, 2, 3):
         depth = rng.uniform(0.05, 0.1) if hair_style != 3 else rng.uniform(0.11, 0.14)
         top = cy - fh_top
@@ -276,14 +319,20 @@ def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray, de
         x0, x1 = ex - eye_w, ex + eye_w
         upper = _parabola(x0, x1, eye_y, eye_y - up)
         lower = _parabola(x1, x0, eye_y, eye_y + low)
+        if shaded:  # the socket's shadow around the eye
+            cv.ellipse(ex, eye_y - 0.006, eye_w + 0.028, 0.042, fill=dark + (70,))
         cv.polygon(upper + lower, fill=(245, 245, 240))
         gaze = rng.uniform(-0.008, 0.008)
         cv.ellipse(ex + gaze, eye_y + 0.002, 0.017, 0.017, fill=iris_col)
         cv.ellipse(ex + gaze, eye_y + 0.002, 0.007, 0.007, fill=(15, 10, 10))
         # lids cover what is outside the opening
-        cv.polygon(upper + _parabola(x1 + 0.01, x0 - 0.01, eye_y - 0.005, eye_y - up - 0.03), fill=skin)
-        cv.polygon(lower + _parabola(x0 - 0.01, x1 + 0.01, eye_y + 0.005, eye_y + low + 0.03), fill=skin)
-        cv.line(upper, (30, 20, 20), 0.007)
+        lid = _shade(skin, 0.84) if shaded else skin
+        cv.polygon(upper + _parabola(x1 + 0.01, x0 - 0.01, eye_y - 0.005, eye_y - up - 0.03), fill=lid)
+        cv.polygon(lower + _parabola(x0 - 0.01, x1 + 0.01, eye_y + 0.005, eye_y + low + 0.03), fill=lid)
+        cv.line(upper, (30, 20, 20), 0.011 if shaded else 0.007)
+        if shaded:  # the crease above the lid, the socket's shadow
+            crease = _parabola(x0 - 0.004, x1 + 0.004, eye_y - 0.008, eye_y - up - 0.014)
+            cv.line(crease, dark + (110,), 0.012)
         cv.line(lower, dark + (150,), 0.003)
         # cheeks: AU6 lifts and rounds them, with crow's feet at the outer corner
         if au(6) > 0.2:
@@ -301,10 +350,16 @@ def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray, de
         outer_y = base + 0.008 - 0.045 * au(2) + 0.012 * au(4)
         mid_y = base - 0.012 - 0.018 * au(1) - 0.025 * au(2) + 0.03 * au(4)
         mid_x = (inner_x + outer_x) / 2
-        cv.line([(inner_x, inner_y), (mid_x, mid_y), (outer_x, outer_y)], brow_col, brow_w + 0.007 * au(4))
+        cv.line([(inner_x, inner_y), (mid_x, mid_y), (outer_x, outer_y)], _shade(brow_col, 0.7) if shaded else brow_col,
+                brow_w + 0.007 * au(4) + (0.006 if shaded else 0.0))
 
     # nose: AU9 wrinkles the bridge, lifts and flares the nostrils
     nl = line_col[:3] + (150,)
+    if shaded:  # the nose's shadow on the side away from the light, and under its tip
+        cv.polygon([(cx - 0.012, eye_y + 0.02), (cx - 0.03, eye_y + 0.02), (cx - 0.045, nose_y - 0.01), (cx - 0.02, nose_y - 0.01)],
+                   fill=dark + (70,))
+        cv.ellipse(cx, nose_y + 0.012, 0.04, 0.012, fill=dark + (90,))
+        cv.line([(cx + 0.006, eye_y + 0.0), (cx + 0.01, nose_y - 0.025)], _shade(skin, 1.15, (12, 12, 12)) + (150,), 0.012)
     cv.line([(cx - 0.018, eye_y + 0.02), (cx - 0.024, nose_y - 0.02)], nl, 0.004)
     lift = 0.014 * au(9)
     flare = 0.008 * au(9)
@@ -324,7 +379,7 @@ def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray, de
     gap = 0.02 * au(25) + (0.045 * au(26) if au(25) > 0.3 else 0.0)
     lip_u = rng.uniform(0.013, 0.019) * (1 - 0.5 * au(20))
     lip_l = rng.uniform(0.017, 0.025) * (1 - 0.5 * au(20)) + 0.006 * au(17)
-    lip_col = _shade(skin, 0.78, (40, 0, 0))
+    lip_col = _shade(skin, 0.62 if shaded else 0.78, (40, 0, 0))
     x0, x1 = cx - half, cx + half
     inner_up = _parabola(x0, x1, corner_y, centre_y - gap / 2)
     inner_low = _parabola(x1, x0, corner_y, centre_y + gap / 2)
@@ -378,13 +433,14 @@ def _draw_face(img: Image.Image, rng: np.random.Generator, inten: np.ndarray, de
     return geometry
 
 
-def face_layer(inten: np.ndarray, rng: np.random.Generator, size: int, decorate=None) -> tuple[Image.Image, FaceGeometry]:
+def face_layer(inten: np.ndarray, rng: np.random.Generator, size: int, decorate=None,
+               shaded: bool = False) -> tuple[Image.Image, FaceGeometry]:
     """One face with neck and shoulders on a transparent `size`x`size` RGBA layer, and where its parts are.
 
-    Drawn at twice the size, then reduced: cheap antialiasing. `decorate` as in _draw_face.
+    Drawn at twice the size, then reduced: cheap antialiasing. `decorate` and `shaded` as in _draw_face.
     """
     layer = Image.new("RGBA", (size * 2, size * 2), (0, 0, 0, 0))
-    geometry = _draw_face(layer, rng, inten, decorate)
+    geometry = _draw_face(layer, rng, inten, decorate, shaded)
     return layer.reduce(2), geometry
 
 
@@ -453,24 +509,27 @@ FORMAT_EXT = {"jpeg": "jpg", "jpeg_cmyk": "jpg", "png": "png", "png_rgba": "png"
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp"}
 
 
-def encode(img: Image.Image, fmt: str, rng: np.random.Generator) -> bytes:
-    """The bytes of `img` as the web would serve it in `fmt` (a FORMAT_SHARES key)."""
+def encode(img: Image.Image, fmt: str, rng: np.random.Generator, png_level: int = 6) -> bytes:
+    """The bytes of `img` as the web would serve it in `fmt` (a FORMAT_SHARES key).
+
+    png_level is zlib's level for PNGs (6, PIL's default; noisy photo-sized PNGs take ~5x as long as at 1).
+    """
     buf = io.BytesIO()
     if fmt == "jpeg":
         img.save(buf, "JPEG", quality=int(rng.integers(70, 96)))
     elif fmt == "jpeg_cmyk":
         img.convert("CMYK").save(buf, "JPEG", quality=90)
     elif fmt == "png":
-        img.save(buf, "PNG")
+        img.save(buf, "PNG", compress_level=png_level)
     elif fmt == "png_rgba":
         rgba = img.convert("RGBA")
         alpha = Image.new("L", img.size, 255)
         # a transparent rounded border, as avatars often have
         ImageDraw.Draw(alpha).rectangle([0, 0, img.size[0] - 1, img.size[1] - 1], outline=0, width=3)
         rgba.putalpha(alpha)
-        rgba.save(buf, "PNG")
+        rgba.save(buf, "PNG", compress_level=png_level)
     elif fmt == "png_palette":
-        img.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buf, "PNG")
+        img.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buf, "PNG", compress_level=png_level)
     elif fmt == "gif":
         img.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(buf, "GIF")
     elif fmt == "webp":

@@ -1,4 +1,4 @@
-"""Writes a demo set: face images in the web's formats plus labels.parquet (the ground truth), cached by size and seed."""
+"""Writes a demo set: in-the-wild scenes (or square portraits) in the web's formats plus labels.parquet (the ground truth), cached by size, seed and scene."""
 from __future__ import annotations
 
 import hashlib
@@ -14,14 +14,18 @@ import numpy as np
 
 from components.common import labels
 from pipeline import defaults
-from pipeline.demo import faces
+from pipeline.demo import faces, scenes
 
 LABELS_FILE = "labels.parquet"
 SUMMARY_FILE = "demo_summary.json"
 IMAGES_DIR = "images"
 # Bump when the drawing or the label model changes: a cached set of another version is redrawn.
-GENERATOR_VERSION = 1
-# A few faces come at other sizes, as web images do; the rest are image_size square.
+GENERATOR_VERSION = 2
+# wild: web photos, the face small in a cluttered scene (pipeline/demo/scenes.py); portrait: the
+# face fills an image_size square, as in GENERATOR_VERSION 1.
+SCENES = ("wild", "portrait")
+DEFAULT_SCENE = "wild"
+# Portraits: a few come at other sizes, as web images do; the rest are image_size square.
 OTHER_SIZES = (96, 160, 192)
 OTHER_SIZE_SHARE = 0.12
 # Below this many faces one process is faster than starting a pool.
@@ -38,34 +42,40 @@ def _image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, 0xFACE, index]))
 
 
-def _render_chunk(args) -> list[tuple[int, int, int, int, str]]:
-    """Renders and writes faces; returns (index, width, height, bytes, sha256) per face."""
-    images_dir, seed, image_size, items = args
+def _render_chunk(args) -> list[tuple]:
+    """Renders and writes faces; returns (index, width, height, bytes, sha256, SceneTruth) per image."""
+    images_dir, seed, image_size, scene, items = args
     out = []
-    for index, fmt, inten in items:
+    for index, fmt, inten, plan in items:
         rng = _image_rng(seed, index)
-        size = image_size
-        if rng.random() < OTHER_SIZE_SHARE:
-            size = int(OTHER_SIZES[rng.integers(len(OTHER_SIZES))])
-        img = faces.render_face(np.asarray(inten), rng, size)
-        data = faces.encode(img, fmt, rng)
+        if scene == "portrait":
+            size = image_size
+            if rng.random() < OTHER_SIZE_SHARE:
+                size = int(OTHER_SIZES[rng.integers(len(OTHER_SIZES))])
+            img, box, tilt = faces.render_portrait(np.asarray(inten), rng, size)
+            truth = scenes.SceneTruth(box=box, tilt=round(tilt, 3), grey=False, jpeg_quality=0, occluder="",
+                                      hidden_aus=(), faces_in_scene=1)
+            data = faces.encode(img, fmt, rng)
+        else:
+            img, truth = scenes.render_scene(np.asarray(inten), rng, plan)
+            data = scenes.encode_scene(img, truth, fmt, rng)
         path = os.path.join(images_dir, image_name(index, fmt))
         tmp = path + ".tmp"
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-        out.append((index, img.size[0], img.size[1], len(data), hashlib.sha256(data).hexdigest()))
+        out.append((index, img.size[0], img.size[1], len(data), hashlib.sha256(data).hexdigest(), truth))
     return out
 
 
-def _cached(out_dir: str, size: int, seed: int, image_size: int) -> dict | None:
+def _cached(out_dir: str, size: int, seed: int, image_size: int, scene: str) -> dict | None:
     path = os.path.join(out_dir, SUMMARY_FILE)
     try:
         with open(path) as f:
             summary = json.load(f)
     except (OSError, ValueError):
         return None
-    want = {"size": size, "seed": seed, "image_size": image_size, "generator_version": GENERATOR_VERSION}
+    want = {"size": size, "seed": seed, "image_size": image_size, "scene": scene, "generator_version": GENERATOR_VERSION}
     if any(summary.get(k) != v for k, v in want.items()):
         return None
     try:
@@ -82,18 +92,26 @@ def _cached(out_dir: str, size: int, seed: int, image_size: int) -> dict | None:
 
 
 def generate_demo(out_dir: str, size: int = defaults.DEMO_SIZE, seed: int = defaults.DEMO_SEED,
-                  image_size: int = defaults.DEMO_IMAGE_SIZE, workers: int = 0) -> dict:
+                  image_size: int = defaults.DEMO_IMAGE_SIZE, workers: int = 0, scene: str = DEFAULT_SCENE) -> dict:
     """Writes `size` synthetic faces (images/) and their ground truth (labels.parquet) into out_dir.
 
-    Deterministic: the same size, seed and image_size give the same bytes. A folder that already
-    holds that set is returned at once (summary["cached"] is True). workers=0 uses every core.
-    Returns the summary also written to demo_summary.json (counts per format, prevalence per AU).
+    scene="wild" (the default): web photos of 320..640 px each way in which the face is 15-45% of
+    the shorter side, some tilted, grey, low-quality JPEG, partly hidden (the AUs hidden are 999
+    in labels.parquet), with a bystander or with no face (see pipeline/demo/scenes.py).
+    scene="portrait": the face fills an image_size square (a few come at other sizes).
+
+    Deterministic: the same size, seed, image_size and scene give the same bytes. A folder that
+    already holds that set is returned at once (summary["cached"] is True). workers=0 uses every
+    core. Returns the summary also written to demo_summary.json (counts per format, prevalence per
+    AU, counts per condition, the faces' size range).
     """
     if size < 1:
         raise ValueError(f"demo size {size} is too small; expected at least 1 face")
     if image_size < 32:
         raise ValueError(f"demo image size {image_size} px is too small; expected at least 32")
-    cached = _cached(out_dir, size, seed, image_size)
+    if scene not in SCENES:
+        raise ValueError(f"unknown demo scene {scene!r}; expected one of {', '.join(SCENES)}")
+    cached = _cached(out_dir, size, seed, image_size, scene)
     if cached is not None:
         return cached
     import pandas as pd
@@ -107,8 +125,9 @@ def generate_demo(out_dir: str, size: int = defaults.DEMO_SIZE, seed: int = defa
 
     truth = faces.sample_labels(size, seed)
     formats = faces.assign_formats(size, seed)
-    items = [(i, formats[i], truth.intensity[i].tolist()) for i in range(size)]
-    chunks = [(images_dir, seed, image_size, items[k:k + CHUNK]) for k in range(0, size, CHUNK)]
+    plans = scenes.plan_scenes(size, seed, formats) if scene == "wild" else [None] * size
+    items = [(i, formats[i], truth.intensity[i].tolist(), plans[i]) for i in range(size)]
+    chunks = [(images_dir, seed, image_size, scene, items[k:k + CHUNK]) for k in range(0, size, CHUNK)]
     workers = workers or (os.cpu_count() or 1)
     # fork only from a single-threaded process without TensorFlow (fork would copy their threads
     # half-alive); spawn is no way out, it re-imports the caller's __main__, which may be a script.
@@ -118,7 +137,8 @@ def generate_demo(out_dir: str, size: int = defaults.DEMO_SIZE, seed: int = defa
             results = [r for chunk in pool.map(_render_chunk, chunks) for r in chunk]
     else:
         results = [r for chunk in chunks for r in _render_chunk(chunk)]
-    results.sort()
+    results.sort(key=lambda r: r[0])
+    seen = [r[5] for r in results]
 
     names = [image_name(i, formats[i]) for i in range(size)]
     keep = set(names)
@@ -133,10 +153,22 @@ def generate_demo(out_dir: str, size: int = defaults.DEMO_SIZE, seed: int = defa
         "bytes": [r[3] for r in results],
         "sha256": [r[4] for r in results],
         "expression": truth.expression,
+        "scene": [scene] * size,
     }
+    box = np.array([t.box for t in seen], dtype=np.float32).reshape(size, 4)
+    for k, col in enumerate(("face_x0", "face_y0", "face_x1", "face_y1")):
+        table[col] = box[:, k]
+    table["tilt"] = np.array([t.tilt for t in seen], dtype=np.float32)
+    table["grey"] = np.array([t.grey for t in seen], dtype=bool)
+    table["jpeg_quality"] = np.array([t.jpeg_quality for t in seen], dtype=np.int16)
+    table["occluder"] = [t.occluder for t in seen]
+    table["faces_in_scene"] = np.array([t.faces_in_scene for t in seen], dtype=np.int16)
     au = np.full((size, len(labels.ALL_AU_IDS)), labels.UNKNOWN, dtype=np.int16)
     for j, au_id in enumerate(faces.FACE_AU_IDS):
         au[:, au_id - 1] = truth.active[:, j]
+    for i, t in enumerate(seen):  # what an occluder hides is unknown, as EmotioNet marks it
+        for au_id in t.hidden_aus:
+            au[i, au_id - 1] = labels.UNKNOWN
     for k, col in enumerate(labels.AU_COLUMNS):
         table[col] = au[:, k]
     table["valence"] = truth.valence
@@ -150,11 +182,14 @@ def generate_demo(out_dir: str, size: int = defaults.DEMO_SIZE, seed: int = defa
         "size": size,
         "seed": seed,
         "image_size": image_size,
+        "scene": scene,
         "generator_version": GENERATOR_VERSION,
         "au_ids": list(faces.FACE_AU_IDS),
         "prevalence": {str(a): round(float(truth.active[:, j].mean()), 4) for j, a in enumerate(faces.FACE_AU_IDS)},
         "formats": {f: formats.count(f) for f in faces.FORMAT_SHARES},
         "expressions": {e: truth.expression.count(e) for e in faces.EXPRESSIONS},
+        "conditions": _conditions(seen),
+        "face_size": _face_size(seen, table["width"], table["height"]),
         "seconds": round(time.monotonic() - started, 2),
         "cached": False,
     }
@@ -163,6 +198,32 @@ def generate_demo(out_dir: str, size: int = defaults.DEMO_SIZE, seed: int = defa
         json.dump(summary, f, indent=1)
     os.replace(tmp, os.path.join(out_dir, SUMMARY_FILE))  # written last: the "done" marker
     return summary
+
+
+def _conditions(seen: list) -> dict:
+    """How many images show each condition (a scene may show several)."""
+    return {
+        "tilted": sum(abs(t.tilt) >= scenes.TILT_MIN for t in seen),
+        "grey": sum(t.grey for t in seen),
+        "low_quality": sum(bool(t.jpeg_quality) for t in seen),
+        "occluded": {k: sum(t.occluder == k for t in seen) for k in scenes.OCCLUDERS},
+        "several_faces": sum(t.faces_in_scene > 1 for t in seen),
+        "no_face": sum(t.faces_in_scene == 0 for t in seen),
+    }
+
+
+def _face_size(seen: list, widths: list, heights: list) -> dict:
+    """The labelled faces' box (its larger side) in px and as a share of the image's shorter side."""
+    px, share = [], []
+    for t, w, h in zip(seen, widths, heights):
+        if t.faces_in_scene:
+            side = max(t.box[2] - t.box[0], t.box[3] - t.box[1])
+            px.append(side)
+            share.append(side / min(w, h))
+    if not px:
+        return {"min_px": None, "max_px": None, "min_share": None, "max_share": None}
+    return {"min_px": round(min(px), 1), "max_px": round(max(px), 1),
+            "min_share": round(min(share), 3), "max_share": round(max(share), 3)}
 
 
 def load_labels(demo_dir: str):

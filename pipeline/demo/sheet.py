@@ -114,8 +114,7 @@ def write_sheet(demo_dir: str, server, out_path: str, seed: int = 0, valence_aro
     for i, (expected, route, arg) in enumerate(plan):
         name = df["name"].iat[i]
         if route == "cdn":
-            side = int(df["width"].iat[i])
-            arg = f"w_{side},h_{side},c_fill,q_{int(rng.integers(60, 95))}"
+            arg = f"w_{int(df['width'].iat[i])},h_{int(df['height'].iat[i])},c_fill,q_{int(rng.integers(60, 95))}"
         url = server.url(route, name, arg)
         cells = [url] + au[i].tolist()
         if valence_arousal:
