@@ -83,7 +83,13 @@ def _run_on_demo(args, arguments: dict, run_dir: str):
 
 
 def _print_outcome(result) -> None:
-    """The per-AU table of the evaluation and where the model went, when those steps ran."""
+    """What convert made of the faces, the per-AU table of the evaluation and where the model went, when those ran."""
+    converted = result.output_path("convert", "examples")
+    if converted and os.path.exists(os.path.join(converted, "examples_summary.json")):
+        from components.common.faces import format_counters
+
+        with open(os.path.join(converted, "examples_summary.json")) as f:
+            print("\nfaces: " + format_counters(json.load(f)["counters"]))
     evaluation = result.output_path("evaluate", "evaluation")
     if evaluation and os.path.exists(os.path.join(evaluation, "metrics.json")):
         from components.evaluate.logic import format_table

@@ -120,10 +120,13 @@ def _letterbox(img, w: int = 640, h: int = 480):
 _JOBS: list[bytes] = []
 
 
-def _warm(_=None) -> None:
+def _warm(jobs=None) -> None:
+    """Loads this process's detector (a pool's initializer: the spawned process gets the images once)."""
     from components.common.faces import FaceSettings
     from components.faces import logic
 
+    if jobs is not None:
+        _JOBS[:] = jobs
     logic.prepare(_JOBS[0], FaceSettings())
 
 
@@ -177,9 +180,11 @@ def throughput(count: int, seed: int) -> None:
         stages["align + crop + encode"] += time.perf_counter() - t2
     one = len(_JOBS) / (time.perf_counter() - start)
     cores = len(os.sched_getaffinity(0))
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(cores) as pool:
-        pool.map(_warm, range(cores))  # each process loads its own detector once, as a convert worker does
+    # spawn: this process has run the detector, and MediaPipe hangs in a child forked after that (convert
+    # forks its workers before any detection). Each worker loads its own detector once, as convert's do.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(cores, initializer=_warm, initargs=(list(_JOBS),)) as pool:
+        pool.map(len, [()] * cores)  # wait until every worker is up
         start = time.perf_counter()
         chunks = [range(i, min(i + 16, len(_JOBS))) for i in range(0, len(_JOBS), 16)]
         cropped = sum(pool.map(_crop_many, chunks))

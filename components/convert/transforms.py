@@ -242,6 +242,15 @@ class _ConvertPartFn(beam.DoFn):
                 "TensorFlow is loaded in this process: converting in this process instead of %d forked ones",
                 self._processes)
             self._processes = 1
+        if self._processes > 1 and self._faces and self._faces.get("mode") == "crop":
+            from components.faces import detect
+
+            if detect.running_here():
+                # MediaPipe's threads would be copied half-alive too: its forked children hang.
+                logging.getLogger(__name__).warning(
+                    "the face detector already ran in this process: converting in this process instead of %d "
+                    "forked ones", self._processes)
+                self._processes = 1
         if self._processes > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor

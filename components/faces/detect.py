@@ -122,9 +122,21 @@ class Detector:
 _DETECTORS: dict[tuple[int, float, int], Detector] = {}
 
 
+def running_here() -> bool:
+    """Whether this process has started a MediaPipe graph: a child forked from it then hangs in MediaPipe's own
+    threads (measured: the child's first detection never returns), so a caller about to fork must not."""
+    return bool(_DETECTORS)
+
+
 def get(min_score: float = defaults.FACES_MIN_SCORE, max_side: int = defaults.FACES_DETECT_MAX_SIDE) -> Detector:
     """This process's detector for these settings, made on first use (a forked child makes its own)."""
-    key = (os.getpid(), float(min_score), int(max_side))
+    pid = os.getpid()
+    if any(k[0] != pid for k in _DETECTORS):
+        raise RuntimeError(
+            "this process was forked from one that had started the face detector, and MediaPipe hangs in such "
+            "a child; fork before the first detection, or use the spawn start method"
+        )
+    key = (pid, float(min_score), int(max_side))
     if key not in _DETECTORS:
         _DETECTORS[key] = Detector(min_score, max_side)
     return _DETECTORS[key]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from pipeline.dag import STEPS
@@ -41,13 +42,24 @@ def test_pipeline_run_on_the_demo_set_pushes_a_model(tmp_path):
     model_root = next(p for p in registry.iterdir() if p.is_dir())
     latest = (model_root / "LATEST").read_text().strip()
     assert (model_root / latest / "saved_model").is_dir()
+    # The demo's in-the-wild scenes went through the face step: crops, counted by reason.
+    assert "faces: " in proc.stdout and " face crops" in proc.stdout
+    config = json.loads((model_root / latest / "model_config.json").read_text())
+    assert config["faces"]["mode"] == "crop" and config["faces"]["size"] == 160
 
-    # what a user does next: predict on a face with the pushed model
+    # what a user does next: predict on a scene with the pushed model; it crops the face as convert did
     demo_dir = next((runs / "demo").iterdir())
-    image = next(p for p in sorted(demo_dir.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    assert demo_dir.name.endswith("-wild")
+    truth = pd.read_parquet(demo_dir / "labels.parquet")
+    row = truth[truth["name"].str.endswith(".jpg") & truth["face_x0"].notna() & (truth["occluder"] == "")].iloc[0]
+    image = demo_dir / "images" / row["name"]
     pred = run_cli(["-m", "components.predict", "--model", str(model_root), "--json", str(image)], timeout=300)
     assert pred.returncode == 0, pred.stderr[-3000:]
-    assert str(image) in pred.stdout or image.name in pred.stdout
+    (scored,) = json.loads(pred.stdout)["images"]
+    assert scored["image"] == str(image) and scored["face"]["status"] == "cropped"
+    x0, y0, x1, y1 = scored["face"]["box"]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    assert row["face_x0"] < cx < row["face_x1"] and row["face_y0"] < cy < row["face_y1"]
 
 
 @pytest.mark.slow

@@ -255,7 +255,16 @@ def test_convert_crops_faces_in_forked_workers_and_counts_the_rest(tmp_path):
     images.append(encode(Image.new("RGB", (12, 12)), "PNG"))  # too small
     manifest_dir, downloads_dir, keys = sample.write_dataset(str(tmp_path / "data"), images, seed=2)
     out = tmp_path / "examples"
-    summary = logic.run(manifest_dir, downloads_dir, str(out), 0.2, 0.2, beam_args="--convert_processes=2")
+    # A fresh process (this one may have run the detector, after which forked children would hang).
+    done = subprocess.run(
+        [sys.executable, "-m", "components.convert", "--manifest", manifest_dir, "--downloads", downloads_dir,
+         "--output", str(out), "--validation-fraction", "0.2", "--test-fraction", "0.2",
+         "--beam-args=--convert_processes=2"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "forked" not in done.stderr  # no fallback to a single process
+    assert "faces: 10 face crops; 4 skipped without a face; reasons: no face 3, too small 1" in done.stdout
+    summary = examples.read_summary(str(out))
     c = summary["counters"]
     assert c["faces_cropped"] == 10 and c["faces_no_face"] == 3 and c["faces_too_small"] == 1
     assert c["faces_skipped"] == 4 and c["examples_written"] == 10
@@ -276,3 +285,16 @@ def test_convert_crops_faces_in_forked_workers_and_counts_the_rest(tmp_path):
     assert kept.metadata["faces_cropped"] == 10 and kept.metadata["faces_no_face_whole"] == 4
     assert kept.metadata["faces_no_face"] == 3 and kept.metadata["faces"] == "crop"
     assert examples.read_summary(kept.path)["counters"]["examples_written"] == 14
+
+
+def test_convert_does_not_fork_once_the_detector_ran_in_its_process(tmp_path, caplog, monkeypatch):
+    """MediaPipe hangs in a child forked after it ran: convert then converts in its own process."""
+    from components.faces import detect
+
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # the other reason not to fork, out of the way
+    detect.get().detect(np.zeros((64, 64, 3), np.uint8))
+    manifest_dir, downloads_dir, _ = sample.write_dataset(str(tmp_path / "data"), _photo_scenes(3), seed=1)
+    summary = logic.run(manifest_dir, downloads_dir, str(tmp_path / "out"), 0.0, 0.0,
+                        beam_args="--convert_processes=2")
+    assert summary["counters"]["faces_cropped"] == 3
+    assert "face detector already ran in this process" in caplog.text
