@@ -194,13 +194,13 @@ def throughput(count: int, seed: int) -> None:
     prepare_one = len(_JOBS) / (time.perf_counter() - start)
     print(f"\nCrop throughput: {len(_JOBS)} in-the-wild scenes letterboxed to 640x480 JPEG (q90), crops of "
           f"{settings.size} px; {cropped} of them had a face to crop")
-    header = f"{'run':<44} {'images/s':>9}"
+    header = f"{'run':<50} {'images/s':>9}"
     print(header + "\n" + "-" * len(header))
-    print(f"{'logic.prepare, 1 process':<44} {prepare_one:>9.0f}")
-    print(f"{f'logic.prepare, {cores} processes (one per core)':<44} {many:>9.0f}")
+    print(f"{'logic.prepare, 1 process':<50} {prepare_one:>9.0f}")
+    print(f"{f'logic.prepare, {cores} processes (one per core)':<50} {many:>9.0f}")
     for name, seconds in stages.items():
-        print(f"{'  ms per image, ' + name + ' (1 process)':<44} {1000 * seconds / len(_JOBS):>9.2f}")
-    print(f"{'  stages summed, 1 process':<44} {one:>9.0f}")
+        print(f"{'  ms per image, ' + name + ' (1 process)':<50} {1000 * seconds / len(_JOBS):>9.2f}")
+    print(f"{'  stages summed, 1 process':<50} {one:>9.0f}")
     assert cropped == cropped_one
 
 
@@ -264,8 +264,8 @@ def training(train_size: int, test_size: int, epochs: int | None) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recall-size", type=int, default=1000, help="Scenes the detection recall is measured on.")
-    parser.add_argument("--throughput-size", type=int, default=300, help="Scenes the crop throughput is timed on.")
+    parser.add_argument("--recall-size", type=int, default=1000, help="Scenes the detection recall is measured on (0: skip).")
+    parser.add_argument("--throughput-size", type=int, default=300, help="Scenes the crop throughput is timed on (0: skip).")
     parser.add_argument("--train-size", type=int, default=2000, help="Scenes trained on (the make run demo size).")
     parser.add_argument("--test-size", type=int, default=600, help="Scenes of the held-out set (another seed).")
     parser.add_argument("--epochs", type=int, default=0, help="Training epochs (0: the demo default).")
@@ -273,8 +273,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.makedirs(CACHE, exist_ok=True)
     print(f"cores: {len(os.sched_getaffinity(0))}  load average: {os.getloadavg()[0]:.1f}")
-    recall(args.recall_size, seed=7)
-    throughput(args.throughput_size, seed=8)
+    if args.recall_size:
+        recall(args.recall_size, seed=7)
+    if args.throughput_size:
+        throughput(args.throughput_size, seed=8)
     if not args.skip_training:
         training(args.train_size, args.test_size, args.epochs or None)
     return 0

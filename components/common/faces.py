@@ -99,3 +99,26 @@ def format_counters(counters: dict) -> str:
     if c["faces_multiple"]:
         parts.append(f"{c['faces_multiple']} with several faces (the largest used)")
     return "; ".join(parts)
+
+
+def add_arguments(parser, mode: bool = True) -> None:
+    """The face flags of a command line (convert's, the faces CLI's), with the words of the KFP parameters."""
+    group = parser.add_argument_group("faces (find the largest face, level its eyes, crop it)")
+    if mode:
+        group.add_argument("--faces", choices=MODES, default=defaults.FACES_MODE,
+                           help="crop (find the largest face, level its eyes, crop it) or whole (the whole picture); "
+                                "default %(default)s.")
+    group.add_argument("--no-face", choices=NO_FACE_POLICIES, default=defaults.FACES_NO_FACE,
+                       help="What to do with an image in which no face is found: skip or whole (default %(default)s).")
+    group.add_argument("--face-size", type=int, default=defaults.FACES_SIZE,
+                       help="Side of the square face crop, in pixels (default %(default)s).")
+    group.add_argument("--face-margin", type=float, default=defaults.FACES_MARGIN,
+                       help="Added on each side of the face box, as a share of its side (default %(default)s).")
+    group.add_argument("--face-min-score", type=float, default=defaults.FACES_MIN_SCORE,
+                       help="Detector confidence needed to call it a face, 0..1 (default %(default)s).")
+
+
+def from_arguments(args) -> FaceSettings:
+    """FaceSettings from the flags of add_arguments; ValueError names a bad one."""
+    return FaceSettings(mode=getattr(args, "faces", defaults.FACES_MODE), no_face=args.no_face, size=args.face_size,
+                        margin=args.face_margin, min_score=args.face_min_score)

@@ -29,18 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beam-args", default=defaults.CONVERT_BEAM_ARGS,
                         help='Apache Beam pipeline options, e.g. --beam-args="--runner=DataflowRunner --project=P '
                              '--region=R --temp_location=gs://B/tmp" ("" for the local runner).')
-    faces = parser.add_argument_group("faces (find the largest face, level its eyes, crop it)")
-    faces.add_argument("--faces", choices=face_contract.MODES, default=defaults.FACES_MODE,
-                       help="crop (find the largest face, level its eyes, crop it) or whole (the whole picture); "
-                            "default %(default)s.")
-    faces.add_argument("--no-face", choices=face_contract.NO_FACE_POLICIES, default=defaults.FACES_NO_FACE,
-                       help="What to do with an image in which no face is found: skip or whole (default %(default)s).")
-    faces.add_argument("--face-size", type=int, default=defaults.FACES_SIZE,
-                       help="Side of the square face crop, in pixels (default %(default)s).")
-    faces.add_argument("--face-margin", type=float, default=defaults.FACES_MARGIN,
-                       help="Added on each side of the face box, as a share of its side (default %(default)s).")
-    faces.add_argument("--face-min-score", type=float, default=defaults.FACES_MIN_SCORE,
-                       help="Detector confidence needed to call it a face, 0..1 (default %(default)s).")
+    face_contract.add_arguments(parser)
     return parser
 
 
@@ -50,8 +39,7 @@ def main(argv=None) -> int:
     from components.convert import logic
 
     try:
-        settings = face_contract.FaceSettings(mode=args.faces, no_face=args.no_face, size=args.face_size,
-                                              margin=args.face_margin, min_score=args.face_min_score)
+        settings = face_contract.from_arguments(args)
         summary = logic.run(
             manifest_dir=args.manifest,
             downloads_dir=args.downloads,

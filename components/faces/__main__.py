@@ -7,7 +7,6 @@ import sys
 
 from components.common import faces as contract
 from components.common.cli import StepArgumentParser
-from pipeline import defaults
 
 
 def build_parser() -> StepArgumentParser:
@@ -18,14 +17,7 @@ def build_parser() -> StepArgumentParser:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="Image files (local or gs://), any format Pillow reads.")
     p.add_argument("--output", default="", help="Folder for the crops, <name>.face.jpg (default: none written).")
-    p.add_argument("--no-face", choices=contract.NO_FACE_POLICIES, default=defaults.FACES_NO_FACE,
-                   help="What to do with an image in which no face is found: skip or whole (default %(default)s).")
-    p.add_argument("--face-size", type=int, default=defaults.FACES_SIZE,
-                   help="Side of the square face crop, in pixels (default %(default)s).")
-    p.add_argument("--face-margin", type=float, default=defaults.FACES_MARGIN,
-                   help="Added on each side of the face box, as a share of its side (default %(default)s).")
-    p.add_argument("--face-min-score", type=float, default=defaults.FACES_MIN_SCORE,
-                   help="Detector confidence needed to call it a face, 0..1 (default %(default)s).")
+    contract.add_arguments(p, mode=False)
     p.add_argument("--json", action="store_true", help="Print one JSON object per image instead of a line.")
     return p
 
@@ -37,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.faces import logic
 
     try:
-        settings = contract.FaceSettings(no_face=args.no_face, size=args.face_size, margin=args.face_margin,
-                                         min_score=args.face_min_score)
+        settings = contract.from_arguments(args)
     except ValueError as e:
         print(f"faces: error: {e}", file=sys.stderr)
         return 2
