@@ -39,6 +39,7 @@ def build_pipeline(platform: "Platform | None" = None):
         download_max_attempts: int = defaults.DOWNLOAD_MAX_ATTEMPTS,
         download_max_bytes: int = defaults.DOWNLOAD_MAX_BYTES,
         download_allow_private: bool = defaults.DOWNLOAD_ALLOW_PRIVATE,
+        download_min_ok: float = defaults.DOWNLOAD_MIN_OK,
         schema_uri: str = defaults.VALIDATE_SCHEMA_URI,
         max_anomalies: int = defaults.VALIDATE_MAX_ANOMALIES,
         validation_fraction: float = defaults.CONVERT_VALIDATION_FRACTION,
@@ -82,6 +83,7 @@ def build_pipeline(platform: "Platform | None" = None):
             download_max_attempts: Attempts per URL for transient failures.
             download_max_bytes: Largest body accepted, in bytes.
             download_allow_private: Allow private and loopback addresses (True for the demo, False on a cluster).
+            download_min_ok: Stop the run when fewer than this share of the URLs gave an image (always when none did).
             schema_uri: Where the TFDV schema is kept between runs (local or gs://; "" to infer each run).
             max_anomalies: Most data anomalies tolerated before validate stops the run.
             validation_fraction: Share of images in the validation split.
@@ -124,6 +126,7 @@ def build_pipeline(platform: "Platform | None" = None):
             max_attempts=download_max_attempts,
             max_bytes=download_max_bytes,
             allow_private=download_allow_private,
+            min_ok=download_min_ok,
         )
         validate_task = validate(
             manifest=ingest_task.outputs["manifest"],

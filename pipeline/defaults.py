@@ -46,6 +46,9 @@ DOWNLOAD_MAX_PIXELS = 50_000_000  # width x height; more is refused as too_large
 DOWNLOAD_MAX_REDIRECTS = 5
 DOWNLOAD_PER_HOST = 16  # connections at once to one host, whatever the worker count
 DOWNLOAD_ALLOW_PRIVATE = True  # set False on a cluster that faces the internet
+# The run stops at download when fewer than this share of the URLs gave an image (and always when
+# none did): the cause is then said where it is, not as an empty-column error steps later.
+DOWNLOAD_MIN_OK = 0.0
 DOWNLOAD_BACKOFF = 1.0  # seconds: retry n waits uniform(0, min(BACKOFF_MAX, BACKOFF * 2^(n-1)))
 DOWNLOAD_BACKOFF_MAX = 30.0
 DOWNLOAD_RETRY_AFTER_MAX = 60.0  # a longer Retry-After leaves the URL for the next run

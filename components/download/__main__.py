@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-max", type=float, default=defaults.DOWNLOAD_BACKOFF_MAX, help="Longest backoff, in seconds.")
     p.add_argument("--retry-after-max", type=float, default=defaults.DOWNLOAD_RETRY_AFTER_MAX,
                    help="Longest Retry-After honoured in this run, in seconds; a longer one waits for the next run.")
+    p.add_argument("--min-ok", type=float, default=defaults.DOWNLOAD_MIN_OK,
+                   help="Stop with an error when fewer than this share of the URLs gave an image, naming the top "
+                        "error classes (always when none did; default %(default)s).")
     p.add_argument("--no-progress", action="store_true", help="No progress bar on stderr.")
     return p
 
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             allow_private=args.allow_private, deadline=args.deadline, per_host=args.per_host,
             max_pixels=args.max_pixels, max_redirects=args.max_redirects, retry_permanent=args.retry_permanent,
             backoff=args.backoff, backoff_max=args.backoff_max, retry_after_max=args.retry_after_max,
-            progress=not args.no_progress,
+            progress=not args.no_progress, min_ok=args.min_ok,
         )
     except (logic.DownloadError, LedgerError, StoreError) as e:
         print(f"download: {e}", file=sys.stderr)

@@ -14,6 +14,7 @@ def download(
     max_attempts: int,
     max_bytes: int,
     allow_private: bool,
+    min_ok: float,
 ):
     """Fetches every image of the manifest with retries and keeps a per-URL ledger.
 
@@ -26,6 +27,7 @@ def download(
         max_attempts: Attempts per URL for transient failures.
         max_bytes: Largest body accepted, in bytes.
         allow_private: Allow private and loopback addresses (True for the demo, False on a cluster).
+        min_ok: Stop the run when fewer than this share of the URLs gave an image (always when none did).
     """
     from components.download import logic
 
@@ -39,6 +41,7 @@ def download(
         max_bytes=max_bytes,
         allow_private=allow_private,
         progress=False,
+        min_ok=min_ok,
     )
     downloads.metadata.update({"total": summary["total"], "ok": summary["ok"], "failed": summary["failed"],
                                "transient_failed": summary["transient_failed"]})

@@ -124,12 +124,17 @@ def run(
     user_agent: str = defaults.DOWNLOAD_USER_AGENT,
     progress: bool = True,
     print_table: bool = True,
+    min_ok: float | None = defaults.DOWNLOAD_MIN_OK,
 ) -> dict:
     """Downloads the manifest's images into output_dir (images/, ledger.parquet, download_summary.json).
 
-    Returns the summary. Raises DownloadError on bad input and DownloadInterrupted when stopped;
-    in both cases everything settled so far is kept and a rerun with the same folders resumes.
+    Returns the summary. Raises DownloadError on bad input, and when no image (or fewer than a
+    min_ok share of the URLs) was fetched, naming the top error classes and what to check;
+    DownloadInterrupted when stopped. In every case everything settled so far is kept and a
+    rerun with the same folders resumes. min_ok=None only settles the URLs (benchmarks, tools).
     """
+    if min_ok is not None and not 0.0 <= float(min_ok) <= 1.0:
+        raise DownloadError(f"min_ok is {min_ok}; expected a share of the URLs between 0 and 1 (0: at least one image)")
     settings = Settings(
         workers=int(workers), timeout=float(timeout), deadline=float(deadline), max_attempts=int(max_attempts),
         max_bytes=int(max_bytes), max_pixels=int(max_pixels), max_redirects=int(max_redirects),
@@ -151,9 +156,47 @@ def run(
         try:
             manifest_path = _manifest_path(manifest_dir, workdir)
             manifest, rows = check_manifest(manifest_path, workdir)
-            return _Run(manifest, rows, output_dir, store, settings, progress, print_table, workdir).execute()
+            summary = _Run(manifest, rows, output_dir, store, settings, progress, print_table, workdir).execute()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+    if min_ok is not None:
+        check_enough(summary, float(min_ok))
+    return summary
+
+
+# What to check when most URLs fail with one class, in the words of the person who runs it.
+_HINTS = {
+    "connection_refused": "is the image server running and reachable from here?",
+    "timeout": "is the network slow or a firewall dropping packets? raise --timeout, or check the hosts from here",
+    "connection_reset": "is a proxy or firewall cutting connections?",
+    "network": "does this machine reach the network (route, proxy settings)?",
+    "dns": "do the host names resolve from here (DNS, an offline machine, hosts that no longer exist)?",
+    "tls": "does a proxy intercept TLS, or are the hosts' certificates invalid?",
+    "http_404": "are the URLs still current? web images disappear over the years",
+    "http_4xx": "do the hosts refuse this client (403: a User-Agent or rate limit)?",
+    "http_5xx": "are the hosts failing? transient failures are retried on the next run",
+    "invalid_url": "are the URLs in the sheet well formed (http/https), and are private addresses allowed "
+                   "(--download-allow-private) where the server is on this network?",
+    "not_image": "do the URLs point at web pages instead of the images?",
+    "too_large": "raise --max-bytes if the images are really this big",
+    "redirect": "do the URLs redirect in loops or to login pages?",
+}
+
+
+def check_enough(summary: dict, min_ok: float) -> None:
+    """DownloadError when no image, or fewer than min_ok of the URLs, was fetched; the message names the top
+    error classes and what to check (the ledger and summary are already written, so a rerun resumes)."""
+    total, ok = int(summary.get("total", 0)), int(summary.get("ok", 0))
+    if not total or (ok and ok >= min_ok * total):
+        return
+    failures = sorted(((n, c) for c, n in summary.get("counts", {}).items() if c != ledger.OK and n), reverse=True)
+    top = ", ".join(f"{c} {n} ({100.0 * n / total:.0f}%)" for n, c in failures[:3])
+    hint = _HINTS.get(failures[0][1], "see the ledger's message column") if failures else ""
+    need = f"fewer than --min-ok {min_ok:.0%} of them" if ok else "none"
+    raise DownloadError(
+        f"{ok} of {total} images downloaded ({need}): {top}. {hint[0].upper() + hint[1:]} "
+        "The ledger keeps every URL's error; rerun when it is fixed (transient failures are fetched again)"
+    )
 
 
 def _manifest_path(manifest_dir: str, workdir: str) -> str:

@@ -107,9 +107,10 @@ def test_private_addresses_are_refused_before_and_after_connecting(servers, tmp_
     srv, _ = servers
     urls = [srv.url("/img/private.jpg"), f"http://localhost:{srv.port}/img/private2.jpg"]
     out = tmp_path / "out"
-    logic.run(write_manifest(tmp_path / "m", urls), str(out), workers=2, allow_private=False, progress=False,
-              print_table=False)
-    assert set(ledger(out).error_class) == {"invalid_url"}
+    with pytest.raises(logic.DownloadError, match=r"0 of 2 images downloaded \(none\): invalid_url 2 \(100%\)"):
+        logic.run(write_manifest(tmp_path / "m", urls), str(out), workers=2, allow_private=False, progress=False,
+                  print_table=False)
+    assert set(ledger(out).error_class) == {"invalid_url"}  # every URL settled and kept before the step stopped
     assert srv.count("/img/private.jpg") == srv.count("/img/private2.jpg") == 0
     # A name that passed the check but connects to a private address (DNS rebinding) is refused at connect.
     monkeypatch.setattr(fetch.Fetcher, "_refuse_private", lambda self, host, port: None)
@@ -134,3 +135,41 @@ def test_connections_are_reused(servers):
         f.close()
     assert all(o.ok for o in outcomes)
     assert pool.num_connections == 1 and pool.num_requests == 10
+
+
+def _refused_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed on return: nothing listens there
+
+
+def test_no_image_at_all_stops_the_step_naming_the_cause(tmp_path, capsys):
+    """The image server is not running: download says so, instead of validate failing on empty columns."""
+    from components.download.__main__ import main
+
+    port = _refused_port()
+    urls = [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(5)]
+    out = tmp_path / "out"
+    code = main(["--manifest", write_manifest(tmp_path / "m", urls), "--output", str(out), "--max-attempts", "1",
+                 "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "0 of 5 images downloaded (none): connection_refused 5 (100%)" in captured.err
+    assert "Is the image server running and reachable from here?" in captured.err
+    assert "connection_refused" in captured.out  # the table of failures is printed first
+    assert set(ledger(out).error_class) == {"connection_refused"}  # settled and kept: a rerun retries them
+
+
+def test_min_ok_share(servers, tmp_path):
+    srv, _ = servers
+    urls = [srv.url("/img/a.jpg"), srv.url("/status/404?b"), srv.url("/status/404?c"), srv.url("/status/404?d")]
+    manifest = write_manifest(tmp_path / "m", urls)
+    summary = logic.run(manifest, str(tmp_path / "ok"), workers=2, progress=False, print_table=False, min_ok=0.25)
+    assert summary["ok"] == 1
+    with pytest.raises(logic.DownloadError, match=r"1 of 4 images downloaded \(fewer than --min-ok 50% of them\): "
+                                                  r"http_404 3 \(75%\)\. Are the URLs still current"):
+        logic.run(manifest, str(tmp_path / "half"), workers=2, progress=False, print_table=False, min_ok=0.5)
+    with pytest.raises(logic.DownloadError, match="min_ok is 1.5"):
+        logic.run(manifest, str(tmp_path / "bad"), min_ok=1.5)

@@ -547,7 +547,7 @@ def test_component_writes_the_output_folder_and_metadata(tmp_path, fake):
     m = write_manifest(tmp_path / "m", [f"{U}/ok/1", f"{U}/ok/2", f"{U}/404/3"])
     downloads = types.SimpleNamespace(path=str(tmp_path / "downloads"), uri="", metadata={})
     download.python_func(manifest=types.SimpleNamespace(path=m, uri="", metadata={}), downloads=downloads, store="",
-                         workers=2, timeout=1.0, max_attempts=1, max_bytes=1_000_000, allow_private=True)
+                         workers=2, timeout=1.0, max_attempts=1, max_bytes=1_000_000, allow_private=True, min_ok=0.0)
     assert downloads.metadata == {"total": 3, "ok": 2, "failed": 1, "transient_failed": 0}
     assert len(read_ledger(downloads.path)) == 3 and len(os.listdir(os.path.join(downloads.path, "images"))) == 2
 
