@@ -29,6 +29,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo-scene", choices=("wild", "portrait"), default="wild",
                    help="Demo images: wild (the face small in a cluttered web photo, some tilted, grey, low-quality "
                         "or partly hidden) or portrait (the face fills a square image).")
+    p.add_argument("--verbose", action="store_true",
+                   help="Stream every step's full output (the KFP executor's logs) to the console; without it each "
+                        "step prints a line as it starts and ends, and its full output is in RUN_DIR/logs/STEP.log.")
     p.add_argument("--demo-faults", action=argparse.BooleanOptionalAction, default=True,
                    help="Serve the demo set with the web's faults (404s, timeouts, DNS, TLS...).")
     add_pipeline_parameter_flags(p)
@@ -52,7 +55,7 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"run {run_id}: pipeline root {run_dir}", flush=True)
 
     if arguments.get("source"):
-        result = run_pipeline(arguments, run_dir)
+        result = run_pipeline(arguments, run_dir, verbose=args.verbose)
     else:
         result = _run_on_demo(args, arguments, run_dir)
     print()
@@ -79,7 +82,7 @@ def _run_on_demo(args, arguments: dict, run_dir: str):
         sheet = demo.write_sheet(demo_dir, server, os.path.join(run_dir, "demo_sheet.xlsx"), seed=args.demo_seed)
         print(f"demo server: {server.base_url}; sheet: {sheet}", flush=True)
         arguments["source"] = sheet
-        return run_pipeline(arguments, run_dir)
+        return run_pipeline(arguments, run_dir, verbose=args.verbose)
 
 
 def _print_outcome(result) -> None:

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+
+LOGS_DIR = "logs"  # <run_dir>/logs/<step>.log: every step's full output (the KFP executor's included)
+# Lines of a failed step's log shown on the console under its name.
+FAILED_LOG_TAIL = 15
 
 
 @dataclass
@@ -15,6 +21,8 @@ class StepRecord:
     status: str = "not run"
     seconds: float = 0.0
     outputs: dict = field(default_factory=dict)  # output name -> local path or value
+    log: str = ""  # the step's full output
+    figures: str = ""  # its key figures, one line for a person
 
 
 @dataclass
@@ -39,44 +47,211 @@ def _describe(value):
     return value
 
 
-@contextlib.contextmanager
-def _record_steps(records: dict[str, StepRecord]):
-    """Wraps kfp.local's task dispatcher to time each task and keep its status and outputs.
+def _read_json(folder, name: str) -> dict:
+    try:
+        with open(os.path.join(str(folder), name)) as f:
+            return json.load(f)
+    except (OSError, ValueError, TypeError):
+        return {}
 
-    kfp.local only logs per-task status; the summary a user wants (status, time, where the
-    outputs are) needs the same facts as data.
+
+def step_figures(step: str, outputs: dict) -> str:
+    """The few numbers a person wants from a finished step, read from its outputs (contracts 1-6)."""
+    if step == "ingest":
+        s = _read_json(outputs.get("manifest"), "ingest_summary.json")
+        return f"{s['kept']} rows kept, {s['rejected']} rejected" if s else ""
+    if step == "download":
+        s = _read_json(outputs.get("downloads"), "download_summary.json")
+        return f"{s['ok']} images ok, {s['failed']} failed" if s else ""
+    if step == "validate":
+        s = _read_json(outputs.get("validation"), "validation_summary.json")
+        return f"{s.get('anomaly_count', 0)} anomalies, failure rate {s.get('failure_rate', 0):.1%}" if s else ""
+    if step in ("convert", "filter-examples"):
+        s = _read_json(outputs.get("examples") or outputs.get("filtered"), "examples_summary.json")
+        if not s:
+            return ""
+        from components.common.examples import SPLITS
+
+        splits = " / ".join(str(s["splits"].get(name, {}).get("examples", 0)) for name in SPLITS)
+        out = f"{splits} train/validation/test examples"
+        if step == "convert":
+            from components.common.faces import face_counters
+
+            c = face_counters(s["counters"])
+            out += f"; {c['faces_cropped']} face crops, {c['faces_skipped']} skipped without a face"
+        return out
+    if step == "train":
+        h = _read_json(outputs.get("model"), "history.json")
+        if not h:
+            return ""
+        epochs = len(h["epochs"]) if isinstance(h.get("epochs"), list) else h.get("epochs")
+        loss = h.get("best_val_loss")
+        return (f"{epochs} epochs, best validation loss {loss:.3f} (epoch {h.get('best_epoch')})" if loss is not None
+                else f"{epochs} epochs")
+    if step == "evaluate":
+        m = _read_json(outputs.get("evaluation"), "metrics.json")
+        b = _read_json(outputs.get("evaluation"), "blessing.json")
+        if not m or "at_default" not in m:
+            return ""
+        d = m["at_default"]["macro"]
+        return f"macro F1 {d['f1']:.3f}, AUC {d['auc']:.3f}; {'blessed' if b.get('blessed') else 'not blessed'}"
+    if step == "push":
+        p = _read_json(outputs.get("pushed"), "push.json")
+        return (f"pushed version {p['version']}" if p.get("pushed") else "not pushed") if p else ""
+    return ""
+
+
+class _Console:
+    """What a person sees of a local run: a line when each step starts and when it ends, a live last line on a
+    terminal, every step's full output kept in <run_dir>/logs/<step>.log (and shown as it comes with verbose)."""
+
+    def __init__(self, log_dir: str, verbose: bool, stream=None):
+        self.log_dir = log_dir
+        self.verbose = verbose
+        self.stream = stream or sys.stdout
+        self.live = not verbose and self.stream.isatty()
+        self.log = None
+
+    def say(self, line: str) -> None:
+        if self.live:
+            self.stream.write("\r\033[K")
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def start(self, step: str) -> str:
+        os.makedirs(self.log_dir, exist_ok=True)
+        path = os.path.join(self.log_dir, f"{step}.log")
+        self.log = open(path, "w")
+        if not self.verbose:
+            self.say(f"{step:<16} started")
+        return path
+
+    def line(self, text: str) -> None:
+        if self.log is not None:
+            self.log.write(text)
+            self.log.flush()
+        if self.verbose:
+            self.stream.write(text)
+        elif self.live and text.strip():
+            width = 100
+            self.stream.write("\r\033[K    " + text.strip()[-width:])  # the step's latest line, overwritten
+            self.stream.flush()
+
+    def end(self, rec: StepRecord) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self.verbose:
+            return
+        figures = f"  {rec.figures}" if rec.figures else ""
+        self.say(f"{rec.name:<16} {rec.status:<10} {rec.seconds:6.1f}s{figures}")
+        if rec.status == "failed":
+            try:
+                with open(rec.log) as f:
+                    tail = [line.rstrip() for line in f.readlines() if line.strip()][-FAILED_LOG_TAIL:]
+            except OSError:
+                tail = []
+            for line in tail:
+                self.say("    | " + line)
+            self.say(f"    full log: {rec.log}")
+
+
+@contextlib.contextmanager
+def _record_steps(records: dict[str, StepRecord], console: _Console):
+    """Wraps kfp.local's task dispatcher to time each task and keep its status, outputs and log.
+
+    kfp.local only logs per-task status, and streams each task's output to the console; the
+    summary a user wants (status, time, key figures, where the outputs and the log are) needs
+    the same facts as data, and the executor's own lines belong in the step's log file.
     """
+    from kfp.local import logging_utils, subprocess_task_handler, task_dispatcher
     from kfp.local import status as kfp_status
-    from kfp.local import task_dispatcher
 
     original = task_dispatcher.run_single_task_implementation
+    original_subprocess = subprocess_task_handler.run_local_subprocess
+    original_logger = logging_utils.local_logger_context
+    original_rule = logging_utils.print_horizontal_line
 
     def timed(*args, **kwargs):
         name = kwargs.get("component_name") or (args[1] if len(args) > 1 else "?")
         step = name.removeprefix("comp-")
         rec = records.setdefault(step, StepRecord(step))
         rec.status = "running"
+        rec.log = console.start(step)
         start = time.monotonic()
         try:
             outputs, st = original(*args, **kwargs)
         except BaseException:
             rec.status = "failed"
             rec.seconds = time.monotonic() - start
+            console.end(rec)
             raise
         rec.seconds = time.monotonic() - start
         rec.status = "succeeded" if st == kfp_status.Status.SUCCESS else "failed"
         rec.outputs = {k: _describe(v) for k, v in (outputs or {}).items()}
+        rec.figures = step_figures(step, rec.outputs) if rec.status == "succeeded" else ""
+        console.end(rec)
         return outputs, st
 
+    def run_and_keep(full_command) -> int:
+        import subprocess
+
+        with subprocess.Popen(full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              bufsize=1) as process:
+            for line in iter(process.stdout.readline, ""):
+                console.line(line)
+            return process.wait()
+
+    @contextlib.contextmanager
+    def quiet_logger():
+        # kfp.local's own INFO lines (the executor input, each output's repr) go to the log, not the console.
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        handler = logging.StreamHandler(_LogWriter(console))
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
+
     task_dispatcher.run_single_task_implementation = timed
+    subprocess_task_handler.run_local_subprocess = run_and_keep
+    if not console.verbose:
+        logging_utils.local_logger_context = quiet_logger
+        logging_utils.print_horizontal_line = lambda: None  # kfp.local's rule between tasks
     try:
         yield
     finally:
         task_dispatcher.run_single_task_implementation = original
+        subprocess_task_handler.run_local_subprocess = original_subprocess
+        logging_utils.local_logger_context = original_logger
+        logging_utils.print_horizontal_line = original_rule
 
 
-def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None) -> RunResult:
-    """Runs the DAG with kfp.local's SubprocessRunner in this Python environment, pipeline root run_dir."""
+class _LogWriter:
+    """A file-like object for a logging handler: kfp.local's records go to the running step's log."""
+
+    def __init__(self, console: _Console):
+        self.console = console
+
+    def write(self, text: str) -> None:
+        if self.console.log is not None:
+            self.console.log.write(text)
+
+    def flush(self) -> None:
+        if self.console.log is not None:
+            self.console.log.flush()
+
+
+def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: bool = False) -> RunResult:
+    """Runs the DAG with kfp.local's SubprocessRunner in this Python environment, pipeline root run_dir.
+
+    The console gets a line as each step starts and ends; each step's full output is kept in
+    run_dir/logs/<step>.log (verbose also streams it to the console, as kfp.local does).
+    """
     from kfp import local
 
     from pipeline.dag import STEPS
@@ -92,7 +267,7 @@ def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None) -> RunResult
     with warnings.catch_warnings():
         # kfp.local warns that our cluster images are not python images; they are not used here.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        with _record_steps(records):
+        with _record_steps(records, _Console(os.path.join(run_dir, LOGS_DIR), verbose)):
             try:
                 pipeline_func(**arguments)
             except Exception as e:  # kfp.local raises when the pipeline fails even with raise_on_error=False
@@ -101,7 +276,8 @@ def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None) -> RunResult
     ok = all(s.status == "succeeded" for s in steps)
     if not ok and not error:
         failed = [s.name for s in steps if s.status == "failed"]
-        error = f"step {failed[0]} failed; its log is above" if failed else "the pipeline stopped early"
+        error = (f"step {failed[0]} failed; its log: {records[failed[0]].log}" if failed
+                 else "the pipeline stopped early")
     return RunResult(run_dir=run_dir, ok=ok, steps=steps, error=error)
 
 
@@ -124,8 +300,9 @@ def write_summary(result: RunResult) -> str:
             {
                 "ok": result.ok,
                 "error": result.error,
-                "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 2),
-                           "outputs": {k: str(v) for k, v in s.outputs.items()}} for s in result.steps],
+                "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 2), "log": s.log,
+                           "figures": s.figures, "outputs": {k: str(v) for k, v in s.outputs.items()}}
+                          for s in result.steps],
             },
             f,
             indent=2,

@@ -37,6 +37,11 @@ def test_pipeline_run_on_the_demo_set_pushes_a_model(tmp_path):
     assert all(s["status"] == "succeeded" for s in summary["steps"]), summary
     for step in STEPS:
         assert step in proc.stdout
+        # the console has a line as each step ends; the step's full output is in its log
+        assert any(line.startswith(f"{step:<16} succeeded") for line in proc.stdout.splitlines())
+        assert (runs / "e2e" / "logs" / f"{step}.log").stat().st_size > 0
+    assert "KFP Executor" not in proc.stdout
+    assert len(proc.stdout.splitlines()) < 60, proc.stdout
     assert "model pushed to" in proc.stdout
     registry = runs / "registry"
     model_root = next(p for p in registry.iterdir() if p.is_dir())
