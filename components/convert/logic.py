@@ -12,6 +12,7 @@ import numpy as np
 
 from components.common import examples, labels, storage
 from components.common.faces import FaceSettings
+from components.convert.parts import EXAMPLES_WRITTEN
 from pipeline import defaults
 
 _LOG = logging.getLogger(__name__)
@@ -290,9 +291,10 @@ def run(
                                 storage.join(downloads_dir, IMAGES_DIR))
         del work  # from here on the pipeline holds a few parts per core, whatever the dataset size
         stats = _run_pipeline(parts, plan, au_ids, output_dir, staging, int(max_side), options, faces)
-    else:
-        _LOG.warning("no downloaded image of the manifest to convert; the examples are empty")
 
+    if not stats["counters"].get(EXAMPLES_WRITTEN, 0):
+        storage.delete(staging)
+        raise ValueError(_why_no_example(counters, stats["counters"], downloads_dir, faces))
     summary = transforms.write_summary(output_dir, au_ids, stats, plan, has_va=has_va, policy=None,
                                        counters={**counters, **stats["counters"]},
                                        parameters={"validation_fraction": validation_fraction,
@@ -300,6 +302,23 @@ def run(
                                                    "faces": faces.to_dict()})
     storage.delete(staging)
     return summary
+
+
+def _why_no_example(counters: dict, converted: dict, downloads_dir: str, faces: FaceSettings) -> str:
+    """Why convert wrote no example, in the words of the step that lost the images."""
+    if not counters["downloaded_ok"]:
+        return (f"none of the manifest's {counters['manifest_rows']} images was downloaded ok (ledger of "
+                f"{downloads_dir}): nothing to convert; fix what download reports and rerun it")
+    skipped = converted.get("faces_skipped", 0)
+    if skipped:
+        reasons = ", ".join(f"{r.replace('_', ' ')} {converted.get('faces_' + r, 0)}"
+                            for r in ("no_face", "too_small", "tiny_face") if converted.get("faces_" + r))
+        return (f"no example written: all {skipped} decodable images were skipped without a usable face ({reasons}); "
+                f"check the images, lower --face-min-score ({faces.min_score}), or keep them with --no-face whole "
+                "or --faces whole")
+    return (f"no example written: of {counters['downloaded_ok']} downloaded images, "
+            f"{converted.get('skipped_undecodable', 0)} could not be decoded and "
+            f"{converted.get('skipped_missing_file', 0)} were missing from {downloads_dir}; rerun download")
 
 
 def _run_pipeline(parts, plan, au_ids, output_dir, staging, max_side, options, faces: FaceSettings) -> dict:

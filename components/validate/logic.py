@@ -473,6 +473,14 @@ def run(
             raise ValidateError(f"{uri} has no `key` column (its columns: {', '.join(map(str, table.columns))}); expected the {step} step's output")
     if manifest.empty:
         raise ValidateError(f"{manifest_uri} has no rows; there is nothing to validate")
+    if "status" in ledger.columns and not (ledger["status"] == "ok").any():
+        # TFDV would only say "Column dropped" for every image feature; the cause is the download.
+        classes = ledger["error_class"].value_counts().head(3) if "error_class" in ledger.columns else None
+        top = ", ".join(f"{c} {n}" for c, n in classes.items()) if classes is not None else "see its ledger"
+        raise ValidateError(
+            f"{ledger_uri}: none of its {len(ledger)} URLs gave an image ({top}), so there is nothing to validate; "
+            "fix what download reports and rerun it"
+        )
     frame, join_counts = build_frame(manifest, ledger)
 
     import tensorflow_data_validation as tfdv

@@ -298,3 +298,17 @@ def test_convert_does_not_fork_once_the_detector_ran_in_its_process(tmp_path, ca
                         beam_args="--convert_processes=2")
     assert summary["counters"]["faces_cropped"] == 3
     assert "face detector already ran in this process" in caplog.text
+
+
+def test_convert_refuses_to_write_no_example_and_says_why(tmp_path):
+    images = [encode(sample.face_like(80, i), "PNG") for i in range(4)]  # drawings BlazeFace finds no face in
+    manifest_dir, downloads_dir, _ = sample.write_dataset(str(tmp_path / "data"), images, seed=3)
+    with pytest.raises(ValueError, match=r"no example written: all 4 decodable images were skipped without a usable "
+                                         r"face \(no face 4\); check the images, lower --face-min-score \(0.5\), or "
+                                         r"keep them with --no-face whole or --faces whole"):
+        logic.run(manifest_dir, downloads_dir, str(tmp_path / "out"), beam_args="--convert_processes=1")
+    assert not (tmp_path / "out" / logic.STAGING_DIR).exists()
+    # a download that fetched nothing
+    none_dir, none_downloads, _ = sample.write_dataset(str(tmp_path / "none"), [], failed=4, seed=3)
+    with pytest.raises(ValueError, match=r"none of the manifest's 4 images was downloaded ok"):
+        logic.run(none_dir, none_downloads, str(tmp_path / "out2"), faces=WHOLE)

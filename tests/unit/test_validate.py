@@ -334,3 +334,10 @@ def test_cli_help_uses_the_component_docstring_words(capsys):
     for arg in ("downloads", "validation", "schema_uri", "max_anomalies"):
         assert doc[arg] in help_text, arg
     assert doc["manifest"].rstrip(".") in help_text
+
+
+def test_a_download_with_no_image_is_refused_naming_the_cause(tmp_path):
+    manifest, ledger = make_tables(n=20, fail_every=1)  # every URL failed
+    with pytest.raises(logic.ValidateError, match=r"none of its 20 URLs gave an image \(http_404 20\), so there is "
+                                                  r"nothing to validate; fix what download reports and rerun it"):
+        validate(tmp_path, manifest, ledger, schema_uri="")
