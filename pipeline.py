@@ -62,6 +62,9 @@ def command_run(args: argparse.Namespace) -> int:
     print(format_summary(result))
     write_summary(result)
     _print_outcome(result)
+    from pipeline.report import write_report
+
+    print(f"\nrun report: {write_report(result)}")
     if not result.ok:
         print(f"\nthe run failed: {result.error}", file=sys.stderr)
         return 1

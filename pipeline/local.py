@@ -308,3 +308,12 @@ def write_summary(result: RunResult) -> str:
             indent=2,
         )
     return path
+
+
+def load_result(run_dir: str) -> RunResult:
+    """The RunResult of a finished run, read back from its run_summary.json."""
+    with open(os.path.join(run_dir, "run_summary.json")) as f:
+        d = json.load(f)
+    steps = [StepRecord(s["name"], s["status"], s["seconds"], dict(s.get("outputs") or {}), s.get("log", ""),
+                        s.get("figures", "")) for s in d["steps"]]
+    return RunResult(run_dir=os.path.abspath(run_dir), ok=d["ok"], steps=steps, error=d.get("error", ""))

@@ -12,6 +12,29 @@ from pipeline.dag import STEPS
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def check_in_chromium(page, screenshot) -> None:
+    """Renders the page in headless Chromium (Debian's chromium: .ci/run installs it): no console error, and a
+    screenshot that is not blank. Skipped, saying so, where there is no Chromium."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on PATH: the report was checked as HTML only; "
+                    "apt-get install chromium (as .ci/run does) to render it")
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr",
+         "--v=0", "--window-size=1200,2400", f"--screenshot={screenshot}", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    pixels = np.asarray(Image.open(screenshot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (2400, 1200) and pixels.std() > 10  # tables and plots, not an empty page
+
+
 def run_cli(args, timeout):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
@@ -51,6 +74,17 @@ def test_pipeline_run_on_the_demo_set_pushes_a_model(tmp_path):
     assert "faces: " in proc.stdout and " face crops" in proc.stdout
     config = json.loads((model_root / latest / "model_config.json").read_text())
     assert config["faces"]["mode"] == "crop" and config["faces"]["size"] == 160
+
+    # the run report: one page made from the run's own outputs, and it renders in a browser
+    report = runs / "e2e" / "report.html"
+    assert f"run report: {report}" in proc.stdout
+    page = report.read_text()
+    for heading in ("Steps", "Blessing", "Action Units on the test split", "Training", "Examples", "Validation",
+                    "Downloads", "AU coverage of the sheet"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "data:image/png;base64," in page and "AUs are annotated on fewer than 1% of the images" in page
+    assert "http_404" in page and "face crops" in page and "TP" in page
+    check_in_chromium(report, tmp_path / "report.png")
 
     # what a user does next: predict on a scene with the pushed model; it crops the face as convert did
     demo_dir = next((runs / "demo").iterdir())

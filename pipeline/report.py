@@ -1,0 +1,226 @@
+"""The run report: one self-contained HTML page made from a run's own outputs, what a person reads after a run."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+
+from components.common import labels
+
+REPORT_FILE = "report.html"
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}.ok{color:#176f2c;font-weight:600}.bad{color:#a11;font-weight:600}
+.muted{color:#777}img{max-width:100%;border:1px solid #eee;margin:.4em 0}.row{display:flex;gap:1em;flex-wrap:wrap}
+.row img{max-width:48%}code{background:#f6f6f6;padding:0 3px}
+"""
+
+
+def _read_json(folder, name: str) -> dict:
+    try:
+        with open(os.path.join(str(folder), name)) as f:
+            return json.load(f)
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def _img(folder, name: str, alt: str) -> str:
+    """An <img> with the PNG inlined (the page travels alone), or a note that there is none."""
+    try:
+        with open(os.path.join(str(folder), name), "rb") as f:
+            data = base64.b64encode(f.read()).decode()
+    except (OSError, TypeError):
+        return f'<p class="muted">no {html.escape(alt)} in this run</p>'
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(head: list[str], rows: list[list], left=1) -> str:
+    """A table whose first `left` columns (or the columns numbered in a tuple `left`) are left-aligned (names), the
+    rest right-aligned (numbers)."""
+    lefts = set(left) if isinstance(left, tuple) else set(range(left))
+
+    def cell(tag, i, v):
+        cls = ' class="l"' if i in lefts else ""
+        return f"<{tag}{cls}>{html.escape(str(v))}</{tag}>"
+
+    out = ["<table><tr>" + "".join(cell("th", i, h) for i, h in enumerate(head)) + "</tr>"]
+    for r in rows:
+        out.append("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def _num(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _steps(result) -> str:
+    rows = [[s.name, s.status, f"{s.seconds:.1f}s", s.figures or ""] for s in result.steps]
+    total = sum(s.seconds for s in result.steps)
+    rows.append(["total", "ok" if result.ok else "FAILED", f"{total:.1f}s", result.error])
+    return _table(["step", "status", "time", "key figures"], rows, left=(0, 1, 3))
+
+
+def _coverage(ingest: dict) -> str:
+    counts = ingest.get("au_counts") or {}
+    if not counts:
+        return '<p class="muted">ingest wrote no AU counts</p>'
+    rows, unannotated = [], 0
+    for name in labels.AU_COLUMNS:
+        c = counts.get(name, {})
+        n0, n1, n999 = int(c.get("0", 0)), int(c.get("1", 0)), int(c.get("999", 0))
+        total = n0 + n1 + n999
+        share = (n0 + n1) / total if total else 0.0
+        unannotated += share < 0.01
+        rows.append([name, labels.AU_NAMES.get(int(name[2:]), ""), n1, n0, n999, f"{share:.1%}"])
+    return (f"<p>{ingest.get('kept', 0)} rows kept, {ingest.get('rejected', 0)} rejected. "
+            f"<b>{unannotated} of {len(labels.AU_COLUMNS)} AUs are annotated on fewer than 1% of the images</b> "
+            "(the study found 49 of 60 on EmotioNet).</p>"
+            + _table(["AU", "name", "1", "0", "999", "annotated"], rows, left=2))
+
+
+def _downloads(summary: dict) -> str:
+    if not summary:
+        return '<p class="muted">no download summary</p>'
+    total = summary.get("total", 0)
+    rows = [[c, n, f"{100.0 * n / total:.2f}%" if total else "-"]
+            for c, n in summary.get("counts", {}).items() if n or c == "ok"]
+    rows.append(["total", total, "100.00%"])
+    return _table(["error class", "count", "share"], rows)
+
+
+def _validation(summary: dict) -> str:
+    if not summary:
+        return '<p class="muted">no validation summary</p>'
+    status = '<span class="ok">passed</span>' if summary.get("passed") else '<span class="bad">failed</span>'
+    out = (f"<p>{status}: {summary.get('anomaly_count', 0)} anomalies (at most {summary.get('max_anomalies', 0)} "
+           f"allowed); failure rate {summary.get('failure_rate', 0):.1%}; schema: "
+           f"{html.escape(str((summary.get('schema') or {}).get('origin', '')))}.</p>")
+    anomalies = summary.get("anomalies") or []
+    if anomalies:
+        out += _table(["feature", "anomaly"], [[a.get("feature", ""), a.get("description", "")] if isinstance(a, dict)
+                                               else ["", a] for a in anomalies])
+    return out
+
+
+def _examples(summary: dict, title: str) -> str:
+    if not summary:
+        return ""
+    from components.common.examples import SPLITS
+
+    rows = [[split, summary["splits"][split]["examples"], summary["splits"][split]["shards"]]
+            for split in SPLITS if split in summary["splits"]]
+    from components.common.faces import format_counters
+
+    faces = (f"<p>{html.escape(format_counters(summary['counters']))}</p>"
+             if "faces_cropped" in summary.get("counters", {}) else "")
+    return f"<h3>{html.escape(title)}</h3>" + _table(["split", "examples", "shards"], rows) + faces
+
+
+def _metrics(metrics: dict) -> str:
+    if not metrics or metrics.get("task") != "au":
+        return '<p class="muted">no AU metrics in this run</p>'
+    d0, dt = metrics["at_default"], metrics["at_tuned"]
+    head = ["AU", "name", "pos", "neg", "unk", "TP", "FP", "TN", "FN", "P@0.5", "R@0.5", "F1@0.5", "AUC", "thr",
+            "P@thr", "R@thr", "F1@thr"]
+    rows = []
+    for a, b in zip(d0["per_label"], dt["per_label"]):
+        rows.append([f"AU{a['au']}", a.get("name", ""), a["positives"], a["negatives"], a["unknown"], a["tp"],
+                     a["fp"], a["tn"], a["fn"], _num(a["precision"]), _num(a["recall"]), _num(a["f1"]),
+                     _num(a["auc"]), _num(b["threshold"], 2), _num(b["precision"]), _num(b["recall"]),
+                     _num(b["f1"])])
+    for avg in ("micro", "macro"):
+        a, b = d0[avg], dt[avg]
+        rows.append([avg, "", "", "", "", _num(a["tp"], 1), _num(a["fp"], 1), _num(a["tn"], 1), _num(a["fn"], 1),
+                     _num(a["precision"]), _num(a["recall"]), _num(a["f1"]), _num(a["auc"]), "",
+                     _num(b["precision"]), _num(b["recall"]), _num(b["f1"])])
+    overall = (f"<p>{metrics.get('examples', '')} test examples. Accuracy {_num(d0['accuracy'])} (tuned "
+               f"{_num(dt['accuracy'])}), partial accuracy {_num(d0['partial_accuracy'])} (tuned "
+               f"{_num(dt['partial_accuracy'])}), exact match {_num(d0['exact_match'])}.</p>")
+    return overall + _table(head, rows, left=2)
+
+
+def _blessing(blessing: dict, push: dict) -> str:
+    if not blessing:
+        return '<p class="muted">no blessing in this run</p>'
+    verdict = '<span class="ok">blessed</span>' if blessing.get("blessed") else '<span class="bad">not blessed</span>'
+    reasons = "".join(f"<li>{html.escape(str(r))}</li>" for r in blessing.get("reasons", []))
+    pushed = ""
+    if push:
+        pushed = (f"<p>Pushed: version <code>{html.escape(str(push.get('version')))}</code> to "
+                  f"<code>{html.escape(str(push.get('uri')))}</code></p>" if push.get("pushed")
+                  else f"<p>Not pushed: {html.escape('; '.join(map(str, push.get('reasons', []))))}</p>")
+    return f"<p>{verdict}</p><ul>{reasons}</ul>{pushed}"
+
+
+def render(result) -> str:
+    """The report of a local run (pipeline.local.RunResult) as one HTML page, images inlined."""
+    out = {s.name: s.outputs for s in result.steps}
+    manifest = (out.get("ingest") or {}).get("manifest")
+    downloads = (out.get("download") or {}).get("downloads")
+    validation = (out.get("validate") or {}).get("validation")
+    examples_dir = (out.get("convert") or {}).get("examples")
+    filtered = (out.get("filter-examples") or {}).get("filtered")
+    model = (out.get("train") or {}).get("model")
+    evaluation = (out.get("evaluate") or {}).get("evaluation")
+    pushed = (out.get("push") or {}).get("pushed")
+    history = _read_json(model, "history.json")
+    title = f"Run {os.path.basename(result.run_dir.rstrip('/'))}: {'succeeded' if result.ok else 'FAILED'}"
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p class=muted>pipeline root <code>{html.escape(result.run_dir)}</code></p>",
+        "<h2>Steps</h2>", _steps(result),
+        "<h2>Blessing</h2>", _blessing(_read_json(evaluation, "blessing.json"), _read_json(pushed, "push.json")),
+        "<h2>Action Units on the test split</h2>", _metrics(_read_json(evaluation, "metrics.json")),
+        "<div class=row>", _img(evaluation, "roc.png", "ROC curves"), _img(evaluation, "pr.png", "PR curves"), "</div>",
+        "<h2>Training</h2>",
+        (f"<p>{len(history.get('epochs') or [])} epochs; best validation loss {_num(history.get('best_val_loss'))} "
+         f"at epoch {history.get('best_epoch')}.</p>" if history else ""),
+        _img(model, "training_curves.png", "training curves"),
+        "<h2>Examples</h2>", _examples(_read_json(examples_dir, "examples_summary.json"), "convert"),
+        _examples(_read_json(filtered, "examples_summary.json"), "filter"),
+        "<h2>Validation</h2>", _validation(_read_json(validation, "validation_summary.json")),
+        "<h2>Downloads</h2>", _downloads(_read_json(downloads, "download_summary.json")),
+        "<h2>AU coverage of the sheet</h2>", _coverage(_read_json(manifest, "ingest_summary.json")),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(result) -> str:
+    """Writes <run_dir>/report.html; returns its path."""
+    path = os.path.join(result.run_dir, REPORT_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(render(result))
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def main(argv=None) -> int:
+    """python -m pipeline.report RUN_DIR: (re)writes the report of a finished local run from its run_summary.json."""
+    import argparse
+    import sys
+
+    from pipeline.local import load_result
+
+    p = argparse.ArgumentParser(prog="python -m pipeline.report", description=main.__doc__)
+    p.add_argument("run_dir", help="A run folder written by `pipeline.py run` (it holds run_summary.json).")
+    args = p.parse_args(argv)
+    try:
+        result = load_result(args.run_dir)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"pipeline.report: {args.run_dir} holds no readable run_summary.json ({e}); give a folder written "
+              "by `python pipeline.py run`", file=sys.stderr)
+        return 2
+    print(write_report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
