@@ -22,6 +22,14 @@ def pipeline_parameters(pipeline_func=None) -> list[tuple[str, type, object, str
 def add_pipeline_parameter_flags(parser: argparse.ArgumentParser, pipeline_func=None, skip=()) -> None:
     """Adds --NAME-WITH-DASHES for each pipeline parameter (bools get --x / --no-x)."""
     group = parser.add_argument_group("pipeline parameters")
+    from pipeline import defaults
+
+    group.add_argument("--preset", choices=sorted(defaults.PRESETS), default=None,
+                       help="One of the study's experiments: " + "; ".join(
+                           f"{name}: " + ", ".join(f"{k}={v if len(str(v)) < 30 else str(v)[:12] + '...'}"
+                                                   for k, v in values.items())
+                           for name, values in sorted(defaults.PRESETS.items()))
+                       + ". Flags given beside it win.")
     for name, typ, default, doc in pipeline_parameters(pipeline_func):
         if name in skip:
             continue
@@ -34,8 +42,11 @@ def add_pipeline_parameter_flags(parser: argparse.ArgumentParser, pipeline_func=
 
 
 def pipeline_arguments(args: argparse.Namespace, pipeline_func=None) -> dict:
-    """The pipeline parameters the user set on the command line (others keep the pipeline's defaults)."""
-    out = {}
+    """The pipeline parameters the user set on the command line, over those of --preset (others keep the
+    pipeline's defaults)."""
+    from pipeline import defaults
+
+    out = dict(defaults.PRESETS.get(getattr(args, "preset", None) or "", {}))
     for name, _, _, _ in pipeline_parameters(pipeline_func):
         value = getattr(args, name, None)
         if value is not None:

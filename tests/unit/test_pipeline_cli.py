@@ -44,3 +44,20 @@ def test_a_wrong_flag_type_is_refused(capsys):
         parser().parse_args(["--epochs", "many"])
     assert e.value.code == 2
     assert "--epochs" in capsys.readouterr().err
+
+
+def test_presets_set_the_study_s_experiments_and_flags_beside_them_win():
+    import argparse
+
+    from pipeline.params import add_pipeline_parameter_flags, pipeline_arguments
+
+    p = argparse.ArgumentParser()
+    add_pipeline_parameter_flags(p)
+    sixty = pipeline_arguments(p.parse_args(["--preset", "study-60au"]))
+    assert sixty == {"aus": ",".join(str(a) for a in range(1, 61)), "policy": "zero"}
+    study = pipeline_arguments(p.parse_args(["--preset", "study-11au", "--backbone", "vgg16", "--epochs", "3"]))
+    assert study["optimizer"] == "rmsprop" and study["learning_rate"] == 0.001 and study["policy"] == "drop"
+    assert study["backbone"] == "vgg16" and study["epochs"] == 3 and study["batch_size"] == 0  # 0: VGG16's 32
+    assert pipeline_arguments(p.parse_args([])) == {}
+    with pytest.raises(SystemExit):
+        p.parse_args(["--preset", "study-99au"])
