@@ -47,7 +47,8 @@ def _describe(value):
     return value
 
 
-def _read_json(folder, name: str) -> dict:
+def read_json(folder, name: str) -> dict:
+    """A step output's JSON file as a dict; {} when the folder or file is missing or unreadable."""
     try:
         with open(os.path.join(str(folder), name)) as f:
             return json.load(f)
@@ -58,16 +59,16 @@ def _read_json(folder, name: str) -> dict:
 def step_figures(step: str, outputs: dict) -> str:
     """The few numbers a person wants from a finished step, read from its outputs (contracts 1-6)."""
     if step == "ingest":
-        s = _read_json(outputs.get("manifest"), "ingest_summary.json")
+        s = read_json(outputs.get("manifest"), "ingest_summary.json")
         return f"{s['kept']} rows kept, {s['rejected']} rejected" if s else ""
     if step == "download":
-        s = _read_json(outputs.get("downloads"), "download_summary.json")
+        s = read_json(outputs.get("downloads"), "download_summary.json")
         return f"{s['ok']} images ok, {s['failed']} failed" if s else ""
     if step == "validate":
-        s = _read_json(outputs.get("validation"), "validation_summary.json")
+        s = read_json(outputs.get("validation"), "validation_summary.json")
         return f"{s.get('anomaly_count', 0)} anomalies, failure rate {s.get('failure_rate', 0):.1%}" if s else ""
     if step in ("convert", "filter-examples"):
-        s = _read_json(outputs.get("examples") or outputs.get("filtered"), "examples_summary.json")
+        s = read_json(outputs.get("examples") or outputs.get("filtered"), "examples_summary.json")
         if not s:
             return ""
         from components.common.examples import SPLITS
@@ -81,7 +82,7 @@ def step_figures(step: str, outputs: dict) -> str:
             out += f"; {c['faces_cropped']} face crops, {c['faces_skipped']} skipped without a face"
         return out
     if step == "train":
-        h = _read_json(outputs.get("model"), "history.json")
+        h = read_json(outputs.get("model"), "history.json")
         if not h:
             return ""
         epochs = len(h["epochs"]) if isinstance(h.get("epochs"), list) else h.get("epochs")
@@ -89,14 +90,14 @@ def step_figures(step: str, outputs: dict) -> str:
         return (f"{epochs} epochs, best validation loss {loss:.3f} (epoch {h.get('best_epoch')})" if loss is not None
                 else f"{epochs} epochs")
     if step == "evaluate":
-        m = _read_json(outputs.get("evaluation"), "metrics.json")
-        b = _read_json(outputs.get("evaluation"), "blessing.json")
+        m = read_json(outputs.get("evaluation"), "metrics.json")
+        b = read_json(outputs.get("evaluation"), "blessing.json")
         if not m or "at_default" not in m:
             return ""
         d = m["at_default"]["macro"]
         return f"macro F1 {d['f1']:.3f}, AUC {d['auc']:.3f}; {'blessed' if b.get('blessed') else 'not blessed'}"
     if step == "push":
-        p = _read_json(outputs.get("pushed"), "push.json")
+        p = read_json(outputs.get("pushed"), "push.json")
         return (f"pushed version {p['version']}" if p.get("pushed") else "not pushed") if p else ""
     return ""
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 
 from components.common import labels
+from pipeline.local import read_json
 
 REPORT_FILE = "report.html"
 
@@ -18,14 +18,6 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}.ok{color:#176f2c;font-weight:60
 .muted{color:#777}img{max-width:100%;border:1px solid #eee;margin:.4em 0}.row{display:flex;gap:1em;flex-wrap:wrap}
 .row img{max-width:48%}code{background:#f6f6f6;padding:0 3px}
 """
-
-
-def _read_json(folder, name: str) -> dict:
-    try:
-        with open(os.path.join(str(folder), name)) as f:
-            return json.load(f)
-    except (OSError, ValueError, TypeError):
-        return {}
 
 
 def _img(folder, name: str, alt: str) -> str:
@@ -169,25 +161,25 @@ def render(result) -> str:
     model = (out.get("train") or {}).get("model")
     evaluation = (out.get("evaluate") or {}).get("evaluation")
     pushed = (out.get("push") or {}).get("pushed")
-    history = _read_json(model, "history.json")
+    history = read_json(model, "history.json")
     title = f"Run {os.path.basename(result.run_dir.rstrip('/'))}: {'succeeded' if result.ok else 'FAILED'}"
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1><p class=muted>pipeline root <code>{html.escape(result.run_dir)}</code></p>",
         "<h2>Steps</h2>", _steps(result),
-        "<h2>Blessing</h2>", _blessing(_read_json(evaluation, "blessing.json"), _read_json(pushed, "push.json")),
-        "<h2>Action Units on the test split</h2>", _metrics(_read_json(evaluation, "metrics.json")),
+        "<h2>Blessing</h2>", _blessing(read_json(evaluation, "blessing.json"), read_json(pushed, "push.json")),
+        "<h2>Action Units on the test split</h2>", _metrics(read_json(evaluation, "metrics.json")),
         "<div class=row>", _img(evaluation, "roc.png", "ROC curves"), _img(evaluation, "pr.png", "PR curves"), "</div>",
         "<h2>Training</h2>",
         (f"<p>{len(history.get('epochs') or [])} epochs; best validation loss {_num(history.get('best_val_loss'))} "
          f"at epoch {history.get('best_epoch')}.</p>" if history else ""),
         _img(model, "training_curves.png", "training curves"),
-        "<h2>Examples</h2>", _examples(_read_json(examples_dir, "examples_summary.json"), "convert"),
-        _examples(_read_json(filtered, "examples_summary.json"), "filter"),
-        "<h2>Validation</h2>", _validation(_read_json(validation, "validation_summary.json")),
-        "<h2>Downloads</h2>", _downloads(_read_json(downloads, "download_summary.json")),
-        "<h2>AU coverage of the sheet</h2>", _coverage(_read_json(manifest, "ingest_summary.json")),
+        "<h2>Examples</h2>", _examples(read_json(examples_dir, "examples_summary.json"), "convert"),
+        _examples(read_json(filtered, "examples_summary.json"), "filter"),
+        "<h2>Validation</h2>", _validation(read_json(validation, "validation_summary.json")),
+        "<h2>Downloads</h2>", _downloads(read_json(downloads, "download_summary.json")),
+        "<h2>AU coverage of the sheet</h2>", _coverage(read_json(manifest, "ingest_summary.json")),
         "</body></html>",
     ]
     return "\n".join(parts)
