@@ -28,6 +28,7 @@ class ConvertedImage:
     height: int
     outcome: str  # PASSED_THROUGH, REENCODED or RESIZED
     source_format: str  # Pillow's name of the format read: JPEG PNG GIF WEBP BMP ...
+    source_size: tuple[int, int]  # width, height of the image read (before any resize)
 
 
 def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -65,28 +66,49 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
+def _load(data: bytes, max_side: int):
+    """(the fully decoded Pillow image, its format, its size, the target size); raises UndecodableImage.
+
+    Every image is fully decoded here, so a truncated or corrupt file fails now rather than in a
+    training run later. Big JPEGs are decoded at 1/2, 1/4 or 1/8 of their size when the target allows.
+    """
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        source_format = im.format or "unknown"
+        size = target_size(im.size[0], im.size[1], max_side)
+        original = im.size
+        if source_format in _JPEG_FORMATS and size != original:
+            im.draft(im.mode if im.mode in ("RGB", "L") else None, size)
+        im.seek(0)  # GIF, WebP, MPO: the first frame
+        im.load()  # the full decode; raises on truncated or corrupt data
+        return im, source_format, original, size
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad data; each one means "cannot decode"
+        raise UndecodableImage(f"{type(e).__name__}: {e}") from e
+
+
+def _rgb(im, size: tuple[int, int]):
+    """The decoded image as RGB at `size`."""
+    from PIL import Image
+
+    try:
+        rgb = _to_rgb(im)
+        if rgb.size != size:
+            rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return rgb
+    except Exception as e:  # noqa: BLE001 - a decoded image whose mode Pillow cannot convert
+        raise UndecodableImage(f"{type(e).__name__}: {e}") from e
+
+
 def decode_rgb(data: bytes, max_side: int = 0):
     """(RGB Pillow image, source format) of any image's bytes; max_side > 0 shrinks the longest side to it.
 
     Grey, CMYK, palette, 16-bit and transparent images come out RGB (alpha on white); GIF and
     WebP give their first frame. Raises UndecodableImage on truncated or corrupt data.
     """
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            source_format = im.format or "unknown"
-            size = target_size(im.size[0], im.size[1], max_side)
-            if source_format in _JPEG_FORMATS and size != im.size:
-                im.draft(im.mode if im.mode in ("RGB", "L") else None, size)
-            im.seek(0)
-            im.load()
-            rgb = _to_rgb(im)
-            if rgb.size != size:
-                rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-            return rgb, source_format
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad data; each one means "cannot decode"
-        raise UndecodableImage(f"{type(e).__name__}: {e}") from e
+    im, source_format, _, size = _load(data, max_side)
+    return _rgb(im, size), source_format
 
 
 def to_rgb_jpeg(data: bytes, max_side: int = 0, quality: int = defaults.CONVERT_JPEG_QUALITY) -> ConvertedImage:
@@ -96,29 +118,10 @@ def to_rgb_jpeg(data: bytes, max_side: int = 0, quality: int = defaults.CONVERT_
     Every image is fully decoded, so a truncated or corrupt file raises UndecodableImage here rather
     than failing a training run later. max_side > 0 shrinks the longest side to it (never enlarges).
     """
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            source_format = im.format or "unknown"
-            width, height = im.size
-            size = target_size(width, height, max_side)
-            pass_through = source_format in _JPEG_FORMATS and im.mode == "RGB" and size == (width, height)
-            if source_format in _JPEG_FORMATS and size != (width, height):
-                # DCT scaling: decode big JPEGs at 1/2, 1/4 or 1/8 of their size when the target allows.
-                im.draft(im.mode if im.mode in ("RGB", "L") else None, size)
-            im.seek(0)  # GIF, WebP, MPO: the first frame
-            im.load()  # the full decode; raises on truncated or corrupt data
-            if pass_through:
-                return ConvertedImage(bytes(data), width, height, PASSED_THROUGH, source_format)
-            rgb = _to_rgb(im)
-            if rgb.size != size:
-                rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-            outcome = RESIZED if size != (width, height) else REENCODED
-            out = io.BytesIO()
-            rgb.save(out, format="JPEG", quality=quality)
-            return ConvertedImage(out.getvalue(), size[0], size[1], outcome, source_format)
-    except UndecodableImage:
-        raise
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad data; each one means "cannot decode"
-        raise UndecodableImage(f"{type(e).__name__}: {e}") from e
+    im, source_format, original, size = _load(data, max_side)
+    if source_format in _JPEG_FORMATS and im.mode == "RGB" and size == original:
+        return ConvertedImage(bytes(data), original[0], original[1], PASSED_THROUGH, source_format, original)
+    out = io.BytesIO()
+    _rgb(im, size).save(out, format="JPEG", quality=quality)
+    outcome = RESIZED if size != original else REENCODED
+    return ConvertedImage(out.getvalue(), size[0], size[1], outcome, source_format, original)

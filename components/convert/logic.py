@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from components.common import examples, labels, storage
-from components.common.faces import FaceSettings
+from components.common.faces import REASONS, FaceSettings, counter_name
 from components.convert.parts import EXAMPLES_WRITTEN
 from pipeline import defaults
 
@@ -311,8 +311,8 @@ def _why_no_example(counters: dict, converted: dict, downloads_dir: str, faces: 
                 f"{downloads_dir}): nothing to convert; fix what download reports and rerun it")
     skipped = converted.get("faces_skipped", 0)
     if skipped:
-        reasons = ", ".join(f"{r.replace('_', ' ')} {converted.get('faces_' + r, 0)}"
-                            for r in ("no_face", "too_small", "tiny_face") if converted.get("faces_" + r))
+        reasons = ", ".join(f"{r.replace('_', ' ')} {converted[counter_name(r)]}"
+                            for r in REASONS if converted.get(counter_name(r)))
         return (f"no example written: all {skipped} decodable images were skipped without a usable face ({reasons}); "
                 f"check the images, lower --face-min-score ({faces.min_score}), or keep them with --no-face whole "
                 "or --faces whole")

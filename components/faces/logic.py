@@ -61,16 +61,6 @@ def _encode(rgb: np.ndarray, quality: int) -> bytes:
     return out.getvalue()
 
 
-def _source_size(data: bytes) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad data
-        raise imaging.UndecodableImage(f"{type(e).__name__}: {e}") from e
-
-
 def prepare(data: bytes, settings: contract.FaceSettings, max_side: int = 0,
             quality: int = defaults.CONVERT_JPEG_QUALITY, detector: detect.Detector | None = None) -> FaceImage:
     """The model's input for one image's bytes under `settings`; raises imaging.UndecodableImage on bad bytes.
@@ -83,7 +73,7 @@ def prepare(data: bytes, settings: contract.FaceSettings, max_side: int = 0,
     if settings.mode == "whole":
         image = imaging.to_rgb_jpeg(data, max_side, quality)
         return FaceImage(image.jpeg, image.width, image.height, contract.WHOLE, None, image.outcome,
-                         *_source_size(data))
+                         *image.source_size)
     rgb_image, _ = imaging.decode_rgb(data)
     source_w, source_h = rgb_image.size
     face, count, reason = None, 0, None
