@@ -45,12 +45,6 @@ def _table(head: list[str], rows: list[list], left=1) -> str:
     return "".join(out) + "</table>"
 
 
-def _num(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and x != x):
-        return "-"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
 def _steps(result) -> str:
     rows = [[s.name, s.status, f"{s.seconds:.1f}s", s.figures or ""] for s in result.steps]
     total = sum(s.seconds for s in result.steps)
@@ -115,25 +109,12 @@ def _examples(summary: dict, title: str) -> str:
 
 
 def _metrics(metrics: dict) -> str:
-    if not metrics or metrics.get("task") != "au":
-        return '<p class="muted">no AU metrics in this run</p>'
-    d0, dt = metrics["at_default"], metrics["at_tuned"]
-    head = ["AU", "name", "pos", "neg", "unk", "TP", "FP", "TN", "FN", "P@0.5", "R@0.5", "F1@0.5", "AUC", "thr",
-            "P@thr", "R@thr", "F1@thr"]
-    rows = []
-    for a, b in zip(d0["per_label"], dt["per_label"]):
-        rows.append([f"AU{a['au']}", a.get("name", ""), a["positives"], a["negatives"], a["unknown"], a["tp"],
-                     a["fp"], a["tn"], a["fn"], _num(a["precision"]), _num(a["recall"]), _num(a["f1"]),
-                     _num(a["auc"]), _num(b["threshold"], 2), _num(b["precision"]), _num(b["recall"]),
-                     _num(b["f1"])])
-    for avg in ("micro", "macro"):
-        a, b = d0[avg], dt[avg]
-        rows.append([avg, "", "", "", "", _num(a["tp"], 1), _num(a["fp"], 1), _num(a["tn"], 1), _num(a["fn"], 1),
-                     _num(a["precision"]), _num(a["recall"]), _num(a["f1"]), _num(a["auc"]), "",
-                     _num(b["precision"]), _num(b["recall"]), _num(b["f1"])])
-    overall = (f"<p>{metrics.get('examples', '')} test examples. Accuracy {_num(d0['accuracy'])} (tuned "
-               f"{_num(dt['accuracy'])}), partial accuracy {_num(d0['partial_accuracy'])} (tuned "
-               f"{_num(dt['partial_accuracy'])}), exact match {_num(d0['exact_match'])}.</p>")
+    if not metrics:
+        return '<p class="muted">no metrics in this run</p>'
+    from components.evaluate.logic import overall_line, table_rows
+
+    head, rows = table_rows(metrics, counts=True)
+    overall = f"<p>{metrics.get('examples', '')} test examples. {html.escape(overall_line(metrics))}</p>"
     return overall + _table(head, rows, left=2)
 
 
@@ -172,8 +153,9 @@ def render(result) -> str:
         "<h2>Action Units on the test split</h2>", _metrics(read_json(evaluation, "metrics.json")),
         "<div class=row>", _img(evaluation, "roc.png", "ROC curves"), _img(evaluation, "pr.png", "PR curves"), "</div>",
         "<h2>Training</h2>",
-        (f"<p>{len(history.get('epochs') or [])} epochs; best validation loss {_num(history.get('best_val_loss'))} "
-         f"at epoch {history.get('best_epoch')}.</p>" if history else ""),
+        (f"<p>{len(history.get('epochs') or [])} epochs; best validation loss "
+         f"{history['best_val_loss']:.3f} at epoch {history.get('best_epoch')}.</p>"
+         if history.get("best_val_loss") is not None else ""),
         _img(model, "training_curves.png", "training curves"),
         "<h2>Examples</h2>", _examples(read_json(examples_dir, "examples_summary.json"), "convert"),
         _examples(read_json(filtered, "examples_summary.json"), "filter"),

@@ -465,25 +465,35 @@ def _num(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def _table_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+def table_rows(metrics: dict, counts: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The per-label table of a metrics.json as (head, rows of strings); counts adds TP, FP, TN and FN at 0.5."""
     if metrics["task"] == "va":
         head = ["target", "examples", "MSE", "RMSE", "CCC"]
         rows = [[n, _num(metrics[n]["examples"]), _num(metrics[n]["mse"]), _num(metrics[n]["rmse"]), _num(metrics[n]["ccc"])]
                 for n in labels.VA_COLUMNS]
         rows.append(["mean", _num(metrics["examples"]), _num(metrics["mean_mse"]), "", _num(metrics["mean_ccc"])])
         return head, rows
-    head = ["AU", "name", "pos", "neg", "unk", "P@0.5", "R@0.5", "F1@0.5", "AUC", "thr", "P@thr", "R@thr", "F1@thr"]
+    confusion = ("tp", "fp", "tn", "fn") if counts else ()
+    head = (["AU", "name", "pos", "neg", "unk"] + [c.upper() for c in confusion]
+            + ["P@0.5", "R@0.5", "F1@0.5", "AUC", "thr", "P@thr", "R@thr", "F1@thr"])
     rows = []
     d0, dt = metrics["at_default"], metrics["at_tuned"]
     for a, b in zip(d0["per_label"], dt["per_label"]):
-        rows.append([f"AU{a['au']}", a.get("name", ""), str(a["positives"]), str(a["negatives"]), str(a["unknown"]),
-                     _num(a["precision"]), _num(a["recall"]), _num(a["f1"]), _num(a["auc"]),
-                     _num(b["threshold"], 2), _num(b["precision"]), _num(b["recall"]), _num(b["f1"])])
+        rows.append([f"AU{a['au']}", a.get("name", ""), str(a["positives"]), str(a["negatives"]), str(a["unknown"])]
+                    + [_num(a[c]) for c in confusion]
+                    + [_num(a["precision"]), _num(a["recall"]), _num(a["f1"]), _num(a["auc"]),
+                       _num(b["threshold"], 2), _num(b["precision"]), _num(b["recall"]), _num(b["f1"])])
     for avg in ("micro", "macro"):
         a, b = d0[avg], dt[avg]
-        rows.append([avg, "", "", "", "", _num(a["precision"]), _num(a["recall"]), _num(a["f1"]), _num(a["auc"]),
-                     "", _num(b["precision"]), _num(b["recall"]), _num(b["f1"])])
+        rows.append([avg, "", "", "", ""] + [_num(a[c], 1) for c in confusion]
+                    + [_num(a["precision"]), _num(a["recall"]), _num(a["f1"]), _num(a["auc"]),
+                       "", _num(b["precision"]), _num(b["recall"]), _num(b["f1"])])
     return head, rows
+
+
+def overall_line(metrics: dict) -> str:
+    """Accuracy, partial accuracy and exact match at 0.5 and tuned thresholds ("" for the va task)."""
+    return "".join(_overall_lines(metrics))
 
 
 def _overall_lines(metrics: dict) -> list[str]:
@@ -499,7 +509,7 @@ def _overall_lines(metrics: dict) -> list[str]:
 
 def format_table(metrics: dict) -> str:
     """The per-AU table of a metrics.json (plain text, for a terminal)."""
-    head, rows = _table_rows(metrics)
+    head, rows = table_rows(metrics)
     widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(len(head))]
     numeric = [i for i, h in enumerate(head) if h not in ("AU", "name", "target")]
 
@@ -515,7 +525,7 @@ def format_table(metrics: dict) -> str:
 
 def format_report(metrics: dict, blessing: dict) -> str:
     """report.md: the verdict, its reasons, the headline numbers and the per-AU table."""
-    head, rows = _table_rows(metrics)
+    head, rows = table_rows(metrics)
     md = [f"# Evaluation on the {metrics['split']} split ({metrics['examples']} examples)", ""]
     md.append(f"**{'Blessed' if blessing['blessed'] else 'Not blessed'}**")
     md.append("")
