@@ -7,13 +7,14 @@ STAMP := $(VENV)/.installed
 # Quiet TensorFlow's C++ info and warning lines (end-of-sequence notices every epoch); errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test test-fast lock venv compile clean help
+.PHONY: run test test-fast lock venv compile images clean help
 
 help:
 	@echo "make run        set up .venv if needed, then run the whole pipeline locally on the demo data"
 	@echo "make test       set up .venv if needed, then run every test (unit, integration, e2e)"
 	@echo "make test-fast  the same without the slow tests"
 	@echo "make compile    write pipeline.yaml (the KFP / Vertex AI pipeline spec)"
+	@echo "make images     build the CPU and GPU images (docker/); then make run ARGS='--runner docker'"
 	@echo "make lock       re-resolve requirements.in into the exact requirements.lock"
 
 $(VPY):
@@ -42,6 +43,10 @@ test-fast: $(STAMP)
 
 compile: $(STAMP)
 	$(VPY) compile.py --output pipeline.yaml
+
+# Needs a running Docker daemon; where the public bases can't be pulled it builds on a stand-in made with mmdebstrap.
+images: $(STAMP)
+	$(VPY) pipeline.py images $(ARGS)
 
 lock: | $(VENV)/bin/uv
 	$(VENV)/bin/uv pip compile requirements.in -o requirements.lock --python-version 3.11 \

@@ -34,6 +34,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "step prints a line as it starts and ends, and its full output is in RUN_DIR/logs/STEP.log.")
     p.add_argument("--demo-faults", action=argparse.BooleanOptionalAction, default=True,
                    help="Serve the demo set with the web's faults (404s, timeouts, DNS, TLS...).")
+    p.add_argument("--runner", choices=defaults.RUNNERS, default="local",
+                   help="local: each step a subprocess in this environment (kfp.local's SubprocessRunner); docker: each "
+                        "step in a container of its image (kfp.local's DockerRunner), as a cluster runs it; build the "
+                        "images first with `make images`.")
+    p.add_argument("--image-cpu", default=defaults.LOCAL_IMAGE_CPU, metavar="IMG",
+                   help="With --runner docker: the image of the data steps (default: %(default)s, as make images tags it).")
+    p.add_argument("--image-gpu", default=defaults.LOCAL_IMAGE_GPU, metavar="IMG",
+                   help="With --runner docker: the image of train and evaluate (default: %(default)s).")
     add_pipeline_parameter_flags(p)
 
 
@@ -51,13 +59,27 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"pipeline.py run: --source {arguments['source']} does not exist; give the EmotioNet sheet (.xlsx or .csv) "
               "or leave --source out to run on the generated demo set", file=sys.stderr)
         return 2
+    containers = None
+    if args.runner == "docker":
+        from pipeline import containers as images
+
+        try:
+            images.check_docker()
+            for kind, tag in (("cpu", args.image_cpu), ("gpu", args.image_gpu)):
+                for warning in images.check_image(tag, kind):
+                    print(f"warning: {warning}", file=sys.stderr)
+        except images.ContainerError as e:
+            print(f"pipeline.py run --runner docker: {e}", file=sys.stderr)
+            return 2
+        containers = images.ContainerRun(args.image_cpu, args.image_gpu, os.getuid(), os.getgid(), dict(os.environ))
     os.makedirs(run_dir, exist_ok=True)
-    print(f"run {run_id}: pipeline root {run_dir}", flush=True)
+    print(f"run {run_id}: pipeline root {run_dir}"
+          + (f"; each step in its container ({args.image_cpu}, {args.image_gpu})" if containers else ""), flush=True)
 
     if arguments.get("source"):
-        result = run_pipeline(arguments, run_dir, verbose=args.verbose)
+        result = run_pipeline(arguments, run_dir, verbose=args.verbose, containers=containers)
     else:
-        result = _run_on_demo(args, arguments, run_dir)
+        result = _run_on_demo(args, arguments, run_dir, containers)
     print()
     print(format_summary(result))
     write_summary(result)
@@ -65,13 +87,17 @@ def command_run(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
 
     print(f"\nrun report: {write_report(result)}")
+    if containers is not None:
+        from pipeline.containers import CONTAINERS_FILE
+
+        print(f"each step's image, command, network and mounts: {os.path.join(run_dir, CONTAINERS_FILE)}")
     if not result.ok:
         print(f"\nthe run failed: {result.error}", file=sys.stderr)
         return 1
     return 0
 
 
-def _run_on_demo(args, arguments: dict, run_dir: str):
+def _run_on_demo(args, arguments: dict, run_dir: str, containers=None):
     """Generates (or reuses) the demo set, serves it on loopback, runs the DAG on it, stops the server."""
     from pipeline import demo
     from pipeline.local import run_pipeline
@@ -85,7 +111,7 @@ def _run_on_demo(args, arguments: dict, run_dir: str):
         sheet = demo.write_sheet(demo_dir, server, os.path.join(run_dir, "demo_sheet.xlsx"), seed=args.demo_seed)
         print(f"demo server: {server.base_url}; sheet: {sheet}", flush=True)
         arguments["source"] = sheet
-        return run_pipeline(arguments, run_dir, verbose=args.verbose)
+        return run_pipeline(arguments, run_dir, verbose=args.verbose, containers=containers)
 
 
 def _print_outcome(result) -> None:
@@ -112,6 +138,33 @@ def _print_outcome(result) -> None:
             print(f"\nmodel NOT pushed: {'; '.join(record['reasons'])}")
 
 
+def add_images_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", choices=("cpu", "gpu"), help="Build one image (default: both).")
+    p.add_argument("--tag-cpu", default=defaults.LOCAL_IMAGE_CPU, metavar="IMG", help="Tag of the CPU image (default: %(default)s).")
+    p.add_argument("--tag-gpu", default=defaults.LOCAL_IMAGE_GPU, metavar="IMG", help="Tag of the GPU image (default: %(default)s).")
+    p.add_argument("--base", metavar="IMG",
+                   help="Build both on this base image instead of the Dockerfiles' public ones (or the stand-in).")
+    p.add_argument("--log-dir", default=os.path.join(defaults.RUNS_DIR, "images"),
+                   help="Where each image's full build output goes (default: %(default)s).")
+
+
+def command_images(args: argparse.Namespace) -> int:
+    """Builds the images (make images): on the public bases where they can be pulled, else on a stand-in from Debian."""
+    from pipeline import containers
+
+    kinds = [args.only] if args.only else ["cpu", "gpu"]
+    tags = {kind: getattr(args, f"tag_{kind}") for kind in kinds}
+    try:
+        built = containers.build_images(tags, os.environ, args.log_dir, base=args.base)
+    except containers.ContainerError as e:
+        print(f"pipeline.py images: {e}", file=sys.stderr)
+        return 1
+    for b in built:
+        print(f"{b.kind}: {b.tag} on {b.base}{' (stand-in base)' if b.standin else ''}, {b.seconds:.0f}s")
+    print("run the DAG in them: python pipeline.py run --runner docker")
+    return 0
+
+
 def main(argv=None) -> int:
     # The steps are subprocesses of this one: keep their logs to what a user needs (TensorFlow's
     # C++ banner and the Google client libraries' Python-version notices are neither).
@@ -127,9 +180,13 @@ def main(argv=None) -> int:
     cluster.add_submit_arguments(p_submit)
     p_schedule = sub.add_parser("schedule", help="Create a recurring (scheduled) retraining run.")
     cluster.add_schedule_arguments(p_schedule)
+    p_images = sub.add_parser("images", help="Build the CPU and GPU images (docker/) that steps run in.")
+    add_images_arguments(p_images)
     args = parser.parse_args(argv)
     if args.command == "run":
         return command_run(args)
+    if args.command == "images":
+        return command_images(args)
     if args.command == "submit":
         return cluster.submit(args)
     return cluster.schedule(args)

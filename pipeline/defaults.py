@@ -190,6 +190,32 @@ CLUSTER_CREDENTIALS_MOUNT = "/var/secrets/google"
 CLUSTER_CREDENTIALS_FILE = "key.json"
 KFP_EXPERIMENT = "emotionet-au"
 
+# --- sweep (pipeline.py sweep | sweep-submit | sweep-pick) ----------------------------------
+# A grid of train/evaluate parameters over one pass of the data steps (pipeline/sweep.py).
+SWEEP_MAX_POINTS = 32  # a larger grid is refused unless --max-points says so: a typo should not start 500 trainings
+SWEEP_PUSH = "best"  # which models a sweep pushes: best, all (best last, so LATEST names it) or none; each only when blessed
+SWEEP_PUSH_MODES = ("best", "all", "none")
+SWEEP_DATA_DIR = "data"  # <sweep-dir>/data/: the data steps' outputs and logs, shared by every point
+# On a cluster each run pushes (forced, so every model can be compared) into its own candidate registry,
+# <registry>/sweeps/<sweep-id>/<point>/, never the live one; sweep-pick compares them and pushes the best.
+SWEEP_CANDIDATES = "sweeps"
+SWEEP_PLAN = "sweep_plan.json"  # what sweep-submit started, kept in <runs-dir>/<sweep-id>/ for sweep-pick
+
+# --- containers (make images; pipeline.py run --runner docker) --------------------------------------------------
+# The tags `make images` builds and a container run uses; compile.py --image-cpu/--image-gpu take them too.
+LOCAL_IMAGE_CPU = "emotionet-au/pipeline-cpu:local"
+LOCAL_IMAGE_GPU = "emotionet-au/pipeline-gpu:local"
+# Where the public bases (docker/Dockerfile.*'s BASE_IMAGE) can't be pulled, both images are built on this stand-in:
+# Debian's minbase with Python 3.11, pip and venv, as python:3.11-slim-bookworm has them (no CUDA).
+STANDIN_BASE_IMAGE = "emotionet-au/standin-python:3.11-bookworm"
+STANDIN_DEBIAN_SUITE = "bookworm"
+STANDIN_PACKAGES = ("python3", "python3-pip", "python3-venv", "ca-certificates")
+# In a container run these steps get the host's network (the demo server is on loopback); the others run with
+# --network none, unless a parameter is a gs:// URI.
+CONTAINER_NETWORK_STEPS = ("download",)
+# The runners of `pipeline.py run`: each task a subprocess in this environment, or a container of its image.
+RUNNERS = ("local", "docker")
+
 
 # --- presets: the study's experiments, a flag away (`--preset NAME`; flags given beside it win) --------
 PRESETS: dict[str, dict] = {

@@ -112,6 +112,7 @@ class _Console:
         self.stream = stream or sys.stdout
         self.live = not verbose and self.stream.isatty()
         self.log = None
+        self.step = ""  # the step running now
 
     def say(self, line: str) -> None:
         if self.live:
@@ -123,6 +124,7 @@ class _Console:
         os.makedirs(self.log_dir, exist_ok=True)
         path = os.path.join(self.log_dir, f"{step}.log")
         self.log = open(path, "w")
+        self.step = step
         if not self.verbose:
             self.say(f"{step:<16} started")
         return path
@@ -247,8 +249,11 @@ class _LogWriter:
             self.console.log.flush()
 
 
-def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: bool = False) -> RunResult:
-    """Runs the DAG with kfp.local's SubprocessRunner in this Python environment, pipeline root run_dir.
+def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: bool = False,
+                 containers=None) -> RunResult:
+    """Runs the DAG with kfp.local, pipeline root run_dir: each step a subprocess in this Python environment
+    (SubprocessRunner), or, given `containers` (a pipeline.containers.ContainerRun), each step in a container of its
+    image (DockerRunner), as a cluster runs it.
 
     The console gets a line as each step starts and ends; each step's full output is kept in
     run_dir/logs/<step>.log (verbose also streams it to the console, as kfp.local does).
@@ -257,18 +262,31 @@ def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: boo
 
     from pipeline.dag import STEPS
 
-    if pipeline_func is None:
-        from pipeline.dag import au_pipeline as pipeline_func
     os.makedirs(run_dir, exist_ok=True)
-    # use_venv=False: every step runs with this interpreter, so the project's own, already
-    # installed environment is what the steps import (no pip at run time).
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.abspath(run_dir), raise_on_error=False)
+    if containers is None:
+        if pipeline_func is None:
+            from pipeline.dag import au_pipeline as pipeline_func
+        # use_venv=False: every step runs with this interpreter, so the project's own, already
+        # installed environment is what the steps import (no pip at run time).
+        runner, in_containers = local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
+    else:
+        from pipeline import containers as images
+        from pipeline.dag import build_pipeline
+        from pipeline.platform import ImagePlatform
+
+        pipeline_func = pipeline_func or build_pipeline(ImagePlatform(containers.image_cpu, containers.image_gpu))
+        settings = images.container_settings(arguments, run_dir, containers.uid, containers.gid, containers.environ)
+        runner = local.DockerRunner()
+    local.init(runner=runner, pipeline_root=os.path.abspath(run_dir), raise_on_error=False)
     records: dict[str, StepRecord] = {name: StepRecord(name) for name in STEPS}
     error = ""
+    console = _Console(os.path.join(run_dir, LOGS_DIR), verbose)
+    if containers is not None:
+        in_containers = images.run_tasks_in_containers(settings, lambda: console.step, console.line)
     with warnings.catch_warnings():
         # kfp.local warns that our cluster images are not python images; they are not used here.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        with _record_steps(records, _Console(os.path.join(run_dir, LOGS_DIR), verbose)):
+        with _record_steps(records, console), in_containers:
             try:
                 pipeline_func(**arguments)
             except Exception as e:  # kfp.local raises when the pipeline fails even with raise_on_error=False

@@ -136,15 +136,32 @@ def default_resources() -> dict[str, Resources]:
 
 
 @dataclasses.dataclass
-class ClusterPlatform(Platform):
+class ImagePlatform(Platform):
+    """The image each step runs in: the CPU image for the data steps, the GPU image for train and evaluate (the kind
+    a component declares as its base image). A local container run sets only this; a cluster sets the rest too."""
+
+    image_cpu: str | None = None
+    image_gpu: str | None = None
+
+    def __post_init__(self):
+        self.image_cpu = self.image_cpu or images.CPU_IMAGE
+        self.image_gpu = self.image_gpu or images.GPU_IMAGE
+        # The component's declared base image says which kind of image it needs.
+        self._image_for = {images.CPU_IMAGE: self.image_cpu, images.GPU_IMAGE: self.image_gpu}
+
+    def configure(self, step: str, task) -> None:
+        declared = task.container_spec.image
+        task.set_container_image(self._image_for.get(declared, declared))
+
+
+@dataclasses.dataclass
+class ClusterPlatform(ImagePlatform):
     """Images, CPU/memory, retries, caching, GPU and node pool, and secrets of each step on a Kubernetes cluster.
 
     Only names reach the spec: secrets come from Kubernetes (kfp-kubernetes) or from workload identity
     (the run's service account), never from this process's environment.
     """
 
-    image_cpu: str | None = None
-    image_gpu: str | None = None
     gpu_type: str = defaults.CLUSTER_GPU_TYPE
     gpu_count: int = defaults.CLUSTER_GPU_COUNT
     gpu_steps: Sequence[str] = defaults.CLUSTER_GPU_STEPS
@@ -162,10 +179,7 @@ class ClusterPlatform(Platform):
     gcp_credentials_secret: str | None = None
 
     def __post_init__(self):
-        self.image_cpu = self.image_cpu or images.CPU_IMAGE
-        self.image_gpu = self.image_gpu or images.GPU_IMAGE
-        # The component's declared base image says which kind of image it needs.
-        self._image_for = {images.CPU_IMAGE: self.image_cpu, images.GPU_IMAGE: self.image_gpu}
+        super().__post_init__()
         if self.gpu_count not in GPU_COUNTS:
             raise ValueError(f"GPU count {self.gpu_count}: KFP accepts one of {', '.join(map(str, GPU_COUNTS))}")
         if self.retries < 0:
@@ -176,8 +190,7 @@ class ClusterPlatform(Platform):
     def configure(self, step: str, task) -> None:
         from kfp import kubernetes
 
-        declared = task.container_spec.image
-        task.set_container_image(self._image_for.get(declared, declared))
+        super().configure(step, task)
 
         if step in self.resources:
             r = self.resources[step]

@@ -68,27 +68,78 @@ def test_everything_the_dockerfile_copies_exists_and_is_in_the_build_context(kin
             assert not ignored(source, patterns), f"Dockerfile.{kind}: COPY {source} is excluded by .dockerignore"
     # The project itself and its lock are copied; the image runs `python -m components.<step>`.
     copied = {s.rstrip("/") for args in copies if "--from=" not in args for s in args.split()[:-1]}
-    assert {"requirements.lock", "setup.py", "pipeline", "components"} <= copied
+    assert {"requirements.lock", "setup.py", "pipeline", "components", "docker/image_lock.py"} <= copied
+
+
+def arg_defaults(kind: str) -> dict[str, str]:
+    return dict(args.split("=", 1) for word, args in instructions(DOCKERFILES[kind]) if word == "ARG" and "=" in args)
+
+
+def image_lock():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_lock", ROOT / "docker" / "image_lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("kind", sorted(DOCKERFILES))
 def test_the_image_installs_from_the_lock_and_nothing_else(kind):
     runs = [args for word, args in instructions(DOCKERFILES[kind]) if word == "RUN"]
     installs = [cmd for args in runs for cmd in re.split(r"&&|;", args) if re.search(r"\bpip3? install\b", cmd)]
-    assert any("-r requirements.lock" in cmd for cmd in installs), f"Dockerfile.{kind} does not install requirements.lock"
+    # The pins come from requirements.lock through docker/image_lock.py, for this image.
+    assert any(f"image_lock.py requirements.lock --image {kind} > image.lock" in args for args in runs), kind
+    assert any("-r image.lock" in cmd for cmd in installs), f"Dockerfile.{kind} does not install the lock's pins"
     pins = lock()
     for cmd in installs:
         # --no-deps everywhere: pip resolves nothing, so the image holds exactly the lock's versions.
         assert "--no-deps" in cmd, f"Dockerfile.{kind}: {cmd.strip()!r} could resolve versions outside the lock"
         for name, version in re.findall(r"([A-Za-z0-9_.\-]+)==([^\s\"']+)", cmd):
             assert pins.get(name.lower().replace("_", "-")) == version, f"Dockerfile.{kind} pins {name}=={version}, the lock {pins.get(name.lower())}"
+    # The build's index settings are secrets of that one command, never files or variables of a layer.
+    assert not any(re.search(r"pip\.conf|ca-certificates\.crt|PIP_CERT|PIP_INDEX|SSL_CERT", args)
+                   for word, args in instructions(DOCKERFILES[kind]) if word in ("COPY", "ADD", "ENV", "ARG"))
+    pip_run = next(args for args in runs if "-r image.lock" in args)
+    assert "--mount=type=secret,id=pip.conf,target=/etc/pip.conf" in pip_run and "--mount=type=secret,id=ca.crt" in pip_run
+
+
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_image_lock_keeps_every_pin_but_the_ones_no_step_imports(kind):
+    module = image_lock()
+    pins = lock()
+    text = (ROOT / "requirements.lock").read_text()
+    out = dict(line.split("==") for line in module.image_pins(text, kind))
+    substitutes = module.SUBSTITUTES[kind]
+    for name, version in pins.items():
+        if name in module.NOT_IN_IMAGES:
+            assert name not in out
+        else:
+            assert out[substitutes.get(name, name)] == version, name
+    assert set(module.NOT_IN_IMAGES) <= set(pins), "NOT_IN_IMAGES names a package the lock does not have"
+    assert set(substitutes) <= set(pins)
+    assert ("tensorflow-cpu" in out) == (kind == "cpu") and "opencv-contrib-python-headless" in out
+    with pytest.raises(ValueError):
+        module.image_pins(text, "tpu")
+
+
+def test_no_step_imports_what_the_images_leave_out():
+    module = image_lock()
+    top_level = {"pytest": "pytest", "pytest-timeout": "pytest_timeout", "iniconfig": "iniconfig", "pluggy": "pluggy",
+                 "gcp-storage-emulator": "gcp_storage_emulator", "jax": "jax", "jaxlib": "jaxlib",
+                 "sounddevice": "sounddevice", "libclang": "clang"}
+    assert set(top_level) == set(module.NOT_IN_IMAGES)
+    for path in [*(ROOT / "components").rglob("*.py"), *(ROOT / "pipeline").rglob("*.py")]:
+        text = path.read_text()
+        for name in top_level.values():
+            assert not re.search(rf"^\s*(import|from) {name}\b", text, re.M), f"{path} imports {name}, which the images leave out"
 
 
 def test_the_gpu_base_image_is_the_locks_tensorflow():
     base = [args for word, args in instructions(DOCKERFILES["gpu"]) if word == "FROM"]
-    assert len(base) == 1
-    m = re.fullmatch(r"tensorflow/tensorflow:([0-9.]+)-gpu", base[0].split()[0])
-    assert m, f"GPU image base {base[0]!r} is not a tensorflow/tensorflow:X.Y.Z-gpu image"
+    assert base == ["${BASE_IMAGE}"]
+    m = re.fullmatch(r"tensorflow/tensorflow:([0-9.]+)-gpu", arg_defaults("gpu")["BASE_IMAGE"])
+    assert m, f"GPU image base {arg_defaults('gpu')['BASE_IMAGE']!r} is not a tensorflow/tensorflow:X.Y.Z-gpu image"
     assert m.group(1) == lock()["tensorflow"], "the GPU base's TensorFlow differs from requirements.lock's"
 
 
@@ -98,19 +149,28 @@ def test_the_cpu_image_is_the_locks_python_and_its_dataflow_target_the_locks_bea
         if word == "FROM":
             image, _, name = args.partition(" AS ")
             stages[name.strip() or "(default)"] = image.strip()
-    assert re.fullmatch(r"python:3\.11[-.\w]*", stages["cpu"]), stages
+    assert stages["cpu"] == "${BASE_IMAGE}" and stages["beam"] == "${BEAM_IMAGE}"
+    assert re.fullmatch(r"python:3\.11[-.\w]*", arg_defaults("cpu")["BASE_IMAGE"])
     assert "--python-version 3.11" in (ROOT / "Makefile").read_text()
-    assert stages["beam"] == f"apache/beam_python3.11_sdk:{lock()['apache-beam']}"
+    assert arg_defaults("cpu")["BEAM_IMAGE"] == f"apache/beam_python3.11_sdk:{lock()['apache-beam']}"
     assert stages["dataflow"] == "cpu" and stages["(default)"] == "cpu"
     # The default target is the KFP image: no Beam entrypoint in front of `python -m components.<step>`.
     text = DOCKERFILES["cpu"].read_text()
     assert text.rstrip().endswith("FROM cpu") and text.index("ENTRYPOINT") < text.rindex("FROM cpu")
 
 
+def test_make_images_reads_the_dockerfiles_bases():
+    from pipeline import containers
+
+    assert containers.public_base("cpu") == arg_defaults("cpu")["BASE_IMAGE"]
+    assert containers.public_base("gpu") == arg_defaults("gpu")["BASE_IMAGE"]
+
+
 def test_dockerignore_keeps_the_environment_runs_and_git_out():
     patterns = dockerignore()
     for path in (".venv", ".venv/lib/python3.11/site-packages/x.py", "runs", "runs/store/ledger.parquet", ".git",
-                 "components/__pycache__/x.pyc", "tests/unit/test_docker.py"):
+                 "components/__pycache__/x.pyc", "tests/unit/test_docker.py", "docker/Dockerfile.cpu"):
         assert ignored(path, patterns), f".dockerignore lets {path} into the build context"
-    for path in ("requirements.lock", "setup.py", "pipeline/dag.py", "components/download/component.py"):
+    for path in ("requirements.lock", "setup.py", "pipeline/dag.py", "components/download/component.py",
+                 "docker/image_lock.py"):
         assert not ignored(path, patterns), f".dockerignore keeps {path} out, but the images need it"

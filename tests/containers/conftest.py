@@ -1,0 +1,62 @@
+"""Fixtures of the container tests: a Docker daemon (else every test here is skipped, saying how to run them), the
+two images built from this checkout (built here when missing or stale), and `docker run` as a user runs it."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from pipeline import containers, defaults
+
+HOW = ("these tests build the images and run every step in them; they need a Docker daemon: on Debian as root, "
+       "apt-get install docker.io mmdebstrap, then dockerd --bridge=none --iptables=false & (as .ci/run does), "
+       "and make test again")
+
+
+def pytest_collection_modifyitems(config, items):
+    here = os.path.dirname(os.path.abspath(__file__))
+    ours = [item for item in items if str(item.fspath).startswith(here)]
+    if not ours:
+        return
+    try:
+        containers.check_docker()
+    except containers.ContainerError as e:
+        skip = pytest.mark.skip(reason=f"{e}. {HOW}")
+        for item in ours:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> dict[str, str]:
+    """kind -> tag of the images built from this checkout: the ones `make images` left when current, else built now
+    (the layers of the lock are cached, so a code change rebuilds in about a minute)."""
+    tags = {"cpu": defaults.LOCAL_IMAGE_CPU, "gpu": defaults.LOCAL_IMAGE_GPU}
+    stale = {}
+    for kind, tag in tags.items():
+        try:
+            if containers.check_image(tag, kind):
+                stale[kind] = tag  # built from other sources
+        except containers.ContainerError:
+            stale[kind] = tag
+    if stale:
+        containers.build_images(stale, os.environ, str(tmp_path_factory.mktemp("image-logs")))
+    for kind, tag in tags.items():
+        assert not containers.check_image(tag, kind), f"{tag} is still not built from this checkout"
+    return tags
+
+
+@pytest.fixture(scope="session")
+def user() -> tuple[int, int]:
+    """The uid:gid the containers run as: this user's, or a plain user's when the tests run as root, so that the
+    images are shown to work for someone who is not root and the files come out theirs."""
+    return (os.getuid(), os.getgid()) if os.getuid() != 0 else (1000, 1000)
+
+
+def docker_run(image: str, args: list[str], mounts: list[str], user: tuple[int, int], network: str = "none",
+               timeout: float = 900) -> subprocess.CompletedProcess:
+    """`docker run --rm --network NETWORK -u UID:GID -e HOME=/tmp -v PATH:PATH ... IMAGE ARGS`, as README shows it."""
+    command = ["docker", "run", "--rm", "--network", network, "-u", f"{user[0]}:{user[1]}", "-e", "HOME=/tmp"]
+    for path in mounts:
+        command += ["-v", f"{path}:{path}"]
+    return subprocess.run([*command, image, *args], capture_output=True, text=True, timeout=timeout)
