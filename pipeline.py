@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""The pipeline's command line: `run` it here (kfp.local), `submit` it to a cluster, or `schedule` retraining."""
+"""The pipeline's command line: `run` it here (kfp.local), `submit` it to a cluster, `schedule` retraining, or `sweep` a grid."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -99,8 +100,17 @@ def command_run(args: argparse.Namespace) -> int:
 
 def _run_on_demo(args, arguments: dict, run_dir: str, containers=None):
     """Generates (or reuses) the demo set, serves it on loopback, runs the DAG on it, stops the server."""
-    from pipeline import demo
     from pipeline.local import run_pipeline
+
+    with _serving_demo(args, arguments, run_dir):
+        return run_pipeline(arguments, run_dir, verbose=args.verbose, containers=containers)
+
+
+@contextlib.contextmanager
+def _serving_demo(args, arguments: dict, run_dir: str):
+    """Generates (or reuses) the demo set and serves it on loopback while the block runs, arguments["source"]
+    set to a sheet pointing at it (in run_dir); the server stops whatever happens."""
+    from pipeline import demo
 
     demo_dir = os.path.abspath(os.path.join(args.runs_dir, "demo",
                                             f"size{args.demo_size}-seed{args.demo_seed}-{args.demo_scene}"))
@@ -111,7 +121,7 @@ def _run_on_demo(args, arguments: dict, run_dir: str, containers=None):
         sheet = demo.write_sheet(demo_dir, server, os.path.join(run_dir, "demo_sheet.xlsx"), seed=args.demo_seed)
         print(f"demo server: {server.base_url}; sheet: {sheet}", flush=True)
         arguments["source"] = sheet
-        return run_pipeline(arguments, run_dir, verbose=args.verbose, containers=containers)
+        yield sheet
 
 
 def _print_outcome(result) -> None:
@@ -165,6 +175,80 @@ def command_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `pipeline.py sweep`: those of run (the sweep folder is --run-dir), the grid, and which models to push."""
+    from pipeline import sweep
+
+    add_run_arguments(p)
+    sweep.add_grid_arguments(p)
+    sweep.add_push_argument(p)
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    """The data steps once, then train -> evaluate per grid point, one after another; the comparison; the push."""
+    from pipeline import sweep
+
+    if getattr(args, "runner", "local") != "local":
+        print("pipeline.py sweep: a sweep runs its steps as subprocesses here (--runner local); run the grid's points "
+              "one by one with pipeline.py run --runner docker", file=sys.stderr)
+        return 2
+    arguments = pipeline_arguments(args)
+    arguments.setdefault("registry", os.path.join(args.runs_dir, "registry"))
+    for name in PATH_PARAMETERS:
+        if name in arguments:
+            arguments[name] = _absolute(arguments[name])
+    try:
+        grid = sweep.parse_grid(args.grid, arguments, args.max_points)
+    except sweep.SweepError as e:
+        print(f"pipeline.py sweep: {e}", file=sys.stderr)
+        return 2
+    if arguments.get("source") and "://" not in arguments["source"] and not os.path.exists(arguments["source"]):
+        print(f"pipeline.py sweep: --source {arguments['source']} does not exist; give the EmotioNet sheet (.xlsx or "
+              ".csv) or leave --source out to sweep on the generated demo set", file=sys.stderr)
+        return 2
+    sweep_id = "sweep-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    sweep_dir = os.path.abspath(args.run_dir or os.path.join(args.runs_dir, sweep_id))
+    os.makedirs(sweep_dir, exist_ok=True)
+    points = sweep.grid_points(grid)
+    print(f"sweep {sweep_id}: {len(points)} points ({', '.join(f'{k} x{len(v)}' for k, v in grid.items())}) "
+          f"in {sweep_dir}", flush=True)
+    with contextlib.ExitStack() as stack:
+        if not arguments.get("source"):
+            stack.enter_context(_serving_demo(args, arguments, sweep_dir))
+        record = sweep.run_local(arguments, grid, sweep_dir, push=args.push, verbose=args.verbose)
+    print(f"\ncomparison: {record['comparison']['markdown']}; loss curves: {record['comparison']['loss_curves']}")
+    if not record["ok"]:
+        print(f"\nthe sweep did not finish every run: {record['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_sweep_pick_arguments(p: argparse.ArgumentParser) -> None:
+    from pipeline import sweep
+
+    p.add_argument("sweep_dir", help=f"The folder sweep-submit wrote (it holds {defaults.SWEEP_PLAN}); the comparison "
+                                     "goes there too.")
+    sweep.add_push_argument(p)
+    p.add_argument("--force-push", action=argparse.BooleanOptionalAction, default=None,
+                   help="Push even a model that is not blessed (default: as the sweep was submitted)")
+
+
+def command_sweep_pick(args: argparse.Namespace) -> int:
+    """Reads each run's model and evaluation from its candidate registry, compares them, pushes the best."""
+    from pipeline import sweep
+
+    path = os.path.join(args.sweep_dir, defaults.SWEEP_PLAN)
+    try:
+        with open(path) as f:
+            plan = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"pipeline.py sweep-pick: {path} cannot be read ({e}); give the folder that pipeline.py sweep-submit "
+              "printed", file=sys.stderr)
+        return 2
+    record = sweep.pick(plan, args.sweep_dir, push=args.push, force=args.force_push)
+    print(f"\ncomparison: {record['comparison']['markdown']}; loss curves: {record['comparison']['loss_curves']}")
+    return 0 if record["ok"] else 1
+
 def main(argv=None) -> int:
     # The steps are subprocesses of this one: keep their logs to what a user needs (TensorFlow's
     # C++ banner and the Google client libraries' Python-version notices are neither).
@@ -174,17 +258,31 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="Run the whole DAG on this machine (kfp.local); without --source, on the demo set.")
     add_run_arguments(p_run)
+    p_sweep = sub.add_parser("sweep", help="Run the data steps once, then train and evaluate each point of a "
+                             "grid here, compare them and push the best.")
+    add_sweep_arguments(p_sweep)
     from pipeline import cluster
 
     p_submit = sub.add_parser("submit", help="Submit one run to a KFP host or Vertex AI Pipelines.")
     cluster.add_submit_arguments(p_submit)
     p_schedule = sub.add_parser("schedule", help="Create a recurring (scheduled) retraining run.")
     cluster.add_schedule_arguments(p_schedule)
+    p_sweep_submit = sub.add_parser("sweep-submit", help="Submit one run per grid point to a KFP host, "
+                                    "together, in one experiment.")
+    cluster.add_sweep_submit_arguments(p_sweep_submit)
+    p_sweep_pick = sub.add_parser("sweep-pick", help="Compare the finished runs of a sweep-submit and push the best.")
+    add_sweep_pick_arguments(p_sweep_pick)
     p_images = sub.add_parser("images", help="Build the CPU and GPU images (docker/) that steps run in.")
     add_images_arguments(p_images)
     args = parser.parse_args(argv)
     if args.command == "run":
         return command_run(args)
+    if args.command == "sweep":
+        return command_sweep(args)
+    if args.command == "sweep-submit":
+        return cluster.submit_sweep(args)
+    if args.command == "sweep-pick":
+        return command_sweep_pick(args)
     if args.command == "images":
         return command_images(args)
     if args.command == "submit":

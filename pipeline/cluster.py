@@ -364,13 +364,19 @@ def _kfp(args, package: str, params: dict, cron: str | None, token: str | None) 
                 f"{args.host.rstrip('/')}/#/recurringrun/details/{recurring.recurring_run_id}"
             )
         return 0
-    except kfp_server_api.ApiException as e:
+    except (kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError, TimeoutError) as e:
+        print(f"error: {_kfp_error(args, e)}", file=sys.stderr)
+        return 1
+
+
+def _kfp_error(args, e: Exception) -> str:
+    """What went wrong talking to the KFP API, for the user."""
+    import kfp_server_api
+
+    if isinstance(e, kfp_server_api.ApiException):
         body = (e.body or "").strip() if isinstance(e.body, str) else e.body
-        print(f"error: KFP at {args.host} answered {e.status} {e.reason}: {body}", file=sys.stderr)
-        return 1
-    except (urllib3.exceptions.HTTPError, OSError, TimeoutError) as e:
-        print(f"error: cannot reach KFP at {args.host}: {e}. Is the endpoint right (port-forward running)?", file=sys.stderr)
-        return 1
+        return f"KFP at {args.host} answered {e.status} {e.reason}: {body}"
+    return f"cannot reach KFP at {args.host}: {e}. Is the endpoint right (port-forward running)?"
 
 
 def _upload(client, args, package: str) -> tuple[str, str]:
@@ -427,3 +433,108 @@ def _vertex(args, package: str, params: dict, cron: str | None) -> int:
     except (google_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as e:
         print(f"error: Vertex AI ({args.vertex_project}, {args.vertex_region}) refused: {e}", file=sys.stderr)
         return 1
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+
+def add_sweep_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `pipeline.py sweep-submit`: those of submit, the grid, and where the sweep's plan is kept."""
+    from pipeline import sweep
+
+    _add_target_arguments(parser)
+    sweep.add_grid_arguments(parser)
+    parser.add_argument("--run-name", help="Prefix of the runs' names (default: the sweep id, sweep-<UTC time>)")
+    parser.add_argument("--runs-dir", default=defaults.RUNS_DIR,
+                        help=f"Where the sweep's plan ({defaults.SWEEP_PLAN}) is kept for sweep-pick (default: %(default)s)")
+
+
+def submit_sweep(args: argparse.Namespace) -> int:
+    """Starts one run of the DAG per grid point, together, in one KFP experiment; writes the plan sweep-pick reads.
+
+    Each run pushes (forced) into its own candidate registry, never the live one: the data steps are
+    cheap from the second run on (convert and filter are cached, the download store resumes), and
+    `pipeline.py sweep-pick` then compares the runs and pushes the best.
+    """
+    import json
+
+    import kfp_server_api
+    import urllib3
+
+    from pipeline import sweep
+
+    started: list[dict] = []
+    try:
+        target = _check_target(args)
+        if target != "kfp":
+            raise ClusterError("sweep-submit starts Kubeflow Pipelines runs (--host); on Vertex AI start each point "
+                               "with pipeline.py submit --run-name NAME and the point's flags")
+        params = pipeline_arguments(args)
+        params.setdefault("download_allow_private", False)
+        _check_parameters(params, scheduled=False)
+        try:
+            grid = sweep.parse_grid(args.grid, params, args.max_points)
+        except sweep.SweepError as e:
+            raise ClusterError(str(e)) from None
+        spec_defaults = {name: default for name, _, default, _ in pipeline_parameters()}
+        sweep_id = f"sweep-{_stamp()}"
+        runs = sweep.cluster_runs(params, grid, sweep_id, args.run_name or sweep_id)
+        token = _read_token(args.token_file) if args.token_file else None
+        with tempfile.TemporaryDirectory(prefix="au-pipeline-") as tmp:
+            package = _package(args, target, tmp)
+            _kfp_runs(args, package, runs, token, started)
+        status = 0
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError, TimeoutError) as e:
+        print(f"error: {_kfp_error(args, e)}", file=sys.stderr)
+        if not started:
+            return 1
+        print(f"error: only {len(started)} of {len(runs)} runs started; the plan lists those", file=sys.stderr)
+        status = 1
+    plan = {
+        "sweep_id": sweep_id,
+        "host": args.host,
+        "experiment": args.experiment,
+        "grid": grid,
+        "fixed": {k: v for k, v in params.items() if k not in grid},
+        "registry": params.get("registry", spec_defaults["registry"]),
+        "model_name": params.get("model_name", spec_defaults["model_name"]),
+        "force_push": params.get("force_push", spec_defaults["force_push"]),
+        "keep_versions": params.get("keep_versions", spec_defaults["keep_versions"]),
+        "points": started,
+    }
+    folder = os.path.join(args.runs_dir, sweep_id)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, defaults.SWEEP_PLAN)
+    with open(path, "w") as f:
+        json.dump(plan, f, indent=2)
+    print(f"sweep {sweep_id}: {len(started)} runs in experiment {args.experiment}; plan: {path}")
+    print(f"when they have finished: python pipeline.py sweep-pick {folder}   (compares them, pushes the best)")
+    return status
+
+
+def _kfp_runs(args, package: str, runs: list, token: str | None, started: list[dict]) -> None:
+    """Uploads the spec once and starts every (name, parameters, point) run in one experiment; each is added to
+    `started` as it starts."""
+    import kfp
+
+    client = kfp.Client(host=args.host, namespace=args.namespace or "kubeflow", existing_token=token)
+    pipeline_id, version_id = _upload(client, args, package)
+    experiment = client.create_experiment(name=args.experiment, namespace=args.namespace)
+    for name, params, point in runs:
+        run = client.run_pipeline(
+            experiment_id=experiment.experiment_id,
+            job_name=name,
+            params=params,
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+            pipeline_root=args.pipeline_root,
+            enable_caching=False if args.disable_caching else None,
+            service_account=args.service_account,
+        )
+        url = f"{args.host.rstrip('/')}/#/runs/details/{run.run_id}"
+        print(f"run {run.run_id} ({point.label}): {url}")
+        started.append({"name": point.name, "parameters": point.values, "run_name": name, "run_id": run.run_id,
+                        "run_url": url, "registry": params["registry"]})

@@ -1,0 +1,268 @@
+"""Tests of pipeline/sweep.py without running a step: the grid and its errors, the parts of the DAG, the comparison,
+the choice of the best run, the push of the best (or all) and sweep-pick on candidate registries in local folders."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.evaluate.logic import au_metrics
+from components.push import registry
+from pipeline import defaults, sweep
+from pipeline.dag import STEPS
+from pipeline.params import pipeline_parameters
+
+AU_IDS = [1, 2, 4]
+
+
+# --- the grid -----------------------------------------------------------------------------------
+
+
+def test_grid_values_are_typed_as_the_dags_parameters_and_every_combination_is_a_point():
+    grid = sweep.parse_grid(["batch-size=32,64", "learning_rate=0.1,0.01", "augment=false,true", "backbone=compactcnn"])
+    assert grid == {"batch_size": [32, 64], "learning_rate": [0.1, 0.01], "augment": [False, True],
+                    "backbone": ["compactcnn"]}
+    assert type(grid["batch_size"][0]) is int and type(grid["learning_rate"][0]) is float
+    points = sweep.grid_points(grid)
+    assert len(points) == 8 and len({p.name for p in points}) == 8
+    assert points[0].values == {"batch_size": 32, "learning_rate": 0.1, "augment": False, "backbone": "compactcnn"}
+    assert points[1].values["augment"] is True  # the last key varies fastest
+    assert points[0].name == "01-batch_size=32-learning_rate=0.1-augment=False-backbone=compactcnn"
+    assert points[0].label == "batch_size=32, learning_rate=0.1, augment=False, backbone=compactcnn"
+
+
+def test_only_train_and_evaluate_parameters_may_vary():
+    sweepable = sweep.sweepable_parameters()
+    assert {"batch_size", "learning_rate", "epochs", "backbone", "optimizer", "min_macro_f1"} <= set(sweepable)
+    data_and_push = {"source", "aus", "policy", "faces", "beam_args", "download_store", "registry", "model_name",
+                     "force_push", "keep_versions"}
+    assert not data_and_push & set(sweepable)
+
+
+@pytest.mark.parametrize("texts, fixed, message", [
+    (["policy=drop,mask"], {}, "policy cannot vary in a sweep: it is a parameter of filter-examples, a data step"),
+    (["aus=1,2"], {}, "run one sweep per value (e.g. pipeline.py sweep --aus VALUE --grid ...)"),
+    (["face_size=96,160"], {}, "it is a parameter of convert"),
+    (["registry=a,b"], {}, "registry cannot vary in a sweep: it says where and how the sweep pushes"),
+    (["colour=red,blue"], {}, "'colour' is not a pipeline parameter; those a sweep may vary: augment, backbone"),
+    (["epochs=1,two"], {}, "--grid epochs: 'two' is not an int"),
+    (["learning_rate=0.1,nan"], {}, "is not a finite number"),
+    (["augment=yes,maybe"], {}, "'maybe' is not a boolean; use true or false"),
+    (["epochs=1,1"], {}, "a value is repeated"),
+    (["epochs=1,,2"], {}, "an empty value"),
+    (["epochs"], {}, "expected NAME=V1,V2,..."),
+    (["epochs=1", "epochs=2"], {}, "--grid epochs is given twice"),
+    (["epochs=1,2"], {"epochs": 3}, "epochs is given both as --epochs and in --grid; keep one"),
+    (["task=au,va"], {}, "task va is not supported"),
+    ([], {}, "give at least one --grid NAME=V1,V2"),
+])
+def test_a_grid_that_cannot_run_is_refused_saying_what_to_change(texts, fixed, message):
+    with pytest.raises(sweep.SweepError) as e:
+        sweep.parse_grid(texts, fixed)
+    assert message in str(e.value)
+
+
+def test_a_grid_larger_than_max_points_is_refused():
+    with pytest.raises(sweep.SweepError, match="the grid has 9 points, more than --max-points 8"):
+        sweep.parse_grid(["epochs=1,2,3", "seed=1,2,3"], max_points=8)
+    assert len(sweep.grid_points(sweep.parse_grid(["epochs=1,2,3", "seed=1,2,3"], max_points=9))) == 9
+
+
+def test_each_point_gets_its_own_checkpoint_folder():
+    point = sweep.grid_points({"epochs": [1, 2]})[1]
+    assert sweep.point_parameters({"checkpoint_dir": "", "epochs": 5}, point) == {"checkpoint_dir": "", "epochs": 2}
+    p = sweep.point_parameters({"checkpoint_dir": "gs://b/ckpt", "epochs": 5}, point)
+    assert p["checkpoint_dir"] == f"gs://b/ckpt/{point.name}"  # two points in one folder would resume each other
+
+
+# --- the parts of the DAG -----------------------------------------------------------------------
+
+
+def _defaults() -> dict:
+    return {name: default for name, _, default, _ in pipeline_parameters()}
+
+
+def test_the_data_part_and_the_point_part_together_run_every_step_but_push_as_the_dag_wires_them():
+    from pipeline.dag import au_pipeline
+
+    params = _defaults()
+    params.update(source="/data/sheet.xlsx", policy="drop", epochs=3, batch_size=64)
+    data = sweep.sub_pipeline("d", sweep.DATA_STEPS, params).pipeline_spec.root.dag.tasks
+    point = sweep.sub_pipeline("p", sweep.POINT_STEPS, params, {("filter-examples", "filtered"): "/runs/f"})
+    tasks = point.pipeline_spec.root.dag.tasks
+    assert set(data) == set(sweep.DATA_STEPS)
+    assert set(tasks) == {"importer", "train", "evaluate"}
+    assert set(sweep.DATA_STEPS) | set(sweep.POINT_STEPS) | {"push"} == set(STEPS)
+    # train and evaluate both read the imported filtered examples
+    for step in ("train", "evaluate"):
+        assert tasks[step].inputs.artifacts["examples"].task_output_artifact.producer_task == "importer"
+    assert tasks["evaluate"].inputs.artifacts["model"].task_output_artifact.producer_task == "train"
+    assert data["convert"].inputs.artifacts["downloads"].task_output_artifact.producer_task == "download"
+    assert "validate" in data["convert"].dependent_tasks  # converting waits for validation, as in the DAG
+    # every input gets the value of the pipeline parameter the DAG feeds it
+    full = au_pipeline.pipeline_spec.root.dag.tasks
+    for part in (data, tasks):
+        for name, task in part.items():
+            if name == "importer":
+                continue
+            for arg, value in task.inputs.parameters.items():
+                wired = full[name].inputs.parameters[arg].component_input_parameter
+                constant = value.runtime_value.constant
+                got = constant.WhichOneof("kind")
+                assert getattr(constant, got) == params[wired], (name, arg)
+    importer = point.pipeline_spec.deployment_spec["executors"]["exec-importer"]["importer"]
+    assert importer["artifactUri"]["constant"] == "/runs/f"
+
+
+# --- the comparison and the best run ------------------------------------------------------------
+
+
+def _metrics(seed: int, quality: float) -> dict:
+    """A real metrics.json (evaluate's own au_metrics) of scores that follow the labels by `quality`."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, (60, len(AU_IDS)))
+    y[rng.random(y.shape) < 0.1] = 999
+    scores = np.clip(quality * (y == 1) + (1 - quality) * rng.random(y.shape), 0, 1)
+    data = {"y_true": y, "scores": scores}
+    return json.loads(json.dumps(au_metrics(data, data, AU_IDS)))
+
+
+def _entry(tmp_path: Path, name: str, values: dict, quality: float | None, blessed=True, losses=(0.9, 0.7, 0.6)):
+    """A point's model and evaluation folders as train and evaluate write them (stand-in bytes for the model)."""
+    point = sweep.Point(name, values)
+    if quality is None:
+        return sweep.load_point(point, "failed", None, None, "step train failed; its log: /x/train.log")
+    model, evaluation = tmp_path / name / "model", tmp_path / name / "evaluation"
+    (model / "saved_model").mkdir(parents=True)
+    (model / "saved_model" / "saved_model.pb").write_bytes(name.encode())
+    (model / "history.json").write_text(json.dumps({
+        "epochs": list(range(1, len(losses) + 1)), "best_val_loss": min(losses) + 0.05, "best_epoch": len(losses),
+        "metrics": {"loss": list(losses), "val_loss": [v + 0.05 for v in losses]}}))
+    (model / "model_config.json").write_text(json.dumps({"train_seconds": 12.5}))
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text(json.dumps(_metrics(len(name), quality)))
+    (evaluation / "blessing.json").write_text(json.dumps({"blessed": blessed, "reasons": [
+        "pass: thresholds" if blessed else "fail: macro F1 0.1000 < minimum 0.5"]}))
+    return sweep.load_point(point, "succeeded", str(model), str(evaluation), seconds={"train": 30.0, "evaluate": 9.0})
+
+
+def test_the_best_run_has_the_highest_macro_f1_then_auc_and_failed_runs_never_win(tmp_path):
+    weak = _entry(tmp_path, "01-lr=0.1", {"learning_rate": 0.1}, 0.3)
+    strong = _entry(tmp_path, "02-lr=0.01", {"learning_rate": 0.01}, 0.9)
+    failed = _entry(tmp_path, "03-lr=0.001", {"learning_rate": 0.001}, None)
+    assert strong["measures"]["f1"] > weak["measures"]["f1"]
+    assert sweep.choose_best([weak, strong, failed]) is strong
+    assert sweep.choose_best([failed]) is None
+    # a tie on F1 goes to the higher AUC; a tie on both to the first in grid order
+    a, b = dict(weak, measures=dict(weak["measures"])), dict(strong, measures=dict(weak["measures"]))
+    b["measures"]["auc"] = a["measures"]["auc"] + 0.01
+    assert sweep.choose_best([a, b]) is b
+    b["measures"]["auc"] = a["measures"]["auc"]
+    assert sweep.choose_best([a, b]) is a
+    a["measures"]["f1"] = math.nan
+    assert sweep.choose_best([a, b]) is b
+
+
+def test_the_comparison_has_one_row_per_run_with_the_studys_measures_and_one_plot_of_every_loss(tmp_path):
+    entries = [_entry(tmp_path, "01-lr=0.1", {"learning_rate": 0.1}, 0.3, losses=(0.9, 0.8)),
+               _entry(tmp_path, "02-lr=0.01", {"learning_rate": 0.01}, 0.9),
+               _entry(tmp_path, "03-lr=0.001", {"learning_rate": 0.001}, None)]
+    record = {"grid": {"learning_rate": [0.1, 0.01, 0.001]}, "fixed": {"epochs": 3}, "best": "02-lr=0.01",
+              "push_mode": "best", "points": entries, "pushed": [], "seconds": 100.0,
+              "data": {"ok": True, "seconds": 40.0}, "error": "failed points: 03-lr=0.001"}
+    head, rows = sweep.comparison_table(record, entries)
+    for column in ("learning_rate", "accuracy", "partial acc", "P", "R", "F1", "AUC", "TP", "FP", "TN", "FN",
+                   "epochs", "best val loss", "train s"):
+        assert column in head
+    row = dict(zip(head, rows[1]))
+    m = entries[1]["measures"]
+    assert row["run"] == "02-lr=0.01 (best)" and row["learning_rate"] == "0.01"
+    assert row["F1"] == f"{m['f1']:.3f}" and row["AUC"] == f"{m['auc']:.3f}" and row["accuracy"] == f"{m['accuracy']:.3f}"
+    assert row["TP"] == str(m["tp"]) and int(row["TP"]) + int(row["FN"]) > 0
+    assert row["epochs"] == "3" and row["train s"] == "30.0"
+    assert dict(zip(head, rows[2]))["status"] == "failed" and dict(zip(head, rows[2]))["F1"] == "-"
+
+    paths = sweep.write_comparison(str(tmp_path / "sweep"), record, entries)
+    md = Path(paths["markdown"]).read_text()
+    assert md.count("| 0") >= 2 and "02-lr=0.01 (best)" in md and "03-lr=0.001 failed: step train failed" in md
+    saved = json.loads(Path(paths["json"]).read_text())
+    assert [p["name"] for p in saved["points"]] == [e["name"] for e in entries]
+    assert "_metrics" not in saved["points"][0] and saved["points"][1]["measures"]["f1"] == m["f1"]
+    from PIL import Image
+
+    with Image.open(paths["loss_curves"]) as im:
+        assert im.format == "PNG" and im.size == (900, 600)
+    text = sweep.format_console(record, entries)
+    assert "best: 02-lr=0.01, by macro F1 at threshold 0.5" in text and len(text.splitlines()) < 12
+
+
+# --- the push -----------------------------------------------------------------------------------
+
+
+def _params(tmp_path, **kw) -> dict:
+    return {"registry": str(tmp_path / "registry"), "model_name": "au", "force_push": False, "keep_versions": 0, **kw}
+
+
+def _pushed_models(tmp_path) -> list[str]:
+    root = tmp_path / "registry" / "au"
+    return [json.loads((v / registry.MARKER).read_text())["source_model"] for v in sorted(root.iterdir()) if v.is_dir()]
+
+
+def test_only_the_best_is_pushed_unless_all_or_none_is_asked(tmp_path):
+    entries = [_entry(tmp_path, "01-a", {"seed": 1}, 0.3), _entry(tmp_path, "02-b", {"seed": 2}, 0.9),
+               _entry(tmp_path, "03-c", {"seed": 3}, 0.6)]
+    best = sweep.choose_best(entries)
+    out = lambda e: str(tmp_path / "out" / e["name"])  # noqa: E731
+    assert sweep.push_points(entries, best, "none", _params(tmp_path), out) == []
+    (record,) = sweep.push_points(entries, best, "best", _params(tmp_path), out)
+    assert record["name"] == "02-b" and record["pushed"] and _pushed_models(tmp_path) == [best["model"]]
+    assert (tmp_path / "out" / "02-b" / "push.json").is_file()
+
+    (tmp_path / "registry").rename(tmp_path / "registry-before")
+    records = sweep.push_points(entries, best, "all", _params(tmp_path), out)
+    assert [r["name"] for r in records] == ["01-a", "03-c", "02-b"]  # the best last: LATEST names it
+    latest = (tmp_path / "registry" / "au" / "LATEST").read_text().strip()
+    assert records[-1]["version"] == latest
+
+
+def test_an_unblessed_best_is_not_pushed_and_says_why(tmp_path):
+    entries = [_entry(tmp_path, "01-a", {"seed": 1}, 0.9, blessed=False)]
+    (record,) = sweep.push_points(entries, entries[0], "best", _params(tmp_path), lambda e: str(tmp_path / "o"))
+    assert not record["pushed"] and "fail: macro F1 0.1000 < minimum 0.5" in record["message"]
+    assert not (tmp_path / "registry" / "au").exists()
+    (record,) = sweep.push_points(entries, entries[0], "best", _params(tmp_path, force_push=True),
+                                  lambda e: str(tmp_path / "o"))
+    assert record["pushed"]
+
+
+def test_sweep_pick_compares_the_candidate_registries_and_pushes_the_best_to_the_live_one(tmp_path):
+    from components.push import logic as push_logic
+
+    candidates = tmp_path / "registry" / defaults.SWEEP_CANDIDATES / "sweep-1"
+    plan = {"sweep_id": "sweep-1", "grid": {"seed": [1, 2, 3]}, "fixed": {"epochs": 2},
+            "registry": str(tmp_path / "registry"), "model_name": "au", "force_push": False, "keep_versions": 0,
+            "points": []}
+    for name, quality in (("01-seed=1", 0.4), ("02-seed=2", 0.8), ("03-seed=3", None)):
+        e = _entry(tmp_path / "runs", name, {"seed": int(name[-1])}, quality or 0.5)
+        plan["points"].append({"name": name, "parameters": e["parameters"], "run_id": f"run-{name}",
+                               "run_url": f"http://kfp/#/runs/details/run-{name}", "registry": str(candidates / name)})
+        if quality is not None:  # what each cluster run's push step did (forced)
+            push_logic.run(e["model"], e["evaluation"], None, destination=str(candidates / name), model_name="au",
+                           force=True)
+    record = sweep.pick(plan, str(tmp_path / "pick"), say=lambda *a: None)
+    assert record["best"] == "02-seed=2"
+    states = {p["name"]: p["status"] for p in record["points"]}
+    assert states == {"01-seed=1": "succeeded", "02-seed=2": "succeeded", "03-seed=3": "failed"}
+    assert "run-03-seed=3" in record["points"][2]["error"]  # the run to look at
+    (pushed,) = record["pushed"]
+    assert pushed["pushed"] and pushed["uri"].startswith(str(tmp_path / "registry" / "au"))
+    assert (Path(pushed["uri"]) / "saved_model" / "saved_model.pb").read_bytes() == b"02-seed=2"
+    assert record["points"][1]["seconds"] == {"train": 12.5} and record["points"][1]["epochs"] == 3
+    for name in (sweep.SWEEP_JSON, sweep.SWEEP_MD, sweep.LOSS_CURVES):
+        assert (tmp_path / "pick" / name).is_file()
+    assert not record["ok"] and "03-seed=3" in record["error"]
+    assert sorted(os.listdir(tmp_path / "registry" / "au")) == sorted(["LATEST", pushed["version"]])
