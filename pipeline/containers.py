@@ -22,6 +22,7 @@ IMAGE_SOURCES = ("requirements.lock", "setup.py", "docker/image_lock.py", "pipel
 # Image labels that say what an image was built from.
 LABEL_LOCK = "org.emotionet-au.lock-sha256"
 LABEL_SOURCE = "org.emotionet-au.source-sha256"
+LABEL_BASE = "org.emotionet-au.base-image"
 # Where each task's container, command and settings are written in a container run, for a person and for the test
 # that compares them with the compiled spec.
 CONTAINERS_FILE = "containers.json"
@@ -200,7 +201,8 @@ def build_image(kind: str, tag: str, base: str, environ: Mapping[str, str], log_
     with tempfile.TemporaryDirectory() as tmp:
         command = [*buildkit_command(), "--progress", "plain", "--network", "host", "-f", DOCKERFILES[kind],
                    "--build-arg", f"BASE_IMAGE={base}", "--label", f"{LABEL_LOCK}={lock_digest(root)}",
-                   "--label", f"{LABEL_SOURCE}={source_digest(root)}", *build_secrets(environ, tmp), "-t", tag, "."]
+                   "--label", f"{LABEL_SOURCE}={source_digest(root)}", "--label", f"{LABEL_BASE}={base}",
+                   *build_secrets(environ, tmp), "-t", tag, "."]
         say(f"building {tag} ({kind}) on {base}; log: {log_path}")
         start = time.monotonic()
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)

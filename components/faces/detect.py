@@ -51,7 +51,8 @@ def _import_face_detection():
         if "lib" in str(e) and ".so" in str(e):  # OpenCV under MediaPipe needs libGL and GLib
             raise RuntimeError(
                 f"the face detector cannot load a system library ({e}); on Debian or Ubuntu: "
-                "apt-get install libgl1 libglib2.0-0 (the project's Docker images have them), or run with --faces whole"
+                "apt-get install libgl1 libglib2.0-0, or install opencv-contrib-python-headless (the same OpenCV "
+                "without its GUI, as the project's Docker images do), or run with --faces whole"
             ) from e
         raise RuntimeError(
             f"the face detector needs mediapipe ({e}); install the project's requirements.lock "
