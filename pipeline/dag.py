@@ -1,4 +1,4 @@
-"""The Action Unit pipeline: ingest -> download -> validate -> convert -> filter -> train -> evaluate -> push."""
+"""The Action Unit pipeline: ingest -> download -> validate -> convert -> filter -> train -> evaluate -> push -> report."""
 
 from kfp import dsl
 
@@ -8,6 +8,7 @@ from components.evaluate.component import evaluate
 from components.filter.component import filter_examples
 from components.ingest.component import ingest
 from components.push.component import push
+from components.report.component import report
 from components.train.component import train
 from components.validate.component import validate
 from pipeline import defaults
@@ -23,6 +24,7 @@ STEPS = {
     "train": train,
     "evaluate": evaluate,
     "push": push,
+    "report": report,
 }
 
 
@@ -186,6 +188,17 @@ def build_pipeline(platform: "Platform | None" = None):
             force=force_push,
             keep=keep_versions,
         )
+        # The run report as an HTML artifact, which the KFP UI shows; a local run also writes RUN_DIR/report.html.
+        report_task = report(
+            manifest=ingest_task.outputs["manifest"],
+            downloads=download_task.outputs["downloads"],
+            validation=validate_task.outputs["validation"],
+            examples=convert_task.outputs["examples"],
+            filtered=filter_task.outputs["filtered"],
+            model=train_task.outputs["model"],
+            evaluation=evaluate_task.outputs["evaluation"],
+            pushed=push_task.outputs["pushed"],
+        )
         tasks = {
             "ingest": ingest_task,
             "download": download_task,
@@ -195,6 +208,7 @@ def build_pipeline(platform: "Platform | None" = None):
             "train": train_task,
             "evaluate": evaluate_task,
             "push": push_task,
+            "report": report_task,
         }
         for step, t in tasks.items():
             platform.configure(step, t)

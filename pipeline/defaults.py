@@ -169,6 +169,7 @@ CLUSTER_RESOURCES = {
     "train": ("6", "8", "20Gi", "26Gi"),
     "evaluate": ("2", "4", "8Gi", "16Gi"),
     "push": ("500m", "1", "1Gi", "2Gi"),
+    "report": ("500m", "1", "1Gi", "2Gi"),
 }
 # Steps that talk to the network or to a Beam runner fail for passing reasons (a 503, a
 # preempted node); KFP reruns them with backoff. Their work resumes, so a retry repeats nothing.

@@ -5,10 +5,13 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+
+from components.common import progress
 
 LOGS_DIR = "logs"  # <run_dir>/logs/<step>.log: every step's full output (the KFP executor's included)
 # Lines of a failed step's log shown on the console under its name.
@@ -19,7 +22,7 @@ FAILED_LOG_TAIL = 15
 class StepRecord:
     name: str
     status: str = "not run"
-    seconds: float = 0.0
+    seconds: float | None = 0.0  # None where it is not known (the report step on a cluster)
     outputs: dict = field(default_factory=dict)  # output name -> local path or value
     log: str = ""  # the step's full output
     figures: str = ""  # its key figures, one line for a person
@@ -102,17 +105,33 @@ def step_figures(step: str, outputs: dict) -> str:
     return ""
 
 
+BAR_WIDTH = 20  # characters of a progress bar on the console
+
+
+def format_bar(line, seconds: float) -> str:
+    """A progress line as the console's bar: `download  [#########...........]  45%  1,125/2,500 URLs  12 s`."""
+    share = min(1.0, line.done / line.total) if line.total > 0 else 0.0
+    filled = int(share * BAR_WIDTH)
+    unit = f" {line.unit}" if line.unit else ""
+    return (f"{line.what:<16} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share:4.0%}  "
+            f"{line.done:,}/{line.total:,}{unit}  {seconds:.0f} s")
+
+
 class _Console:
     """What a person sees of a local run: a line when each step starts and when it ends, a live last line on a
-    terminal, every step's full output kept in <run_dir>/logs/<step>.log (and shown as it comes with verbose)."""
+    terminal (a bar while the step prints progress lines), every step's full output kept in
+    <run_dir>/logs/<step>.log (and shown as it comes with verbose)."""
 
-    def __init__(self, log_dir: str, verbose: bool, stream=None):
+    def __init__(self, log_dir: str, verbose: bool, stream=None, clock=time.monotonic):
         self.log_dir = log_dir
         self.verbose = verbose
         self.stream = stream or sys.stdout
         self.live = not verbose and self.stream.isatty()
+        self.clock = clock
         self.log = None
         self.step = ""  # the step running now
+        self.started = 0.0  # when it started (clock)
+        self.bar = None  # its latest progress line (components.common.progress.Line) while the work goes on
 
     def say(self, line: str) -> None:
         if self.live:
@@ -124,7 +143,7 @@ class _Console:
         os.makedirs(self.log_dir, exist_ok=True)
         path = os.path.join(self.log_dir, f"{step}.log")
         self.log = open(path, "w")
-        self.step = step
+        self.step, self.started, self.bar = step, self.clock(), None
         if not self.verbose:
             self.say(f"{step:<16} started")
         return path
@@ -135,10 +154,23 @@ class _Console:
             self.log.flush()
         if self.verbose:
             self.stream.write(text)
-        elif self.live and text.strip():
-            width = 100
-            self.stream.write("\r\033[K    " + text.strip()[-width:])  # the step's latest line, overwritten
-            self.stream.flush()
+            return
+        if not self.live or not text.strip():
+            return  # off a terminal the console has only the start and end lines
+        bar = progress.parse(text)
+        if bar is not None:
+            self.bar = bar
+            shown = format_bar(bar, self.clock() - self.started)
+        elif self.bar is not None and self.bar.done < self.bar.total:
+            return  # the bar stays while its work goes on; the line is in the log
+        else:
+            shown = "    " + text.strip()  # the step's latest line, overwritten
+        # One screen line, or \r cannot overwrite it: a bar keeps its head, a log line its tail.
+        width = shutil.get_terminal_size((100, 24)).columns - 1
+        if len(shown) > width:
+            shown = shown[:width] if bar is not None else "    " + shown[-(width - 4):]
+        self.stream.write("\r\033[K" + shown)
+        self.stream.flush()
 
     def end(self, rec: StepRecord) -> None:
         if self.log is not None:

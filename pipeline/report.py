@@ -46,9 +46,12 @@ def _table(head: list[str], rows: list[list], left=1) -> str:
 
 
 def _steps(result) -> str:
-    rows = [[s.name, s.status, f"{s.seconds:.1f}s", s.figures or ""] for s in result.steps]
-    total = sum(s.seconds for s in result.steps)
-    rows.append(["total", "ok" if result.ok else "FAILED", f"{total:.1f}s", result.error])
+    # The report step on a cluster knows each step's outputs, not its time (None).
+    timed = all(s.seconds is not None for s in result.steps)
+    rows = [[s.name, s.status, f"{s.seconds:.1f}s" if s.seconds is not None else "-", s.figures or ""]
+            for s in result.steps]
+    total = f"{sum(s.seconds for s in result.steps):.1f}s" if timed else "-"
+    rows.append(["total", "ok" if result.ok else "FAILED", total, result.error])
     return _table(["step", "status", "time", "key figures"], rows, left=(0, 1, 3))
 
 

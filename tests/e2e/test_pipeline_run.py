@@ -85,6 +85,13 @@ def test_pipeline_run_on_the_demo_set_pushes_a_model(tmp_path):
     assert "data:image/png;base64," in page and "AUs are annotated on fewer than 1% of the images" in page
     assert "http_404" in page and "face crops" in page and "TP" in page
     check_in_chromium(report, tmp_path / "report.png")
+    # the DAG's report step made the same page as an HTML artifact: what the KFP UI shows of a cluster run
+    artifact = next(s for s in summary["steps"] if s["name"] == "report")["outputs"]["page"]
+    shown = open(artifact).read()
+    for heading in ("Steps", "Blessing", "Action Units on the test split", "Training", "Examples", "Validation",
+                    "Downloads", "AU coverage of the sheet"):
+        assert f"<h2>{heading}</h2>" in shown
+    assert "data:image/png;base64," in shown and "Pushed: version" in shown
 
     # what a user does next: predict on a scene with the pushed model; it crops the face as convert did
     demo_dir = next((runs / "demo").iterdir())

@@ -67,14 +67,18 @@ def _executor(spec, step):
     return label, spec["deploymentSpec"]["executors"][label]["container"]
 
 
-def test_the_spec_has_all_eight_steps_in_order_of_the_dag(cluster_spec):
+def test_the_spec_has_all_nine_steps_in_order_of_the_dag(cluster_spec):
     _, spec, _ = cluster_spec
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == set(STEPS) == {
-        "ingest", "download", "validate", "convert", "filter-examples", "train", "evaluate", "push"
+        "ingest", "download", "validate", "convert", "filter-examples", "train", "evaluate", "push", "report"
     }
     assert tasks["convert"]["dependentTasks"] == ["download", "ingest", "validate"]
     assert "train" in tasks["evaluate"]["dependentTasks"] and "evaluate" in tasks["push"]["dependentTasks"]
+    # the run report is the last step: it reads every step's output and shows in the KFP UI as an HTML artifact
+    assert set(tasks["report"]["dependentTasks"]) == set(STEPS) - {"report"}
+    outputs = spec["components"][tasks["report"]["componentRef"]["name"]]["outputDefinitions"]["artifacts"]
+    assert outputs["page"]["artifactType"]["schemaTitle"] == "system.HTML"
 
 
 def test_every_parameter_has_its_default_and_the_description_the_ui_shows(cluster_spec):

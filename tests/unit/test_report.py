@@ -1,0 +1,57 @@
+"""The report step: the run report from the step outputs' folders alone (the KFP UI's HTML artifact), and its CLI."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from components.report import logic
+from pipeline.dag import STEPS
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def folders(tmp_path) -> dict[str, str]:
+    out = {}
+    for step, name in logic.REPORT_INPUTS.items():
+        (tmp_path / step / name).mkdir(parents=True)
+        out[name] = str(tmp_path / step / name)
+    return out
+
+
+def test_the_report_reads_every_step_of_the_dag_but_itself():
+    assert list(logic.REPORT_INPUTS) == [s for s in STEPS if s != "report"]
+
+
+def test_a_page_from_the_folders_alone_lists_every_step_without_times(tmp_path):
+    given = folders(tmp_path)
+    (tmp_path / "ingest" / "manifest" / "ingest_summary.json").write_text('{"kept": 7, "rejected": 1, "au_counts": {}}')
+    out = tmp_path / "run-1" / "report" / "page"
+    assert logic.run(given, str(out)) == str(out)
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and "<title>Run run-1: succeeded</title>" in page
+    for step in logic.REPORT_INPUTS:
+        assert f"<td class=\"l\">{step}</td><td class=\"l\">succeeded</td><td>-</td>" in page
+    assert "7 rows kept, 1 rejected" in page  # the key figures come from the outputs
+    assert "no metrics in this run" in page and not (out.parent / "page.tmp").exists()
+
+
+def test_a_missing_output_is_named(tmp_path):
+    given = folders(tmp_path)
+    del given["model"], given["pushed"]
+    with pytest.raises(ValueError, match="missing: model, pushed"):
+        logic.render_outputs(given, str(tmp_path))
+
+
+def test_the_cli_writes_the_page_and_refuses_a_folder_that_is_not_there(tmp_path):
+    given = folders(tmp_path)
+    args = [f"--{name}={folder}" for name, folder in given.items()]
+    done = subprocess.run([sys.executable, "-m", "components.report", *args, "--output", str(tmp_path / "r.html"),
+                           "--run-name", "nightly"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "<title>Run nightly: succeeded</title>" in (tmp_path / "r.html").read_text()
+    args[0] = f"--manifest={tmp_path / 'nowhere'}"
+    done = subprocess.run([sys.executable, "-m", "components.report", *args, "--output", str(tmp_path / "r.html")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"report: --manifest {tmp_path / 'nowhere'} is not a folder" in done.stderr and "Traceback" not in done.stderr
