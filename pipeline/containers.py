@@ -224,6 +224,9 @@ def build_images(tags: Mapping[str, str], environ: Mapping[str, str], log_dir: s
     """Builds the images of `tags` (kind -> tag). Each goes on its Dockerfile's public base when that is here or can be
     pulled, else on the stand-in base (said on the console); `base` forces one for all."""
     check_docker()
+    if base is not None and not _pullable(base, pull_timeout):
+        raise ContainerError(f"the base image {base} is neither on this machine nor can it be pulled: pull or build "
+                             "it first, or leave --base out to use the Dockerfiles' bases (or the stand-in)")
     built = []
     for kind, tag in tags.items():
         chosen, standin = base, False

@@ -135,3 +135,10 @@ def test_run_in_docker_without_a_daemon_stops_before_anything_runs(tmp_path):
 def test_the_local_image_tags_are_what_make_images_builds():
     assert defaults.LOCAL_IMAGE_CPU.endswith(":local") and defaults.LOCAL_IMAGE_GPU.endswith(":local")
     assert containers.DOCKERFILES == {"cpu": "docker/Dockerfile.cpu", "gpu": "docker/Dockerfile.gpu"}
+
+
+def test_a_base_that_is_neither_here_nor_pullable_is_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(containers, "_docker", FakeDocker(labels=None))
+    monkeypatch.setattr(containers, "_pullable", lambda image, timeout: False)
+    with pytest.raises(containers.ContainerError, match="the base image me/base:1 is neither on this machine nor can it be pulled"):
+        containers.build_images({"cpu": "me/cpu:1"}, {}, str(tmp_path), base="me/base:1")
