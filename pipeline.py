@@ -198,7 +198,7 @@ def command_sweep(args: argparse.Namespace) -> int:
         if name in arguments:
             arguments[name] = _absolute(arguments[name])
     try:
-        grid = sweep.parse_grid(args.grid, arguments, args.max_points)
+        grid = sweep.parse_grid(args.grid, sweep.given_flags(args), args.max_points)
     except sweep.SweepError as e:
         print(f"pipeline.py sweep: {e}", file=sys.stderr)
         return 2

@@ -473,7 +473,7 @@ def submit_sweep(args: argparse.Namespace) -> int:
         params.setdefault("download_allow_private", False)
         _check_parameters(params, scheduled=False)
         try:
-            grid = sweep.parse_grid(args.grid, params, args.max_points)
+            grid = sweep.parse_grid(args.grid, sweep.given_flags(args), args.max_points)
         except sweep.SweepError as e:
             raise ClusterError(str(e)) from None
         spec_defaults = {name: default for name, _, default, _ in pipeline_parameters()}

@@ -63,6 +63,15 @@ def add_grid_arguments(parser) -> None:
                    help="Refuse a grid of more points than this (default: %(default)s)")
 
 
+def given_flags(args) -> dict:
+    """The pipeline parameters typed as flags, without those a --preset brings: a grid may vary a preset's value."""
+    import argparse
+
+    from pipeline.params import pipeline_arguments
+
+    return pipeline_arguments(argparse.Namespace(**{**vars(args), "preset": None}))
+
+
 def add_push_argument(parser) -> None:
     """--push (pipeline.py sweep and sweep-pick)."""
     parser.add_argument("--push", choices=defaults.SWEEP_PUSH_MODES, default=defaults.SWEEP_PUSH,
@@ -118,7 +127,10 @@ def _parse_value(name: str, typ: type, text: str):
 
 
 def parse_grid(texts: list[str], fixed: dict | None = None, max_points: int = defaults.SWEEP_MAX_POINTS) -> dict:
-    """{parameter: [values]} from --grid NAME=V1,V2,... (names as pipeline parameters, - or _), typed as the DAG's."""
+    """{parameter: [values]} from --grid NAME=V1,V2,... (names as pipeline parameters, - or _), typed as the DAG's.
+
+    fixed: the parameters given as flags (given_flags), which a grid may not vary too.
+    """
     from pipeline.params import pipeline_parameters
 
     fixed = fixed or {}
@@ -244,6 +256,7 @@ def _run_part(pipeline_func, steps, run_dir: str, verbose: bool):
 def run_local(arguments: dict, grid: dict, sweep_dir: str, push: str = defaults.SWEEP_PUSH, verbose: bool = False,
               say=print) -> dict:
     """The whole local sweep: data steps once, train -> evaluate per point, comparison, push. Returns sweep.json."""
+    from pipeline.dag import STEPS
     from pipeline.local import RunResult, StepRecord, write_summary
     from pipeline.params import pipeline_parameters
     from pipeline.report import write_report
@@ -296,13 +309,14 @@ def run_local(arguments: dict, grid: dict, sweep_dir: str, push: str = defaults.
     record["best"] = best["name"] if best else None
     record["pushed"] = push_points(results, best, push, params, lambda e: os.path.join(e["run_dir"], "push"))
     for entry in results:
-        # Each point's run reads as a run of the whole DAG: the shared data steps, its train and evaluate, its push.
+        # Each point's run reads as a run of the whole DAG: the shared data steps, its train and evaluate, its push
+        # (the report step is left to pipeline.report, which writes the point's report.html beside it).
+        known = {**data, **entry.pop("_steps")}
         pushed = entry.pop("_push", None)
-        push_rec = StepRecord("push", "not run")
         if pushed is not None:
-            push_rec = StepRecord("push", "succeeded", pushed["seconds"], {"pushed": pushed["output"]},
-                                  figures=pushed["figures"])
-        steps = [*data.values(), *entry.pop("_steps").values(), push_rec]
+            known["push"] = StepRecord("push", "succeeded", pushed["seconds"], {"pushed": pushed["output"]},
+                                       figures=pushed["figures"])
+        steps = [known.get(name) or StepRecord(name) for name in STEPS]
         run = RunResult(run_dir=entry["run_dir"], ok=entry["status"] == "succeeded", steps=steps, error=entry["error"])
         write_summary(run)
         entry["report"] = write_report(run)
@@ -547,8 +561,14 @@ def push_points(entries: list[dict], best: dict | None, mode: str, params: dict,
     for e in chosen:
         start = time.monotonic()
         out = output_dir(e)
+        done = _read_json(out, push_logic.PUSH_FILE)
+        if done.get("pushed"):
+            # Picked before (sweep-pick again, once more runs have finished): the same model is not pushed twice.
+            rec = dict(done, message=f"already pushed as version {done['version']} ({done['uri']})")
+        else:
+            rec = None
         try:
-            rec = push_logic.run(e["model"], e["evaluation"], out, destination=params["registry"],
+            rec = rec or push_logic.run(e["model"], e["evaluation"], out, destination=params["registry"],
                                  model_name=params["model_name"], force=params["force_push"],
                                  keep=params["keep_versions"])
         except push_logic.PushError as err:

@@ -96,7 +96,8 @@ def test_the_data_part_and_the_point_part_together_run_every_step_but_push_as_th
     tasks = point.pipeline_spec.root.dag.tasks
     assert set(data) == set(sweep.DATA_STEPS)
     assert set(tasks) == {"importer", "train", "evaluate"}
-    assert set(sweep.DATA_STEPS) | set(sweep.POINT_STEPS) | {"push"} == set(STEPS)
+    # push comes after the comparison, for the best run only; the run report is written beside each point's run
+    assert set(STEPS) - set(sweep.DATA_STEPS) - set(sweep.POINT_STEPS) == {"push", "report"}
     # train and evaluate both read the imported filtered examples
     for step in ("train", "evaluate"):
         assert tasks[step].inputs.artifacts["examples"].task_output_artifact.producer_task == "importer"
@@ -223,7 +224,7 @@ def test_only_the_best_is_pushed_unless_all_or_none_is_asked(tmp_path):
     assert (tmp_path / "out" / "02-b" / "push.json").is_file()
 
     (tmp_path / "registry").rename(tmp_path / "registry-before")
-    records = sweep.push_points(entries, best, "all", _params(tmp_path), out)
+    records = sweep.push_points(entries, best, "all", _params(tmp_path), lambda e: str(tmp_path / "out-all" / e["name"]))
     assert [r["name"] for r in records] == ["01-a", "03-c", "02-b"]  # the best last: LATEST names it
     latest = (tmp_path / "registry" / "au" / "LATEST").read_text().strip()
     assert records[-1]["version"] == latest
@@ -265,4 +266,23 @@ def test_sweep_pick_compares_the_candidate_registries_and_pushes_the_best_to_the
     for name in (sweep.SWEEP_JSON, sweep.SWEEP_MD, sweep.LOSS_CURVES):
         assert (tmp_path / "pick" / name).is_file()
     assert not record["ok"] and "03-seed=3" in record["error"]
+    again = sweep.pick(plan, str(tmp_path / "pick"), say=lambda *a: None)  # picking again pushes nothing twice
+    assert again["pushed"][0]["message"] == f"already pushed as version {pushed['version']} ({pushed['uri']})"
     assert sorted(os.listdir(tmp_path / "registry" / "au")) == sorted(["LATEST", pushed["version"]])
+
+
+def test_a_grid_may_vary_a_value_of_the_preset_but_not_a_flag_given_beside_it():
+    import argparse
+
+    from pipeline.params import add_pipeline_parameter_flags, pipeline_arguments
+
+    parser = argparse.ArgumentParser()
+    add_pipeline_parameter_flags(parser)
+    args = parser.parse_args(["--preset", "study-11au", "--epochs", "4"])
+    assert sweep.given_flags(args) == {"epochs": 4}
+    grid = sweep.parse_grid(["learning_rate=0.01,0.001"], sweep.given_flags(args))
+    (point, _) = sweep.grid_points(grid)
+    run = sweep.point_parameters(pipeline_arguments(args), point)
+    assert run["learning_rate"] == 0.01 and run["optimizer"] == "rmsprop" and run["epochs"] == 4
+    with pytest.raises(sweep.SweepError, match="epochs is given both as --epochs and in --grid"):
+        sweep.parse_grid(["epochs=1,2"], sweep.given_flags(args))
