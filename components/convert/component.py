@@ -49,6 +49,7 @@ def convert(
         max_side=max_side,
         beam_args=beam_args,
         faces=FaceSettings(mode=faces, no_face=no_face, size=face_size, margin=face_margin, min_score=face_min_score),
+        progress=True,  # progress lines: the local console draws its bar from them
     )
     # The face counts by reason, on the examples artifact in the UI (and in examples_summary.json).
     examples.metadata.update({"faces": faces, "no_face": no_face, **face_counters(summary["counters"])})

@@ -256,13 +256,16 @@ def run(
     part_bytes: int = defaults.CONVERT_PART_BYTES,
     min_parts: int = defaults.CONVERT_MIN_PARTS,
     faces: FaceSettings | None = None,
+    progress: bool = False,
 ) -> dict:
     """Converts every downloaded image of the manifest to contract-3 examples in output_dir; returns the summary.
 
     faces (default FaceSettings(): crop): each image's largest face is found, its eyes levelled
     and it is cropped; an image with no face is skipped or kept whole, counted by reason.
     Undecodable or missing images are counted and skipped. examples_summary.json is written
-    last: a folder without it is a run that did not finish.
+    last: a folder without it is a run that did not finish. progress prints progress lines of the
+    images converted (part by part; components.common.progress) for a pipeline's console, on the
+    local runner.
     """
     faces = faces if faces is not None else FaceSettings()
     examples.split_for_key("", validation_fraction, test_fraction)  # checks the fractions up front
@@ -289,8 +292,10 @@ def run(
         _LOG.info("converting %d images: %s", len(work), plan)
         parts = write_work_list(*assign_parts(work, plan), storage.join(staging, "worklist.parquet"),
                                 storage.join(downloads_dir, IMAGES_DIR))
+        # Only a runner in this process can count every part; a distributed one has its own view of progress.
+        progress_total = len(work) if progress and transforms.runs_in_this_process(options) else 0
         del work  # from here on the pipeline holds a few parts per core, whatever the dataset size
-        stats = _run_pipeline(parts, plan, au_ids, output_dir, staging, int(max_side), options, faces)
+        stats = _run_pipeline(parts, plan, au_ids, output_dir, staging, int(max_side), options, faces, progress_total)
 
     if not stats["counters"].get(EXAMPLES_WRITTEN, 0):
         storage.delete(staging)
@@ -321,7 +326,8 @@ def _why_no_example(counters: dict, converted: dict, downloads_dir: str, faces: 
             f"{converted.get('skipped_missing_file', 0)} were missing from {downloads_dir}; rerun download")
 
 
-def _run_pipeline(parts, plan, au_ids, output_dir, staging, max_side, options, faces: FaceSettings) -> dict:
+def _run_pipeline(parts, plan, au_ids, output_dir, staging, max_side, options, faces: FaceSettings,
+                  progress_total: int = 0) -> dict:
     import apache_beam as beam
 
     from components.convert import transforms
@@ -333,7 +339,7 @@ def _run_pipeline(parts, plan, au_ids, output_dir, staging, max_side, options, f
         | "Parts" >> beam.Create(parts)
         | "ImagesToTFRecords" >> transforms.ImagesToTFRecords(
             output_dir, storage.join(staging, "parts"), plan, au_ids, max_side,
-            processes=transforms.local_processes(options), faces=faces.to_dict())
+            processes=transforms.local_processes(options), faces=faces.to_dict(), progress_total=progress_total)
         | "WriteStats" >> beam.Map(transforms.write_stats, stats_path)
     )
     result = pipeline.run()

@@ -73,8 +73,8 @@ def convert_part(task: dict) -> dict:
 
     task: {"split", "shard", "part", "path", "items", "au_ids", "max_side", "faces"}; each item is
     {"key", "path", "au" (int16 bytes), "va"}; "faces" is a FaceSettings dict (absent: whole
-    images). Returns the task's split/shard/part/path with "stats" (examples, per-AU counts,
-    counters). One image is in memory at a time.
+    images). Returns the task's split/shard/part/path with "images" (its items) and "stats" (examples,
+    per-AU counts, counters). One image is in memory at a time.
     """
     import numpy as np
 
@@ -122,6 +122,7 @@ def convert_part(task: dict) -> dict:
     counts = examples.label_counts(written, len(au_ids))
     return {
         "split": split, "shard": task["shard"], "part": task["part"], "path": task["path"],
+        "images": len(task["items"]),
         "stats": {"splits": {split: {"examples": len(written), "au": counts.tolist()}},
                   "counters": counters, "shards": []},
     }

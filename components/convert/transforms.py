@@ -83,20 +83,23 @@ class ConvertOptions(PipelineOptions):
                  "1 on any runner that has workers of its own.")
 
 
-def local_processes(options: PipelineOptions) -> int:
-    """Processes each worker converts with: --convert_processes, else every core for the local in_memory runner."""
+def runs_in_this_process(options: PipelineOptions) -> bool:
+    """Whether the runner runs the transforms in this process: the local in_memory runner with one worker."""
     from apache_beam.options.pipeline_options import DirectOptions
 
+    runner = str(options.view_as(StandardOptions).runner or "")
+    direct = options.view_as(DirectOptions)
+    return runner.split(".")[-1] in ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner") and (
+        direct.direct_running_mode in (None, "in_memory") and (direct.direct_num_workers or 1) == 1
+    )
+
+
+def local_processes(options: PipelineOptions) -> int:
+    """Processes each worker converts with: --convert_processes, else every core for the local in_memory runner."""
     chosen = options.view_as(ConvertOptions).convert_processes
     if chosen and chosen > 0:
         return int(chosen)
-    runner = str(options.view_as(StandardOptions).runner or "")
-    direct = options.view_as(DirectOptions)
-    if runner.split(".")[-1] in ("FnApiRunner", "DirectRunner", "SwitchingDirectRunner") and (
-        direct.direct_running_mode in (None, "in_memory") and (direct.direct_num_workers or 1) == 1
-    ):
-        return local_cores()
-    return 1
+    return local_cores() if runs_in_this_process(options) else 1
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -224,7 +227,8 @@ class _ConvertPartFn(beam.DoFn):
     already runs one worker per core.
     """
 
-    def __init__(self, staging_dir: str, au_ids, max_side: int, processes: int = 1, faces: dict | None = None):
+    def __init__(self, staging_dir: str, au_ids, max_side: int, processes: int = 1, faces: dict | None = None,
+                 progress_total: int = 0):
         self._staging_dir = staging_dir
         self._au_ids = [int(a) for a in au_ids]
         self._max_side = int(max_side)
@@ -233,8 +237,14 @@ class _ConvertPartFn(beam.DoFn):
         self._counters = {name: Metrics.counter(NAMESPACE, name) for name in parts.COUNTERS}
         self._pool = None
         self._pending = []
+        self._progress_total = int(progress_total)
+        self._progress = None
 
     def setup(self):
+        if self._progress_total:
+            from components.common import progress
+
+            self._progress = progress.Progress("convert", self._progress_total, "images")
         if self._processes > 1 and "tensorflow" in sys.modules:
             # TensorFlow's thread pools would be copied half-alive into forked children; the step
             # itself never imports it, so only a caller that did (a notebook, a test run) gets here.
@@ -265,6 +275,8 @@ class _ConvertPartFn(beam.DoFn):
             self._pool = ProcessPoolExecutor(self._processes, mp_context=context)
 
     def teardown(self):
+        if self._progress is not None:
+            self._progress.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -297,6 +309,8 @@ class _ConvertPartFn(beam.DoFn):
     def _count(self, result: dict) -> dict:
         for name, n in result["stats"]["counters"].items():
             self._counters[name].inc(n)
+        if self._progress is not None:
+            self._progress.update(result["images"])
         return result
 
 
@@ -330,7 +344,8 @@ class _ConcatenateShardFn(beam.DoFn):
 
 @beam.ptransform_fn
 def ImagesToTFRecords(parts_of_work, output_dir: str, staging_dir: str, plan: dict, au_ids, max_side: int = 0,
-                      processes: int = 1, faces: dict | None = None):  # noqa: N802 - Beam names transforms in CamelCase
+                      processes: int = 1, faces: dict | None = None,
+                      progress_total: int = 0):  # noqa: N802 - Beam names transforms in CamelCase
     """Parts of the work -> contract-3 TFRecord shards in output_dir; returns a PCollection of one statistics dict.
 
     Each part is {"split", "shard", "part"} and either "items" (a list of {"key", "path"
@@ -339,11 +354,13 @@ def ImagesToTFRecords(parts_of_work, output_dir: str, staging_dir: str, plan: di
     {"shards": n}} for every split with images. Undecodable and missing images are counted
     and skipped. processes: local processes converting parts at once (local_processes). faces:
     a components.common.faces.FaceSettings dict (None: whole images, no detection); each worker
-    process loads the face detector once.
+    process loads the face detector once. progress_total (the images of all parts; 0 for none):
+    progress lines of the images converted, part by part, for a pipeline's console (one worker only).
     """
     return (
         parts_of_work
-        | "FindAlignCropFacesAndWritePart" >> beam.ParDo(_ConvertPartFn(staging_dir, au_ids, max_side, processes, faces))
+        | "FindAlignCropFacesAndWritePart" >> beam.ParDo(
+            _ConvertPartFn(staging_dir, au_ids, max_side, processes, faces, progress_total))
         | "KeyByShard" >> beam.Map(lambda p: ((p["split"], p["shard"]), p))
         | "GroupByShard" >> beam.GroupByKey()
         | "ConcatenateParts" >> beam.ParDo(_ConcatenateShardFn(output_dir, plan))

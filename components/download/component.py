@@ -40,7 +40,7 @@ def download(
         max_attempts=max_attempts,
         max_bytes=max_bytes,
         allow_private=allow_private,
-        progress=False,
+        progress=logic.PROGRESS_LINES,  # the local console draws its bar from them
         min_ok=min_ok,
     )
     downloads.metadata.update({"total": summary["total"], "ok": summary["ok"], "failed": summary["failed"],

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from components.common import progress as progress_lines
 from components.common import storage
 from components.common.labels import image_key
 from components.download import ledger, merge
@@ -58,6 +59,8 @@ INFLIGHT_PER_WORKER = 64
 # The journal is fsync'd (and sent to the store) when it holds this many new rows or is this old.
 FLUSH_ROWS = 256
 FLUSH_SECONDS = 0.5
+# progress=PROGRESS_LINES: progress lines on stdout for a pipeline's console instead of the bar on stderr.
+PROGRESS_LINES = "lines"
 POLL_SECONDS = 0.05
 _DROPPED = object()  # an attempt cut short by a stop: left unsettled, for the next run
 
@@ -122,7 +125,7 @@ def run(
     backoff_max: float = defaults.DOWNLOAD_BACKOFF_MAX,
     retry_after_max: float = defaults.DOWNLOAD_RETRY_AFTER_MAX,
     user_agent: str = defaults.DOWNLOAD_USER_AGENT,
-    progress: bool = True,
+    progress: bool | str = True,
     print_table: bool = True,
     min_ok: float | None = defaults.DOWNLOAD_MIN_OK,
 ) -> dict:
@@ -132,6 +135,8 @@ def run(
     min_ok share of the URLs) was fetched, naming the top error classes and what to check;
     DownloadInterrupted when stopped. In every case everything settled so far is kept and a
     rerun with the same folders resumes. min_ok=None only settles the URLs (benchmarks, tools).
+    progress: True for a bar on stderr (the CLI), PROGRESS_LINES for progress lines on stdout (a
+    pipeline's console: components.common.progress), False for neither.
     """
     if min_ok is not None and not 0.0 <= float(min_ok) <= 1.0:
         raise DownloadError(f"min_ok is {min_ok}; expected a share of the URLs between 0 and 1 (0: at least one image)")
@@ -740,7 +745,25 @@ class _Run:
                 "format": None, "width": None, "height": None, "message": message}
 
 
-def _progress_bar(total: int, enabled: bool):
+class _ProgressLines:
+    """The progress bar's calls as progress lines (components.common.progress) for a pipeline's console."""
+
+    def __init__(self, total: int):
+        self.lines = progress_lines.Progress("download", total, "URLs")
+
+    def update(self, n: int = 1) -> None:
+        self.lines.update(n)
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        pass  # the error classes are in the summary table at the end
+
+    def close(self) -> None:
+        self.lines.close()
+
+
+def _progress_bar(total: int, enabled: bool | str):
+    if enabled == PROGRESS_LINES:
+        return _ProgressLines(total)
     from tqdm import tqdm
 
     # Off a terminal (a pipeline's log) a line every few seconds is enough.

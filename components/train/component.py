@@ -56,4 +56,5 @@ def train(
         seed=seed,
         checkpoint_dir=checkpoint_dir,
         augment=augment,
+        progress=True,  # progress lines: the local console draws its bar from them
     )

@@ -160,12 +160,14 @@ def run(
     steps_per_epoch: int = 0,
     callbacks=(),
     verbose: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Trains, checkpointing every epoch (and resuming from the last checkpoint), then exports contract 4 to output_dir.
 
     bn_momentum None means: TRAIN_SCRATCH_BN_MOMENTUM when weights is none, the
     backbone's own otherwise. steps_per_epoch 0 means one pass over the train split.
-    callbacks are extra Keras callbacks (tests, tools). Returns a summary dict.
+    callbacks are extra Keras callbacks (tests, tools). progress prints progress lines (batches of all
+    epochs, components.common.progress) for a pipeline's console. Returns a summary dict.
     """
     import keras
 
@@ -224,7 +226,7 @@ def run(
                 plan.bn_momentum = defaults.TRAIN_SCRATCH_BN_MOMENTUM
             # A slower backbone protects pretrained features; a random backbone has none to protect.
             plan.backbone_lr_multiplier = 1.0
-        return _train(plan, weights_file, workdir, started, callbacks, verbose)
+        return _train(plan, weights_file, workdir, started, callbacks, verbose, progress)
     finally:
         keras.mixed_precision.set_global_policy("float32")
         shutil.rmtree(workdir, ignore_errors=True)
@@ -262,7 +264,8 @@ def _read_examples(plan: Plan) -> None:
         raise TrainError(f"{examples_dir}: the train split has no examples")
 
 
-def _train(plan: Plan, weights_file: str | None, workdir: str, started: float, callbacks, verbose) -> dict:
+def _train(plan: Plan, weights_file: str | None, workdir: str, started: float, callbacks, verbose,
+           progress: bool = False) -> dict:
     import keras
 
     from components.train import checkpoints, export, losses
@@ -345,6 +348,12 @@ def _train(plan: Plan, weights_file: str | None, workdir: str, started: float, c
     else:
         stages = [(p.fine_tune.policy, p.epochs)]
     verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
+    lines = None
+    if progress:
+        from components.train.progress import ProgressLines
+
+        lines = ProgressLines(p.epochs, steps)
+        callbacks = (*callbacks, lines)
     start = state["epoch"]
     for stage_no, (policy, end_epoch) in enumerate(stages, start=1):
         if state["stopped_early"]:
@@ -403,6 +412,8 @@ def _train(plan: Plan, weights_file: str | None, workdir: str, started: float, c
                 f"to rewrite them (the checkpoint of the last whole epoch is kept in {ckpt_dir})"
             ) from e
         start = state["epoch"]
+    if lines is not None:
+        lines.close()
 
     # ---------------------------------------------------------------- export
     if store.load_best(net, state):

@@ -136,7 +136,7 @@ def expected_counts(manifest_dir, keys_written, validation_fraction, test_fracti
     return out
 
 
-def test_convert_step_writes_contract_3_and_is_stable_across_runs(tmp_path):
+def test_convert_step_writes_contract_3_and_is_stable_across_runs(tmp_path, capsys):
     images = sample.demo_images(90, size=48, seed=3, png_share=0.4)
     images[5] = images[5][:100]  # truncated: undecodable
     manifest_dir, downloads_dir, keys = sample.write_dataset(
@@ -167,6 +167,7 @@ def test_convert_step_writes_contract_3_and_is_stable_across_runs(tmp_path):
     assert sorted(k.decode() for k in first) == sorted(written)
 
     # The KFP wrapper, on the same data with one process: the same examples, byte for byte.
+    capsys.readouterr()
     again = tmp_path / "again"
     art = lambda p: types.SimpleNamespace(path=str(p), uri=str(p), metadata={})  # noqa: E731
     convert.python_func(manifest=art(manifest_dir), downloads=art(downloads_dir), examples=art(again),
@@ -175,6 +176,9 @@ def test_convert_step_writes_contract_3_and_is_stable_across_runs(tmp_path):
     assert examples.read_summary(str(again))["splits"]["test"]["examples"] == summary["splits"]["test"]["examples"]
     # (the default shard size gives one shard a split here, so compare examples, not files)
     assert all_records(again) == first
+    # and it prints progress lines of the images converted, part by part, for the local console's bar
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("progress:")]
+    assert lines[0] == "progress: convert 0/90 images" and lines[-1] == "progress: convert 90/90 images"
 
 
 def test_an_empty_split_has_no_shards_and_max_side_resizes(tmp_path):

@@ -541,7 +541,7 @@ def test_cli_runs_and_prints_the_summary_table(tmp_path, fake, capsys):
     assert "error class" in out and "http_404" in out and "50.00%" in out
 
 
-def test_component_writes_the_output_folder_and_metadata(tmp_path, fake):
+def test_component_writes_the_output_folder_and_metadata(tmp_path, fake, capsys):
     from components.download.component import download
 
     m = write_manifest(tmp_path / "m", [f"{U}/ok/1", f"{U}/ok/2", f"{U}/404/3"])
@@ -550,6 +550,11 @@ def test_component_writes_the_output_folder_and_metadata(tmp_path, fake):
                          workers=2, timeout=1.0, max_attempts=1, max_bytes=1_000_000, allow_private=True, min_ok=0.0)
     assert downloads.metadata == {"total": 3, "ok": 2, "failed": 1, "transient_failed": 0}
     assert len(read_ledger(downloads.path)) == 3 and len(os.listdir(os.path.join(downloads.path, "images"))) == 2
+    # progress lines on stdout for the local console's bar instead of the CLI's tqdm bar on stderr
+    out, err = capsys.readouterr()
+    lines = [line for line in out.splitlines() if line.startswith("progress:")]
+    assert lines[0] == "progress: download 0/3 URLs" and lines[-1] == "progress: download 3/3 URLs"
+    assert "download:" not in err and "img/s" not in err
 
 
 def test_a_journal_that_cannot_be_written_stops_the_workers_with_a_clear_error(tmp_path, fake, monkeypatch):

@@ -443,7 +443,7 @@ def test_changed_settings_refuse_to_resume_a_checkpoint(tiny_examples, tmp_path)
     assert not (tmp_path / "m" / "model_config.json").exists()
 
 
-def test_component_trains_valence_arousal(tiny_examples, tmp_path):
+def test_component_trains_valence_arousal(tiny_examples, tmp_path, capsys):
     import tensorflow as tf
 
     from components.train.component import train
@@ -460,10 +460,30 @@ def test_component_trains_valence_arousal(tiny_examples, tmp_path):
     )
     config = json.loads((tmp_path / "model" / "model_config.json").read_text())
     assert config["task"] == "va" and config["outputs"]["name"] == "valence_arousal"
+    # Progress lines for the local console's bar, beside Keras's own per-epoch lines.
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("progress:")]
+    steps = -(-config["training"]["train_examples"] // 16)
+    assert lines[0] == f"progress: train 0/{steps} batches, epoch 1/1"
+    assert lines[-1] == f"progress: train {steps}/{steps} batches, epoch 1/1"
     sig = tf.saved_model.load(str(tmp_path / "model" / "saved_model")).signatures["serving_default"]
     records = [ex.example_to_dict(r) for r in ex.iter_examples(ex.shard_files(tiny_examples, "test"))]
     va = sig(image_bytes=tf.constant([r["encoded"] for r in records]))["valence_arousal"].numpy()
     assert va.shape == (len(records), 2) and np.all(np.isfinite(va))
+
+
+def test_progress_callback_counts_batches_over_every_epoch_of_every_stage():
+    from components.train.progress import ProgressLines
+
+    out = []
+    cb = ProgressLines(epochs=4, steps_per_epoch=10, write=out.append, clock=lambda: 0.0)
+    cb.on_epoch_begin(1)  # resumed after epoch 1
+    for batch in range(12):  # an epoch longer than planned stays at its end
+        cb.on_train_batch_end(batch)
+    cb.on_epoch_end(1)
+    cb.on_epoch_begin(2)  # the next stage's fit() goes on with the same bar
+    cb.on_train_batch_end(0)
+    cb.close()  # stopped early
+    assert out == ["progress: train 10/40 batches, epoch 2/4", "progress: train 21/40 batches, epoch 3/4"]
 
 
 # ------------------------------------------------------------------------------------------ errors and the CLI
