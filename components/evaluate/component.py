@@ -50,4 +50,5 @@ def evaluate(
         kfp_metrics=metrics,
         kfp_classification_metrics=classification_metrics,
         report_path=report.path,
+        progress=True,  # progress lines: the local console draws its bar from them
     )

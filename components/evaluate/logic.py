@@ -12,6 +12,7 @@ import numpy as np
 
 from components.common import examples as ex
 from components.common import labels, storage
+from components.common import progress as progress_lines
 from components.push import registry as model_registry
 from pipeline import defaults
 
@@ -349,8 +350,11 @@ def _local_shards(examples_dir: str, split: str, workdir: str) -> list[str]:
 
 
 def score_split(signature, files: list[str], examples_au_ids: list[int], model_au_ids: list[int], task: str,
-                batch_size: int, source: str = "") -> dict:
-    """Runs the model over the shards of one split: labels (in the model's AU order) and outputs."""
+                batch_size: int, source: str = "", progress=None) -> dict:
+    """Runs the model over the shards of one split: labels (in the model's AU order) and outputs.
+
+    progress: a components.common.progress.Progress counting the batches, or None.
+    """
     import tensorflow as tf
 
     spec = ex.feature_spec(len(examples_au_ids))
@@ -395,6 +399,8 @@ def score_split(signature, files: list[str], examples_au_ids: list[int], model_a
             if np.isnan(out).any():
                 raise EvaluateError(f"{source}: the model returned NaN; it cannot be evaluated (was training unstable?)")
             scores.append(out.astype(np.float64))
+            if progress is not None:
+                progress.update()
     except tf.errors.DataLossError as e:
         raise EvaluateError(f"{source}: a TFRecord shard is corrupt ({e}); re-run convert and filter") from e
     except tf.errors.InvalidArgumentError as e:
@@ -664,19 +670,26 @@ def log_kfp(metrics: dict, blessing: dict, test: dict, kfp_metrics=None, kfp_cla
 
 
 def _score_model(model_uri: str, config: dict, examples_dir: str, summary: dict, splits: Sequence[str],
-                 workdir: str, batch_size: int) -> dict:
+                 workdir: str, batch_size: int, progress: bool = False, whose: str = "") -> dict:
+    """Scores each split; progress prints progress lines of its batches (`<split> batches<whose>`)."""
     local_model = model_registry.fetch_local(model_uri, workdir)
     signature = load_signature(local_model)
     out = {}
     for split in splits:
         files = _local_shards(examples_dir, split, os.path.join(workdir, split))
+        lines = None
+        if progress and files:
+            n = int(((summary.get("splits") or {}).get(split) or {}).get("examples") or 0)
+            lines = progress_lines.Progress("evaluate", math.ceil(n / batch_size), f"{split} batches{whose}")
         out[split] = score_split(signature, files, [int(a) for a in summary["au_ids"]], config["au_ids"],
-                                 config["task"], batch_size, source=f"{examples_dir} ({split} split)")
+                                 config["task"], batch_size, source=f"{examples_dir} ({split} split)", progress=lines)
+        if lines is not None:
+            lines.close()
     return out
 
 
 def _live_baseline(registry_uri: str, model_name: str, config: dict, examples_dir: str, summary: dict,
-                   workdir: str, batch_size: int) -> tuple[dict | None, list[str]]:
+                   workdir: str, batch_size: int, progress: bool = False) -> tuple[dict | None, list[str]]:
     """The live model's version and scores on this test split, or None with the reason why it is not compared."""
     if not registry_uri:
         return None, ["no registry given: judged on the thresholds alone"]
@@ -700,7 +713,7 @@ def _live_baseline(registry_uri: str, model_name: str, config: dict, examples_di
                       "not comparable, judged on the thresholds alone"]
     try:
         scored = _score_model(uri, live_config, examples_dir, summary, ["test"], os.path.join(workdir, "live"),
-                              batch_size)["test"]
+                              batch_size, progress, whose=f" of the live model {version}")["test"]
     except EvaluateError as e:
         return None, [f"the live version {version} cannot be scored ({e}): judged on the thresholds alone"]
     if config["task"] == "va":
@@ -712,6 +725,20 @@ def _live_baseline(registry_uri: str, model_name: str, config: dict, examples_di
         m = {"task": "au", "at_default": _label_rows(compute_metrics(scored["y_true"], scored["scores"]), config["au_ids"])}
     note = f"live model: version {version} in {root}, scored on the same test split"
     return {"version": version, "uri": uri, **headline(m)}, [note]
+
+
+def _no_test_example(examples_dir: str, summary: dict) -> str:
+    """Why evaluate has nothing to measure, and what to change: the test fraction convert split with."""
+    parameters = summary.get("parameters") or {}
+    fraction = parameters.get("test_fraction")
+    if fraction is None and parameters.get("source"):  # a filtered folder names the one convert wrote
+        try:
+            fraction = (ex.read_summary(parameters["source"]).get("parameters") or {}).get("test_fraction")
+        except (OSError, ValueError):
+            pass
+    now = f" (it is {fraction})" if fraction is not None else ""
+    return (f"the test split of {examples_dir} has no example (no test-*.tfrecord shard holds one): there is nothing "
+            f"to measure the model on; convert with a larger --test-fraction{now}, or from more images")
 
 
 def run(
@@ -727,10 +754,13 @@ def run(
     kfp_metrics=None,
     kfp_classification_metrics=None,
     report_path: str | None = None,
+    progress: bool = False,
 ) -> dict:
     """Scores the model on the test split (thresholds tuned on validation), judges it, writes the evaluation folder.
 
-    Returns {"metrics": ..., "blessing": ...} as written to metrics.json and blessing.json.
+    Returns {"metrics": ..., "blessing": ...} as written to metrics.json and blessing.json. Refuses
+    (EvaluateError) a test split with no example, or whose every label is 999. progress prints
+    progress lines of the batches scored (components.common.progress) for a pipeline's console.
     """
     if batch_size < 1:
         raise EvaluateError(f"batch size {batch_size} must be at least 1")
@@ -744,21 +774,30 @@ def run(
     if config["task"] == "va" and not summary.get("has_va"):
         raise EvaluateError(f"the model predicts valence/arousal, but the examples in {examples_dir} have none "
                             f"({ex.SUMMARY_FILE}: has_va is false)")
-    if not ex.shard_files(examples_dir, "test"):
-        raise EvaluateError(f"{examples_dir} has no test shards (test-*.tfrecord): convert with a test fraction above 0")
+    test_count = ((summary.get("splits") or {}).get("test") or {}).get("examples")
+    if not ex.shard_files(examples_dir, "test") or test_count == 0:
+        raise EvaluateError(_no_test_example(examples_dir, summary))
     with tempfile.TemporaryDirectory(prefix="evaluate-") as workdir:
         splits = ["test", "validation"] if config["task"] == "au" else ["test"]
         scored = _score_model(model_dir, config, examples_dir, summary, splits, os.path.join(workdir, "candidate"),
-                              batch_size)
+                              batch_size, progress)
         test = scored["test"]
         if not len(test["y_true"]):
-            raise EvaluateError(f"the test split of {examples_dir} holds no examples: nothing to evaluate")
+            raise EvaluateError(_no_test_example(examples_dir, summary))
+        if config["task"] == "au" and (test["y_true"] == labels.UNKNOWN).all():
+            raise EvaluateError(
+                f"every label of the test split of {examples_dir} is {labels.UNKNOWN} (not annotated): none of its "
+                f"{len(test['y_true'])} examples is annotated for any of AU{', AU'.join(map(str, config['au_ids']))}, "
+                "so no measure can be computed; keep AUs that the sheet annotates (--aus), or use a sheet whose "
+                "images are annotated for these AUs"
+            )
         if config["task"] == "au":
             metrics = au_metrics(test, scored.get("validation"), config["au_ids"])
         else:
             metrics = va_metrics(test)
         metrics["model"] = {k: config.get(k) for k in ("backbone", "image_size", "task", "au_ids") if k in config}
-        baseline, notes = _live_baseline(registry, model_name, config, examples_dir, summary, workdir, batch_size)
+        baseline, notes = _live_baseline(registry, model_name, config, examples_dir, summary, workdir, batch_size,
+                                         progress)
     verdict = judge(headline(metrics), baseline, config["task"], min_macro_f1, min_macro_auc, tolerance, notes)
     blessing = {
         "blessed": verdict["blessed"],

@@ -280,3 +280,45 @@ def test_cli_errors_are_one_message_and_exit_2(world, tmp_path, capsys):
                  "--registry", "", "--min-macro-f1", "0.99"]) == 0
     out = capsys.readouterr().out
     assert "NOT BLESSED" in out and "fail: macro F1" in out and "AU12" in out
+
+
+def test_a_test_split_with_no_example_is_refused_with_what_to_change(world, tmp_path):
+    examples = tiny.make_examples(str(tmp_path / "ex"), sizes={"train": 4, "validation": 4})
+    with open(os.path.join(examples, "examples_summary.json")) as f:
+        summary = json.load(f)
+    summary["parameters"] = {"test_fraction": 0.0}
+    with open(os.path.join(examples, "examples_summary.json"), "w") as f:
+        json.dump(summary, f)
+    with pytest.raises(logic.EvaluateError) as e:
+        logic.run(examples, world["good"], str(tmp_path / "out"), registry="")
+    assert str(e.value) == (
+        f"the test split of {examples} has no example (no test-*.tfrecord shard holds one): there is nothing to "
+        "measure the model on; convert with a larger --test-fraction (it is 0.0), or from more images")
+    # A filtered folder names the convert folder it came from, which has the fraction.
+    filtered = tiny.make_examples(str(tmp_path / "filtered"), sizes={"train": 4, "test": 0})
+    with open(os.path.join(filtered, "examples_summary.json")) as f:
+        summary = json.load(f)
+    summary["parameters"] = {"source": examples}
+    with open(os.path.join(filtered, "examples_summary.json"), "w") as f:
+        json.dump(summary, f)
+    with pytest.raises(logic.EvaluateError, match=r"the test split of .*filtered has no example .* larger "
+                                                  r"--test-fraction \(it is 0.0\)"):
+        logic.run(filtered, world["good"], str(tmp_path / "out"), registry="")
+    assert not os.path.exists(tmp_path / "out" / "blessing.json")
+
+
+def test_a_test_split_whose_every_label_is_999_is_refused(world, tmp_path):
+    examples = tiny.make_examples(str(tmp_path / "ex"), sizes={"validation": 5, "test": 6}, unknown=1.0)
+    with pytest.raises(logic.EvaluateError) as e:
+        logic.run(examples, world["good"], str(tmp_path / "out"), registry="")
+    assert str(e.value) == (
+        f"every label of the test split of {examples} is 999 (not annotated): none of its 6 examples is annotated "
+        "for any of AU1, AU2, AU12, so no measure can be computed; keep AUs that the sheet annotates (--aus), or "
+        "use a sheet whose images are annotated for these AUs")
+
+
+def test_progress_lines_count_the_batches_of_each_split(world, tmp_path, capsys):
+    logic.run(world["examples"], world["good"], str(tmp_path / "out"), registry="", batch_size=32, progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("progress:")]
+    assert lines[0] == "progress: evaluate 0/3 test batches" and lines[-1] == "progress: evaluate 2/2 validation batches"
+    assert "progress: evaluate 3/3 test batches" in lines
