@@ -94,7 +94,8 @@ def run(
     """Writes examples_dir's examples with only the AUs `aus` and `policy` for 999 to output_dir; returns the summary.
 
     Each input shard becomes the output shard of the same name; a split left with no example
-    has no shards. examples_summary.json is written last.
+    has no shards. examples_summary.json is written last. Refuses (ValueError) an examples folder
+    with no example, and a policy that leaves none in a split train or evaluate needs.
     """
     keep_ids = parse_aus(aus)
     check_policy(policy)
@@ -117,6 +118,7 @@ def run(
     stats = transforms.empty_stats()
     if shards:
         stats = _run_pipeline(shards, output_dir, keep_ids, policy, options, filter_transforms)
+    _check_not_empty(examples_dir, source, shards, stats, keep_ids, policy)
     plan = {s["split"]: {"shards": s["count"]} for s in shards}
     summary = transforms.write_summary(
         output_dir, keep_ids, stats, plan, has_va=source.get("has_va", False), policy=policy,
@@ -127,6 +129,35 @@ def run(
     )
     _LOG.info("filter: %s", {s: v["examples"] for s, v in summary["splits"].items()})
     return summary
+
+
+# The splits the next steps cannot do without: train trains on one, evaluate measures on the other
+# (with no validation split train only warns).
+NEEDED_SPLITS = ("train", "test")
+
+
+def _check_not_empty(examples_dir: str, source: dict, shards: list[dict], stats: dict, keep_ids, policy: str) -> None:
+    """ValueError, in the user's words, when there was no example to filter or the policy left none in a needed split."""
+    if not stats["counters"].get(EXAMPLES_READ, 0):
+        found = f"its {len(shards)} shards hold no record" if shards else "it has no train/validation/test shard"
+        raise ValueError(
+            f"{examples_dir} holds no example ({found}): nothing to filter; rerun convert and fix what it reports"
+        )
+    for split in NEEDED_SPLITS:
+        had = any(s["split"] == split for s in shards)  # an empty split has no shards (convert drops them)
+        read = ((source.get("splits") or {}).get(split) or {}).get("examples")
+        if policy != "drop" or not had or read == 0 or stats["splits"].get(split, {}).get("examples", 0):
+            continue  # only drop leaves examples out; a split that came empty is the next step's to refuse
+        table = ((source.get("splits") or {}).get(split) or {}).get("au") or {}
+        unknown = sorted(((int((table.get(str(a)) or {}).get("unknown", 0)), a) for a in keep_ids), reverse=True)
+        where = ", ".join(f"AU{a} in {n:,}" for n, a in unknown if n)
+        need = "train learns from" if split == "train" else "evaluate measures the model on"
+        raise ValueError(
+            f"policy {policy} left no example in the {split} split of {examples_dir}, which {need}: "
+            + (f"all {read:,} were dropped" if read else "every one was dropped")
+            + f" for a 999 (not annotated) in a kept AU{f' ({where})' if where else ''}. "
+            "--policy mask keeps them (training ignores 999), or keep AUs that are annotated (--aus)"
+        )
 
 
 def _run_pipeline(shards, output_dir, keep_ids, policy, options, filter_transforms) -> dict:

@@ -74,7 +74,6 @@ def test_filter_examples_transform_with_counters(tmp_path):
 
 
 @pytest.mark.parametrize("policy, train, counters", [
-    ("drop", {"examples": 3, "au": {"1": [2, 1, 0], "4": [1, 2, 0]}}, {"dropped_unknown": 3, "zeroed_labels": 0}),
     ("mask", {"examples": 4, "au": {"1": [2, 2, 0], "4": [1, 2, 1]}}, {"dropped_unknown": 0, "zeroed_labels": 0}),
     ("zero", {"examples": 4, "au": {"1": [2, 2, 0], "4": [1, 3, 0]}}, {"dropped_unknown": 0, "zeroed_labels": 3}),
 ])
@@ -90,14 +89,20 @@ def test_filter_step_summary_for_each_policy(tmp_path, policy, train, counters):
     assert {a: [v["positive"], v["negative"], v["unknown"]] for a, v in got["au"].items()} == train["au"]
     assert {k: summary["counters"][k] for k in counters} == counters
     assert summary["counters"]["examples_read"] == 6
-    if policy == "drop":  # validation and test lose their only example: no shards, still in the summary
-        for split in ("validation", "test"):
-            assert summary["splits"][split]["examples"] == 0 and summary["splits"][split]["shards"] == 0
-            assert examples.shard_files(str(out), split) == []
-    else:
-        assert summary["splits"]["test"]["au"]["4"] == (
-            {"positive": 0, "negative": 0, "unknown": 1} if policy == "mask" else
-            {"positive": 0, "negative": 1, "unknown": 0})
+    assert summary["splits"]["test"]["au"]["4"] == (
+        {"positive": 0, "negative": 0, "unknown": 1} if policy == "mask" else
+        {"positive": 0, "negative": 1, "unknown": 0})
     assert not os.path.exists(os.path.join(out, logic.STAGING_DIR))
     for key, au, ids in keys_and_labels(out, "train"):
         assert ids == [1, 4] and (999 not in au or policy == "mask")
+
+
+def test_filter_step_refuses_a_drop_that_empties_the_test_split(tmp_path):
+    # drop keeps 3 train examples, but the test split's only one has a 999 in AU4: evaluate would have nothing.
+    source = write_examples(tmp_path / "examples")
+    out = tmp_path / "drop"
+    with pytest.raises(ValueError, match=r"policy drop left no example in the test split of .*, which evaluate "
+                                         r"measures the model on: every one was dropped for a 999 .* --policy mask"):
+        logic.run(source, str(out), aus="1,4", policy="drop")
+    assert not os.path.exists(os.path.join(out, examples.SUMMARY_FILE))  # not a finished folder
+    assert not os.path.exists(os.path.join(out, logic.STAGING_DIR))

@@ -113,3 +113,53 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path, capsys):
     assert cli.main(["--examples", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "examples_summary.json is missing" in err and "Traceback" not in err
+
+
+def au_table(unknown):
+    return {str(a): {"positive": 0, "negative": 0, "unknown": n} for a, n in zip(AU_IDS, unknown)}
+
+
+def test_run_refuses_an_examples_folder_with_no_example(tmp_path):
+    source = tmp_path / "examples"
+    write_examples(source, {})
+    with pytest.raises(ValueError, match=r"examples holds no example \(it has no train/validation/test shard\): "
+                                         "nothing to filter; rerun convert"):
+        logic.run(str(source), str(tmp_path / "out"), aus="1")
+    shards = [{"split": "train", "index": 0, "count": 1, "path": "p"}]
+    with pytest.raises(ValueError, match=r"holds no example \(its 1 shards hold no record\)"):
+        logic._check_not_empty("ex", {}, shards, {"splits": {}, "counters": {"examples_read": 0}}, [1], "mask")
+
+
+def drop_stats(train, test):
+    return {"splits": {"train": {"examples": train}, "test": {"examples": test}},
+            "counters": {"examples_read": 10, "dropped_unknown": 10 - train - test}}
+
+
+SHARDS = [{"split": s, "index": 0, "count": 1, "path": s} for s in ("train", "validation", "test")]
+
+
+def test_a_drop_that_empties_the_train_split_names_the_aus_and_mask():
+    source = {"splits": {"train": {"examples": 1230, "au": au_table([0, 1100, 40, 0, 900])},
+                         "test": {"examples": 300, "au": au_table([0, 0, 0, 0, 0])}}}
+    with pytest.raises(ValueError) as e:
+        logic._check_not_empty("/runs/x/examples", source, SHARDS, drop_stats(0, 3), [1, 2, 4, 12], "drop")
+    assert str(e.value) == (
+        "policy drop left no example in the train split of /runs/x/examples, which train learns from: all 1,230 "
+        "were dropped for a 999 (not annotated) in a kept AU (AU2 in 1,100, AU12 in 900, AU4 in 40). --policy mask "
+        "keeps them (training ignores 999), or keep AUs that are annotated (--aus)")
+
+
+def test_a_drop_that_empties_the_test_split_says_evaluate_needs_it():
+    source = {"splits": {"test": {"examples": 7, "au": au_table([7, 0, 0, 0, 0])}}}
+    with pytest.raises(ValueError, match=r"no example in the test split of ex, which evaluate measures the model "
+                                         r"on: all 7 were dropped for a 999 \(not annotated\) in a kept AU \(AU1 in 7\)"):
+        logic._check_not_empty("ex", source, SHARDS, drop_stats(3, 0), [1, 2], "drop")
+
+
+def test_no_refusal_for_what_the_policy_did_not_empty():
+    # validation may be empty (train warns); a split that came empty is the next step's to refuse; mask drops nothing
+    logic._check_not_empty("ex", {}, SHARDS, {"splits": {"train": {"examples": 3}, "test": {"examples": 1}},
+                                              "counters": {"examples_read": 6}}, [1], "drop")
+    logic._check_not_empty("ex", {}, SHARDS[:2], drop_stats(3, 0), [1], "drop")
+    logic._check_not_empty("ex", {"splits": {"test": {"examples": 0}}}, SHARDS, drop_stats(3, 0), [1], "drop")
+    logic._check_not_empty("ex", {}, SHARDS, drop_stats(3, 0), [1], "mask")
