@@ -75,8 +75,9 @@ def given_flags(args) -> dict:
 def add_push_argument(parser) -> None:
     """--push (pipeline.py sweep and sweep-pick)."""
     parser.add_argument("--push", choices=defaults.SWEEP_PUSH_MODES, default=defaults.SWEEP_PUSH,
-                        help=f"Which models go to the registry: best (by {SELECTION}), all (best last, so LATEST "
-                             "names it) or none; each only when blessed, unless --force-push (default: %(default)s)")
+                        help="Which models go to the registry: best (the highest macro F1 at threshold 0.5 on the "
+                             "test split, then macro AUC), all (best last, so LATEST names it) or none; each only when "
+                             "blessed, unless --force-push (default: %(default)s)")
 
 
 
@@ -104,7 +105,7 @@ def sweepable_parameters() -> dict[str, type]:
 def _why_fixed(name: str) -> str:
     data = [s for s in DATA_STEPS if name in _parameters_of(s)]
     if data:
-        return (f"it is a parameter of {', '.join(data)}, a data step the sweep runs once for every point; "
+        return (f"it is a parameter of {', '.join(data)}, a data step the sweep runs once for all its points; "
                 f"run one sweep per value (e.g. pipeline.py sweep --{name.replace('_', '-')} VALUE --grid ...)")
     if name in _parameters_of("push"):
         return "it says where and how the sweep pushes, the same for every point; give it as a flag"
@@ -318,6 +319,7 @@ def run_local(arguments: dict, grid: dict, sweep_dir: str, push: str = defaults.
                                        figures=pushed["figures"])
         steps = [known.get(name) or StepRecord(name) for name in STEPS]
         run = RunResult(run_dir=entry["run_dir"], ok=entry["status"] == "succeeded", steps=steps, error=entry["error"])
+        os.makedirs(run.run_dir, exist_ok=True)
         write_summary(run)
         entry["report"] = write_report(run)
     record["points"] = results

@@ -286,3 +286,59 @@ def test_a_grid_may_vary_a_value_of_the_preset_but_not_a_flag_given_beside_it():
     assert run["learning_rate"] == 0.01 and run["optimizer"] == "rmsprop" and run["epochs"] == 4
     with pytest.raises(sweep.SweepError, match="epochs is given both as --epochs and in --grid"):
         sweep.parse_grid(["epochs=1,2"], sweep.given_flags(args))
+
+
+# --- the local sweep's order of work, with the parts stood in for -------------------------------
+
+
+def _fake_parts(tmp_path, monkeypatch, fail_data=False, fail_points=()):
+    """Stands in for kfp.local: records which parts ran; a point's train/evaluate outputs are _entry's folders."""
+    from pipeline.local import StepRecord
+
+    calls = []
+
+    def run_part(pipeline_func, steps, run_dir, verbose):
+        calls.append((tuple(steps), os.path.basename(run_dir)))
+        if steps == sweep.DATA_STEPS:
+            recs = {s: StepRecord(s, "succeeded", 1.0, log=f"{run_dir}/logs/{s}.log") for s in steps}
+            recs["filter-examples"].outputs = {"filtered": str(tmp_path / "filtered")}
+            if fail_data:
+                recs["convert"].status = "failed"
+                return False, "step convert failed; its log: x", recs
+            return True, "", recs
+        name = os.path.basename(run_dir)
+        if name in fail_points:
+            return False, "step train failed; its log: t", {"train": StepRecord("train", "failed", 2.0, log="t"),
+                                                              "evaluate": StepRecord("evaluate")}
+        e = _entry(tmp_path / "made", name, {}, 0.1 * len(calls))  # later points score better
+        return True, "", {"train": StepRecord("train", "succeeded", 3.0, {"model": e["model"]}),
+                          "evaluate": StepRecord("evaluate", "succeeded", 1.5, {"evaluation": e["evaluation"]})}
+
+    monkeypatch.setattr(sweep, "_run_part", run_part)
+    return calls
+
+
+def test_a_local_sweep_runs_the_data_part_once_then_every_point_even_after_one_fails(tmp_path, monkeypatch):
+    calls = _fake_parts(tmp_path, monkeypatch, fail_points=("02-seed=2",))
+    grid = sweep.parse_grid(["seed=1,2,3"])
+    record = sweep.run_local({"registry": str(tmp_path / "registry"), "min_macro_f1": 0.0}, grid,
+                             str(tmp_path / "sweep"), say=lambda *a: None)
+    assert calls == [(sweep.DATA_STEPS, defaults.SWEEP_DATA_DIR), (sweep.POINT_STEPS, "01-seed=1"),
+                     (sweep.POINT_STEPS, "02-seed=2"), (sweep.POINT_STEPS, "03-seed=3")]
+    assert [p["status"] for p in record["points"]] == ["succeeded", "failed", "succeeded"]
+    assert record["points"][1]["log"] == "t" and not record["ok"] and "02-seed=2" in record["error"]
+    assert record["best"] == "03-seed=3" and [p["name"] for p in record["pushed"]] == ["03-seed=3"]
+    summary = json.loads((tmp_path / "sweep" / "03-seed=3" / "run_summary.json").read_text())
+    assert [s["name"] for s in summary["steps"]] == list(STEPS)
+    assert {s["name"]: s["status"] for s in summary["steps"]}["push"] == "succeeded"
+    assert (tmp_path / "sweep" / "01-seed=1" / "report.html").is_file()
+    assert (tmp_path / "sweep" / sweep.SWEEP_MD).is_file()
+
+
+def test_when_the_data_steps_fail_no_point_runs_and_the_sweep_says_so(tmp_path, monkeypatch):
+    calls = _fake_parts(tmp_path, monkeypatch, fail_data=True)
+    record = sweep.run_local({"registry": str(tmp_path / "registry")}, sweep.parse_grid(["seed=1,2"]),
+                             str(tmp_path / "sweep"), say=lambda *a: None)
+    assert calls == [(sweep.DATA_STEPS, defaults.SWEEP_DATA_DIR)]
+    assert not record["ok"] and record["error"] == "the data steps failed, so no point ran: step convert failed; its log: x"
+    assert json.loads((tmp_path / "sweep" / sweep.SWEEP_JSON).read_text())["points"] == []
