@@ -504,12 +504,13 @@ def plot_loss_curves(entries: list[dict], path: str) -> str:
         drawn = 0
         for i, e in enumerate(entries):
             colour = colours(i % colours.N)
+            # One legend entry per run (its colour); the line style says train or validation.
             if e.get("loss"):
-                ax.plot(range(1, len(e["loss"]) + 1), e["loss"], "o-", markersize=3, color=colour, label=f"{e['name']} train")
+                ax.plot(range(1, len(e["loss"]) + 1), e["loss"], "o-", markersize=3, color=colour, label=e["name"])
                 drawn += 1
             if e.get("val_loss"):
                 ax.plot(range(1, len(e["val_loss"]) + 1), e["val_loss"], "o--", markersize=3, color=colour,
-                        label=f"{e['name']} validation")
+                        label=None if e.get("loss") else e["name"])
         if not drawn:
             ax.text(0.5, 0.5, "no run finished training", ha="center", va="center", transform=ax.transAxes)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -518,7 +519,7 @@ def plot_loss_curves(entries: list[dict], path: str) -> str:
         ax.set_title("training (solid) and validation (dashed) loss of each run")
         ax.grid(alpha=0.3)
         if drawn:
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="upper right", ncol=1 + len(entries) // 12)
         fig.tight_layout()
         fig.savefig(path, format="png")
     finally:
