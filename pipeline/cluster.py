@@ -452,9 +452,10 @@ def add_sweep_submit_arguments(parser: argparse.ArgumentParser) -> None:
 def submit_sweep(args: argparse.Namespace) -> int:
     """Starts one run of the DAG per grid point, together, in one KFP experiment; writes the plan sweep-pick reads.
 
-    Each run pushes (forced) into its own candidate registry, never the live one: the data steps are
-    cheap from the second run on (convert and filter are cached, the download store resumes), and
-    `pipeline.py sweep-pick` then compares the runs and pushes the best.
+    Each run has its own data steps (the download store gives each download only what it lacks; convert
+    and filter come from KFP's cache where their inputs are the same artifacts) and pushes, forced, into
+    its own candidate registry, never the live one; `pipeline.py sweep-pick` then compares the runs and
+    pushes the best.
     """
     import json
 

@@ -4,8 +4,8 @@ Locally (`pipeline.py sweep`) the data steps (ingest, download, validate, conver
 kfp.local; each grid point then runs train and evaluate on the filtered examples (a `dsl.importer`
 of that folder), one after another, each in its own folder; the comparison table, the loss curves
 of every run in one plot, and the push of the best run end it. On a cluster (`pipeline.py
-sweep-submit`) every point is a run of the whole DAG in one KFP experiment (convert and filter are
-cached, the download store resumes), each pushing into its own candidate registry; `pipeline.py
+sweep-submit`) every point is a run of the whole DAG in one KFP experiment (the download store gives
+each run's download only what it lacks), each pushing into its own candidate registry; `pipeline.py
 sweep-pick` then compares them and pushes the best, as a local sweep does.
 
 Only parameters that train or evaluate read, and no data step nor push, may vary: the data steps are
