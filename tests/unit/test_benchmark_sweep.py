@@ -1,5 +1,5 @@
 """benchmarks/sweep.py without running the pipeline: the table it prints from measured figures, its verdict, and its
-argument checks (the measurement itself is a run and a sweep: tests/e2e/test_sweep.py runs a sweep end to end)."""
+argument checks (the measurement itself is a run and a sweep: tests/e2e/test_sweep_run.py runs a sweep end to end)."""
 import importlib.util
 import os
 
