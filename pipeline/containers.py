@@ -242,6 +242,8 @@ def build_images(tags: Mapping[str, str], environ: Mapping[str, str], log_dir: s
         seconds = build_image(kind, tag, chosen, environ, os.path.join(log_dir, f"build-{kind}.log"), root, say)
         built.append(BuiltImage(kind, tag, chosen, standin, seconds, os.path.join(log_dir, f"build-{kind}.log")))
         say(f"built {tag} in {seconds:.0f}s ({image_size(tag) / 1e9:.2f} GB)")
+    # A rebuild leaves the image it replaced untagged: drop those of this project's (its label), no one else's.
+    _docker("image", "prune", "--force", "--filter", f"label={LABEL_LOCK}", timeout=300)
     return built
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 
 import pytest
 
@@ -56,7 +57,14 @@ def user() -> tuple[int, int]:
 def docker_run(image: str, args: list[str], mounts: list[str], user: tuple[int, int], network: str = "none",
                timeout: float = 900) -> subprocess.CompletedProcess:
     """`docker run --rm --network NETWORK -u UID:GID -e HOME=/tmp -v PATH:PATH ... IMAGE ARGS`, as README shows it."""
-    command = ["docker", "run", "--rm", "--network", network, "-u", f"{user[0]}:{user[1]}", "-e", "HOME=/tmp"]
+    name = f"au-test-{uuid.uuid4().hex[:12]}"
+    command = ["docker", "run", "--rm", "--name", name, "--network", network, "-u", f"{user[0]}:{user[1]}",
+               "-e", "HOME=/tmp"]
     for path in mounts:
         command += ["-v", f"{path}:{path}"]
-    return subprocess.run([*command, image, *args], capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run([*command, image, *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # killing the client leaves the container running: stop it too
+        subprocess.run(["docker", "rm", "--force", name], capture_output=True, timeout=60)
+        raise
