@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -196,8 +197,6 @@ def build_image(kind: str, tag: str, base: str, environ: Mapping[str, str], log_
                 root: Path = defaults.REPO_ROOT, say: Callable[[str], None] = print) -> float:
     """Builds one image (docker/Dockerfile.KIND on `base`), labelled with the lock and source digests; returns its
     build time. The full build output goes to log_path."""
-    import time
-
     with tempfile.TemporaryDirectory() as tmp:
         command = [*buildkit_command(), "--progress", "plain", "--network", "host", "-f", DOCKERFILES[kind],
                    "--build-arg", f"BASE_IMAGE={base}", "--label", f"{LABEL_LOCK}={lock_digest(root)}",

@@ -295,6 +295,7 @@ def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: boo
     from pipeline.dag import STEPS
 
     os.makedirs(run_dir, exist_ok=True)
+    console = _Console(os.path.join(run_dir, LOGS_DIR), verbose)
     if containers is None:
         if pipeline_func is None:
             from pipeline.dag import au_pipeline as pipeline_func
@@ -302,19 +303,17 @@ def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: boo
         # installed environment is what the steps import (no pip at run time).
         runner, in_containers = local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
     else:
-        from pipeline import containers as images
+        from pipeline.containers import container_settings, run_tasks_in_containers
         from pipeline.dag import build_pipeline
         from pipeline.platform import ImagePlatform
 
         pipeline_func = pipeline_func or build_pipeline(ImagePlatform(containers.image_cpu, containers.image_gpu))
-        settings = images.container_settings(arguments, run_dir, containers.uid, containers.gid, containers.environ)
+        settings = container_settings(arguments, run_dir, containers.uid, containers.gid, containers.environ)
         runner = local.DockerRunner()
+        in_containers = run_tasks_in_containers(settings, lambda: console.step, console.line)
     local.init(runner=runner, pipeline_root=os.path.abspath(run_dir), raise_on_error=False)
     records: dict[str, StepRecord] = {name: StepRecord(name) for name in STEPS}
     error = ""
-    console = _Console(os.path.join(run_dir, LOGS_DIR), verbose)
-    if containers is not None:
-        in_containers = images.run_tasks_in_containers(settings, lambda: console.step, console.line)
     with warnings.catch_warnings():
         # kfp.local warns that our cluster images are not python images; they are not used here.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
