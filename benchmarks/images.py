@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -39,9 +40,9 @@ def rebuild_after_a_code_change(kind: str, tag: str, base: str, log_dir: str) ->
         bench_tag = tag.rsplit(":", 1)[0] + ":rebuild-benchmark"
         try:
             return containers.build_image(kind, bench_tag, base, os.environ, os.path.join(log_dir, f"rebuild-{kind}.log"),
-                                          root=__import__("pathlib").Path(tmp), say=lambda line: None)
+                                          root=Path(tmp), say=lambda line: None)
         finally:
-            containers._docker("image", "rm", "-f", bench_tag)
+            containers.remove_image(bench_tag)
 
 
 def main(argv=None) -> int:

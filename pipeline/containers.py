@@ -246,6 +246,11 @@ def build_images(tags: Mapping[str, str], environ: Mapping[str, str], log_dir: s
     return built
 
 
+def remove_image(tag: str) -> None:
+    """Removes a local image tag (nothing when there is none)."""
+    _docker("image", "rm", "--force", tag)
+
+
 def image_size(tag: str) -> int:
     """Bytes of a local image, as `docker image ls` counts them."""
     done = _docker("image", "inspect", "--format", "{{.Size}}", tag, check=True)

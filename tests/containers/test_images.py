@@ -43,3 +43,18 @@ def test_every_step_cli_starts_in_its_image_as_a_plain_user_with_no_network(imag
         script = " && ".join(f"python -m components.{n} --help >/dev/null" for n in names)
         done = run_in(images[kind], script)
         assert done.returncode == 0, (kind, done.stderr[-2000:])
+
+
+def test_the_images_benchmark_prints_each_images_size(images):
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "images.py"), "--no-rebuild",
+                           "--tag-cpu", images["cpu"], "--tag-gpu", images["gpu"]],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    head, cpu, gpu = done.stdout.strip().splitlines()
+    assert head.split()[:4] == ["image", "tag", "base", "size"]
+    assert cpu.startswith(f"cpu   {images['cpu']}") and " GB " in cpu and "< 3 GB" in cpu
+    assert gpu.startswith(f"gpu   {images['gpu']}")
