@@ -407,7 +407,7 @@ def choose_best(entries: list[dict]) -> dict | None:
 
 def comparison_table(record: dict, entries: list[dict]) -> tuple[list[str], list[list[str]]]:
     """(head, rows): each point's varied parameters and the study's measures, formatted as evaluate formats them."""
-    from components.evaluate.logic import _num, table_rows
+    from components.evaluate.logic import format_number, table_rows
 
     keys = list(record["grid"])
     head = (["run"] + keys + ["status", "accuracy", "partial acc", "P", "R", "F1", "AUC", "TP", "FP", "TN", "FN",
@@ -421,16 +421,16 @@ def comparison_table(record: dict, entries: list[dict]) -> tuple[list[str], list
             t_head, t_rows = table_rows(m, counts=True)
             macro = dict(zip(t_head, next(r for r in t_rows if r[0] == "macro")))
             micro = dict(zip(t_head, next(r for r in t_rows if r[0] == "micro")))
-            cells += [_num(m["at_default"]["accuracy"]), _num(m["at_default"]["partial_accuracy"]),
+            cells += [format_number(m["at_default"]["accuracy"]), format_number(m["at_default"]["partial_accuracy"]),
                       macro["P@0.5"], macro["R@0.5"], macro["F1@0.5"], macro["AUC"],
                       micro["TP"], micro["FP"], micro["TN"], micro["FN"], macro["F1@thr"],
                       {True: "yes", False: "no"}.get(e.get("blessed"), "-")]
         else:
             cells += ["-"] * 12
         secs = e.get("seconds") or {}
-        cells += [_num(e.get("epochs")), _num(e.get("best_val_loss")),
-                  _num(secs.get("train"), 1) if "train" in secs else "-",
-                  _num(secs.get("evaluate"), 1) if "evaluate" in secs else "-"]
+        cells += [format_number(e.get("epochs")), format_number(e.get("best_val_loss")),
+                  format_number(secs.get("train"), 1) if "train" in secs else "-",
+                  format_number(secs.get("evaluate"), 1) if "evaluate" in secs else "-"]
         rows.append(cells)
     return head, rows
 

@@ -463,7 +463,8 @@ def va_metrics(test: dict) -> dict:
     return out
 
 
-def _num(x, digits: int = 3) -> str:
+def format_number(x, digits: int = 3) -> str:
+    """A figure as the tables print it: "-" for none or NaN, integers as they are, others to `digits` places."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if isinstance(x, int):
@@ -475,9 +476,9 @@ def table_rows(metrics: dict, counts: bool = False) -> tuple[list[str], list[lis
     """The per-label table of a metrics.json as (head, rows of strings); counts adds TP, FP, TN and FN at 0.5."""
     if metrics["task"] == "va":
         head = ["target", "examples", "MSE", "RMSE", "CCC"]
-        rows = [[n, _num(metrics[n]["examples"]), _num(metrics[n]["mse"]), _num(metrics[n]["rmse"]), _num(metrics[n]["ccc"])]
+        rows = [[n, format_number(metrics[n]["examples"]), format_number(metrics[n]["mse"]), format_number(metrics[n]["rmse"]), format_number(metrics[n]["ccc"])]
                 for n in labels.VA_COLUMNS]
-        rows.append(["mean", _num(metrics["examples"]), _num(metrics["mean_mse"]), "", _num(metrics["mean_ccc"])])
+        rows.append(["mean", format_number(metrics["examples"]), format_number(metrics["mean_mse"]), "", format_number(metrics["mean_ccc"])])
         return head, rows
     confusion = ("tp", "fp", "tn", "fn") if counts else ()
     head = (["AU", "name", "pos", "neg", "unk"] + [c.upper() for c in confusion]
@@ -486,14 +487,14 @@ def table_rows(metrics: dict, counts: bool = False) -> tuple[list[str], list[lis
     d0, dt = metrics["at_default"], metrics["at_tuned"]
     for a, b in zip(d0["per_label"], dt["per_label"]):
         rows.append([f"AU{a['au']}", a.get("name", ""), str(a["positives"]), str(a["negatives"]), str(a["unknown"])]
-                    + [_num(a[c]) for c in confusion]
-                    + [_num(a["precision"]), _num(a["recall"]), _num(a["f1"]), _num(a["auc"]),
-                       _num(b["threshold"], 2), _num(b["precision"]), _num(b["recall"]), _num(b["f1"])])
+                    + [format_number(a[c]) for c in confusion]
+                    + [format_number(a["precision"]), format_number(a["recall"]), format_number(a["f1"]), format_number(a["auc"]),
+                       format_number(b["threshold"], 2), format_number(b["precision"]), format_number(b["recall"]), format_number(b["f1"])])
     for avg in ("micro", "macro"):
         a, b = d0[avg], dt[avg]
-        rows.append([avg, "", "", "", ""] + [_num(a[c], 1) for c in confusion]
-                    + [_num(a["precision"]), _num(a["recall"]), _num(a["f1"]), _num(a["auc"]),
-                       "", _num(b["precision"]), _num(b["recall"]), _num(b["f1"])])
+        rows.append([avg, "", "", "", ""] + [format_number(a[c], 1) for c in confusion]
+                    + [format_number(a["precision"]), format_number(a["recall"]), format_number(a["f1"]), format_number(a["auc"]),
+                       "", format_number(b["precision"]), format_number(b["recall"]), format_number(b["f1"])])
     return head, rows
 
 
@@ -507,9 +508,9 @@ def _overall_lines(metrics: dict) -> list[str]:
         return []
     d0, dt = metrics["at_default"], metrics["at_tuned"]
     return [
-        f"accuracy {_num(d0['accuracy'])} (tuned {_num(dt['accuracy'])}), "
-        f"partial accuracy {_num(d0['partial_accuracy'])} (tuned {_num(dt['partial_accuracy'])}), "
-        f"exact match {_num(d0['exact_match'])} (tuned {_num(dt['exact_match'])})"
+        f"accuracy {format_number(d0['accuracy'])} (tuned {format_number(dt['accuracy'])}), "
+        f"partial accuracy {format_number(d0['partial_accuracy'])} (tuned {format_number(dt['partial_accuracy'])}), "
+        f"exact match {format_number(d0['exact_match'])} (tuned {format_number(dt['exact_match'])})"
     ]
 
 
