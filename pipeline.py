@@ -267,8 +267,8 @@ def main(argv=None) -> int:
     cluster.add_submit_arguments(p_submit)
     p_schedule = sub.add_parser("schedule", help="Create a recurring (scheduled) retraining run.")
     cluster.add_schedule_arguments(p_schedule)
-    p_sweep_submit = sub.add_parser("sweep-submit", help="Submit one run per grid point to a KFP host, "
-                                    "together, in one experiment.")
+    p_sweep_submit = sub.add_parser("sweep-submit", help="On a KFP host: the data steps once (a data run), then "
+                                    "one train -> evaluate -> push run per grid point, together, in one experiment.")
     cluster.add_sweep_submit_arguments(p_sweep_submit)
     p_sweep_pick = sub.add_parser("sweep-pick", help="Compare the finished runs of a sweep-submit and push the best.")
     add_sweep_pick_arguments(p_sweep_pick)

@@ -445,17 +445,20 @@ def add_sweep_submit_arguments(parser: argparse.ArgumentParser) -> None:
     _add_target_arguments(parser)
     sweep.add_grid_arguments(parser)
     parser.add_argument("--run-name", help="Prefix of the runs' names (default: the sweep id, sweep-<UTC time>)")
+    parser.add_argument("--data-timeout", type=int, default=defaults.SWEEP_DATA_TIMEOUT, metavar="SECONDS",
+                        help="How long to wait for the data run before giving up on starting the points "
+                             "(default: %(default)s)")
     parser.add_argument("--runs-dir", default=defaults.RUNS_DIR,
                         help=f"Where the sweep's plan ({defaults.SWEEP_PLAN}) is kept for sweep-pick (default: %(default)s)")
 
 
 def submit_sweep(args: argparse.Namespace) -> int:
-    """Starts one run of the DAG per grid point, together, in one KFP experiment; writes the plan sweep-pick reads.
+    """Runs the data steps once on the cluster, then one train -> evaluate -> push run per grid point, together, in one
+    KFP experiment; writes the plan sweep-pick reads.
 
-    Each run has its own data steps (the download store gives each download only what it lacks; convert
-    and filter come from KFP's cache where their inputs are the same artifacts) and pushes, forced, into
-    its own candidate registry, never the live one; `pipeline.py sweep-pick` then compares the runs and
-    pushes the best.
+    The data run publishes its filtered examples to <registry>/sweeps/<sweep-id>/examples; once it has succeeded,
+    every point's run imports them from there (a dsl.importer) and pushes, forced, into its own candidate registry,
+    never the live one; `pipeline.py sweep-pick` then compares the runs and pushes the best.
     """
     import json
 
@@ -465,11 +468,16 @@ def submit_sweep(args: argparse.Namespace) -> int:
     from pipeline import sweep
 
     started: list[dict] = []
+    data_run: dict = {}
     try:
         target = _check_target(args)
         if target != "kfp":
             raise ClusterError("sweep-submit starts Kubeflow Pipelines runs (--host); on Vertex AI start each point "
                                "with pipeline.py submit --run-name NAME and the point's flags")
+        if args.package:
+            raise ClusterError("sweep-submit compiles its own two parts of the DAG (the data steps once, then train, "
+                               "evaluate and push per point): give compile.py's flags (--image-cpu, --image-gpu, "
+                               "--node-selector...) instead of --package")
         params = pipeline_arguments(args)
         params.setdefault("download_allow_private", False)
         _check_parameters(params, scheduled=False)
@@ -479,20 +487,26 @@ def submit_sweep(args: argparse.Namespace) -> int:
             raise ClusterError(str(e)) from None
         spec_defaults = {name: default for name, _, default, _ in pipeline_parameters()}
         sweep_id = f"sweep-{_stamp()}"
+        registry = params.get("registry", spec_defaults["registry"])
+        examples_uri = sweep.shared_examples_uri(registry, sweep_id)
         runs = sweep.cluster_runs(params, grid, sweep_id, args.run_name or sweep_id)
+        platform = platform_from_args(args)
         token = _read_token(args.token_file) if args.token_file else None
         with tempfile.TemporaryDirectory(prefix="au-pipeline-") as tmp:
-            package = _package(args, target, tmp)
-            _kfp_runs(args, package, runs, token, started)
+            _kfp_sweep(args, platform, params, runs, examples_uri, args.run_name or sweep_id, token, tmp, data_run,
+                       started)
         status = 0
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        if not data_run:
+            return 2
+        status = 1
     except (kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError, TimeoutError) as e:
         print(f"error: {_kfp_error(args, e)}", file=sys.stderr)
-        if not started:
+        if not data_run:
             return 1
-        print(f"error: only {len(started)} of {len(runs)} runs started; the plan lists those", file=sys.stderr)
+        if data_run.get("state") == "SUCCEEDED":
+            print(f"error: only {len(started)} of {len(runs)} point runs started; the plan lists those", file=sys.stderr)
         status = 1
     plan = {
         "sweep_id": sweep_id,
@@ -500,10 +514,12 @@ def submit_sweep(args: argparse.Namespace) -> int:
         "experiment": args.experiment,
         "grid": grid,
         "fixed": {k: v for k, v in params.items() if k not in grid},
-        "registry": params.get("registry", spec_defaults["registry"]),
+        "registry": registry,
         "model_name": params.get("model_name", spec_defaults["model_name"]),
         "force_push": params.get("force_push", spec_defaults["force_push"]),
         "keep_versions": params.get("keep_versions", spec_defaults["keep_versions"]),
+        "data_run": data_run,
+        "examples_uri": examples_uri,
         "points": started,
     }
     folder = os.path.join(args.runs_dir, sweep_id)
@@ -511,31 +527,55 @@ def submit_sweep(args: argparse.Namespace) -> int:
     path = os.path.join(folder, defaults.SWEEP_PLAN)
     with open(path, "w") as f:
         json.dump(plan, f, indent=2)
-    print(f"sweep {sweep_id}: {len(started)} runs in experiment {args.experiment}; plan: {path}")
-    print(f"when they have finished: python pipeline.py sweep-pick {folder}   (compares them, pushes the best)")
+    print(f"sweep {sweep_id}: the data run and {len(started)} point runs in experiment {args.experiment}; plan: {path}")
+    if started:
+        print(f"when they have finished: python pipeline.py sweep-pick {folder}   (compares them, pushes the best)")
     return status
 
 
-def _kfp_runs(args, package: str, runs: list, token: str | None, started: list[dict]) -> None:
-    """Uploads the spec once and starts every (name, parameters, point) run in one experiment; each is added to
-    `started` as it starts."""
+def _kfp_sweep(args, platform, params: dict, runs: list, examples_uri: str, prefix: str, token: str | None,
+               tmp: str, data_run: dict, started: list[dict]) -> None:
+    """Starts the data run and waits for it, then starts every (name, parameters, point) run, all in one experiment;
+    each run's spec goes with it. data_run and started are filled in as runs start and end."""
     import kfp
+    from kfp import compiler
+
+    from pipeline import sweep
 
     client = kfp.Client(host=args.host, namespace=args.namespace or "kubeflow", existing_token=token)
-    pipeline_id, version_id = _upload(client, args, package)
     experiment = client.create_experiment(name=args.experiment, namespace=args.namespace)
-    for name, params, point in runs:
+
+    def start(name: str, pipeline_func, package: str):
+        compiler.Compiler().compile(pipeline_func, package)
         run = client.run_pipeline(
             experiment_id=experiment.experiment_id,
             job_name=name,
-            params=params,
-            pipeline_id=pipeline_id,
-            version_id=version_id,
+            pipeline_package_path=package,
+            params={},
             pipeline_root=args.pipeline_root,
             enable_caching=False if args.disable_caching else None,
             service_account=args.service_account,
         )
-        url = f"{args.host.rstrip('/')}/#/runs/details/{run.run_id}"
-        print(f"run {run.run_id} ({point.label}): {url}")
-        started.append({"name": point.name, "parameters": point.values, "run_name": name, "run_id": run.run_id,
-                        "run_url": url, "registry": params["registry"]})
+        return run.run_id, f"{args.host.rstrip('/')}/#/runs/details/{run.run_id}"
+
+    run_id, url = start(f"{prefix}-data", sweep.cluster_data_part(params, examples_uri, platform),
+                        os.path.join(tmp, "data.yaml"))
+    data_run.update(run_name=f"{prefix}-data", run_id=run_id, run_url=url, state="RUNNING")
+    print(f"data run {run_id} (the data steps, once; its filtered examples go to {examples_uri}): {url}")
+    print("waiting for it to finish before the points start...", flush=True)
+    try:
+        finished = client.wait_for_run_completion(run_id, timeout=args.data_timeout,
+                                                  sleep_duration=defaults.SWEEP_POLL_SECONDS)
+    except TimeoutError:
+        raise ClusterError(f"the data run has not finished within --data-timeout {args.data_timeout} s ({url}); "
+                           "no point started") from None
+    data_run["state"] = str(finished.state)
+    if data_run["state"] != "SUCCEEDED":
+        raise ClusterError(f"the data run ended {data_run['state']} ({url}): no point started; see its steps' logs "
+                           "in the KFP UI, then sweep-submit again")
+    for i, (name, point_params, point) in enumerate(runs):
+        run_id, url = start(name, sweep.cluster_point_part(point_params, examples_uri, platform),
+                            os.path.join(tmp, f"point-{i}.yaml"))
+        print(f"run {run_id} ({point.label}): {url}")
+        started.append({"name": point.name, "parameters": point.values, "run_name": name, "run_id": run_id,
+                        "run_url": url, "registry": point_params["registry"]})

@@ -201,6 +201,9 @@ SWEEP_DATA_DIR = "data"  # <sweep-dir>/data/: the data steps' outputs and logs, 
 # <registry>/sweeps/<sweep-id>/<point>/, never the live one; sweep-pick compares them and pushes the best.
 SWEEP_CANDIDATES = "sweeps"
 SWEEP_PLAN = "sweep_plan.json"  # what sweep-submit started, kept in <runs-dir>/<sweep-id>/ for sweep-pick
+# sweep-submit waits this long for its data run (the data steps, once) before it starts the points' runs.
+SWEEP_DATA_TIMEOUT = 24 * 3600  # seconds
+SWEEP_POLL_SECONDS = 30  # between two looks at the data run's state
 
 # --- containers (make images; pipeline.py run --runner docker) --------------------------------------------------
 # The tags `make images` builds and a container run uses; compile.py --image-cpu/--image-gpu take them too.

@@ -4,9 +4,10 @@ Locally (`pipeline.py sweep`) the data steps (ingest, download, validate, conver
 kfp.local; each grid point then runs train and evaluate on the filtered examples (a `dsl.importer`
 of that folder), one after another, each in its own folder; the comparison table, the loss curves
 of every run in one plot, and the push of the best run end it. On a cluster (`pipeline.py
-sweep-submit`) every point is a run of the whole DAG in one KFP experiment (the download store gives
-each run's download only what it lacks), each pushing into its own candidate registry; `pipeline.py
-sweep-pick` then compares them and pushes the best, as a local sweep does.
+sweep-submit`) a data run runs the data steps once and publishes the filtered examples; then every
+point is a run of train -> evaluate -> push on them (a `dsl.importer` of that URI), all in one KFP
+experiment, each pushing into its own candidate registry; `pipeline.py sweep-pick` then compares them
+and pushes the best, as a local sweep does.
 
 Only parameters that train or evaluate read, and no data step nor push, may vary: the data steps are
 shared by every point, and the registry is where the sweep pushes.
@@ -200,11 +201,14 @@ def point_parameters(params: dict, point: Point) -> dict:
 # --- locally ----------------------------------------------------------------------------------
 
 
-def sub_pipeline(name: str, steps: tuple[str, ...], params: dict, imported: dict | None = None):
+def sub_pipeline(name: str, steps: tuple[str, ...], params: dict, imported: dict | None = None, platform=None,
+                 publish_to: str | None = None):
     """A @dsl.pipeline running `steps` of the DAG, wired exactly as the DAG wires them (read from its spec).
 
     params: every pipeline parameter's value (baked in as constants). imported: {(producer step,
-    output): local path} for the artifacts of steps not in `steps`; each comes in through a dsl.importer.
+    output): path or URI} for the artifacts of steps not in `steps`; each comes in through a dsl.importer.
+    platform: sets each task's image and resources (pipeline.platform; a cluster's). publish_to: the filtered
+    examples are also copied there (the publish step), for the point runs of a cluster sweep to import.
     """
     from kfp import dsl
 
@@ -237,6 +241,13 @@ def sub_pipeline(name: str, steps: tuple[str, ...], params: dict, imported: dict
                 if dep in made:
                     task.after(made[dep])
             made[step] = task
+        if publish_to:
+            from components.publish.component import publish
+
+            made["publish"] = publish(source=made["filter-examples"].outputs["filtered"], destination=publish_to)
+        if platform is not None:
+            for step, task in made.items():
+                platform.configure(step, task)
 
     return part
 
@@ -596,6 +607,19 @@ def candidate_registry(registry: str, sweep_id: str, point: Point) -> str:
     return storage.join(registry, defaults.SWEEP_CANDIDATES, sweep_id, point.name)
 
 
+def shared_examples_uri(pipeline_root: str, sweep_id: str) -> str:
+    """Where a cluster sweep's data run publishes the filtered examples that every point run imports."""
+    from components.common import storage
+
+    return storage.join(pipeline_root, defaults.SWEEP_CANDIDATES, sweep_id, "examples")
+
+
+def cluster_data_part(params: dict, examples_uri: str, platform):
+    """The data run of a cluster sweep: the data steps once, the filtered examples published to examples_uri."""
+    return sub_pipeline(f"{defaults.PIPELINE_NAME}-sweep-data", DATA_STEPS, _with_defaults(params), platform=platform,
+                        publish_to=examples_uri)
+
+
 def cluster_runs(params: dict, grid: dict, sweep_id: str, run_prefix: str) -> list[tuple[str, dict, Point]]:
     """(run name, parameters, point) per grid point: each pushes, forced, into its candidate registry only."""
     out = []
@@ -605,6 +629,18 @@ def cluster_runs(params: dict, grid: dict, sweep_id: str, run_prefix: str) -> li
         p["force_push"] = True  # every model lands in its candidate registry, so sweep-pick can compare all of them
         out.append((f"{run_prefix}-{point.name}", p, point))
     return out
+
+
+def cluster_point_part(point_params: dict, examples_uri: str, platform):
+    """A point run of a cluster sweep: train -> evaluate -> push on the examples the data run published."""
+    return sub_pipeline(f"{defaults.PIPELINE_NAME}-sweep-point", POINT_STEPS + ("push",), _with_defaults(point_params),
+                        imported={("filter-examples", "filtered"): examples_uri}, platform=platform)
+
+
+def _with_defaults(params: dict) -> dict:
+    from pipeline.params import pipeline_parameters
+
+    return {**{name: default for name, _, default, _ in pipeline_parameters()}, **params}
 
 
 def pick(plan: dict, out_dir: str, push: str = defaults.SWEEP_PUSH, force: bool | None = None, say=print) -> dict:
@@ -636,7 +672,8 @@ def pick(plan: dict, out_dir: str, push: str = defaults.SWEEP_PUSH, force: bool 
         "fixed": plan.get("fixed", {}),
         "selection": SELECTION,
         "push_mode": push,
-        "data": {"ok": True, "error": "", "seconds": 0.0, "note": "on the cluster: each run's own, cached"},
+        "data": {"ok": True, "error": "", "seconds": 0.0,
+                 "note": "on the cluster: the data run " + str((plan.get("data_run") or {}).get("run_url", "")) + ", once"},
         "points": entries,
     }
     best = choose_best(entries)

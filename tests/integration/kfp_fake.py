@@ -20,10 +20,12 @@ API = "/apis/v2beta1"
 
 
 class FakeKFP:
-    """`with FakeKFP() as kfp: kfp.Client(host=kfp.url)`; `fail` maps "METHOD /path" to an HTTP status to answer."""
+    """`with FakeKFP() as kfp: kfp.Client(host=kfp.url)`; `fail` maps "METHOD /path" to an HTTP status to answer;
+    a run that is asked for (GET /runs/ID) is in `run_state` (finished at once)."""
 
-    def __init__(self, fail: dict[str, int] | None = None):
+    def __init__(self, fail: dict[str, int] | None = None, run_state: str = "SUCCEEDED"):
         self.fail = dict(fail or {})
+        self.run_state = run_state
         self.requests: list[dict] = []
         self.experiments: dict[str, dict] = {}
         self.pipelines: dict[str, dict] = {}
@@ -72,6 +74,11 @@ class FakeKFP:
                 run.update(run_id=self._id("run"), state="PENDING")
                 self.runs.append(run)
                 return 200, run
+            if method == "GET" and len(route) == 2 and route[0] == "runs":
+                run = next((r for r in self.runs if r["run_id"] == route[1]), None)
+                if run is None:
+                    return 404, {"error": f"no run {route[1]}", "code": 5}
+                return 200, {**run, "state": self.run_state}
             if method == "POST" and route == ["recurringruns"]:
                 recurring = json.loads(body)
                 recurring.update(recurring_run_id=self._id("recurring"), status="ENABLED")
