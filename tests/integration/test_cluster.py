@@ -25,16 +25,6 @@ def parse(kind: str, argv: list) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@pytest.fixture
-def kfp_server(tmp_path, monkeypatch):
-    import kfp
-
-    # The client reads (and in multi-user mode writes) ~/.config/kfp/context.json: keep it out of the test.
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    with FakeKFP() as server:
-        yield server
-
-
 def _spec(version: dict) -> dict:
     return version["spec"][0]
 
@@ -166,20 +156,14 @@ def test_submit_sends_a_spec_compiled_before(kfp_server, tmp_path):
     assert spec_path.read_bytes() in upload["body"]
 
 
-def test_an_error_of_the_kfp_server_is_one_message_and_exit_1(tmp_path, monkeypatch, capsys):
-    import kfp
-
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
+def test_an_error_of_the_kfp_server_is_one_message_and_exit_1(kfp_context, capsys):
     with FakeKFP(fail={"POST /runs": 500}) as server:
         assert cluster.submit(parse("submit", ["--host", server.url, *URIS])) == 1
     err = capsys.readouterr().err
     assert f"KFP at {server.url} answered 500" in err and "Traceback" not in err
 
 
-def test_an_unreachable_host_is_one_message_and_exit_1(tmp_path, monkeypatch, capsys):
-    import kfp
-
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
+def test_an_unreachable_host_is_one_message_and_exit_1(kfp_context, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

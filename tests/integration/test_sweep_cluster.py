@@ -22,15 +22,6 @@ def cli():
     return module
 
 
-@pytest.fixture
-def kfp_server(tmp_path, monkeypatch):
-    import kfp
-
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    with FakeKFP() as server:
-        yield server
-
-
 def spec_of(run: dict) -> dict:
     """The pipeline spec a run was started with (sent with it, not uploaded)."""
     spec = run["pipeline_spec"]
@@ -114,10 +105,7 @@ def test_sweep_submit_runs_the_data_steps_once_then_one_run_per_point_in_one_exp
     assert f"python pipeline.py sweep-pick {plan_path.parent}" in out and "(batch_size=64, learning_rate=0.001)" in out
 
 
-def test_a_data_run_that_fails_starts_no_point_and_says_where_to_look(tmp_path, monkeypatch, capsys):
-    import kfp
-
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
+def test_a_data_run_that_fails_starts_no_point_and_says_where_to_look(tmp_path, kfp_context, capsys):
     with FakeKFP(run_state="FAILED") as server:
         argv = ["sweep-submit", "--host", server.url, *URIS, "--grid", "seed=1,2", "--runs-dir", str(tmp_path / "r")]
         assert cli().main(argv) == 1
@@ -159,10 +147,7 @@ def test_sweep_submit_on_vertex_says_how_to_do_it_instead(tmp_path, capsys):
     assert "on Vertex AI start each point with pipeline.py submit" in capsys.readouterr().err
 
 
-def test_a_kfp_error_is_one_message_and_the_runs_that_started_are_kept_in_the_plan(tmp_path, monkeypatch, capsys):
-    import kfp
-
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
+def test_a_kfp_error_is_one_message_and_the_runs_that_started_are_kept_in_the_plan(tmp_path, kfp_context, capsys):
     with FakeKFP(fail={"POST /runs": 500}) as server:
         argv = ["sweep-submit", "--host", server.url, *URIS, "--grid", "seed=1,2", "--runs-dir", str(tmp_path / "r")]
         assert cli().main(argv) == 1
