@@ -46,19 +46,28 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_pipeline_parameter_flags(p)
 
 
-def command_run(args: argparse.Namespace) -> int:
-    from pipeline.local import format_summary, run_pipeline, write_summary
-
-    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = os.path.abspath(args.run_dir or os.path.join(args.runs_dir, run_id))
+def _local_arguments(args: argparse.Namespace, command: str) -> dict | None:
+    """The pipeline arguments of a local run or sweep: the registry under --runs-dir unless given, local paths made
+    absolute; None (the reason printed) when --source names a file that is not there."""
     arguments = pipeline_arguments(args)
     arguments.setdefault("registry", os.path.join(args.runs_dir, "registry"))
     for name in PATH_PARAMETERS:
         if name in arguments:
             arguments[name] = _absolute(arguments[name])
     if arguments.get("source") and "://" not in arguments["source"] and not os.path.exists(arguments["source"]):
-        print(f"pipeline.py run: --source {arguments['source']} does not exist; give the EmotioNet sheet (.xlsx or .csv) "
-              "or leave --source out to run on the generated demo set", file=sys.stderr)
+        print(f"pipeline.py {command}: --source {arguments['source']} does not exist; give the EmotioNet sheet (.xlsx or "
+              f".csv) or leave --source out to {command} on the generated demo set", file=sys.stderr)
+        return None
+    return arguments
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from pipeline.local import format_summary, run_pipeline, write_summary
+
+    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = os.path.abspath(args.run_dir or os.path.join(args.runs_dir, run_id))
+    arguments = _local_arguments(args, "run")
+    if arguments is None:
         return 2
     containers = None
     if args.runner == "docker":
@@ -192,19 +201,13 @@ def command_sweep(args: argparse.Namespace) -> int:
         print("pipeline.py sweep: a sweep runs its steps as subprocesses here (--runner local); run the grid's points "
               "one by one with pipeline.py run --runner docker", file=sys.stderr)
         return 2
-    arguments = pipeline_arguments(args)
-    arguments.setdefault("registry", os.path.join(args.runs_dir, "registry"))
-    for name in PATH_PARAMETERS:
-        if name in arguments:
-            arguments[name] = _absolute(arguments[name])
     try:
         grid = sweep.parse_grid(args.grid, sweep.given_flags(args), args.max_points)
     except sweep.SweepError as e:
         print(f"pipeline.py sweep: {e}", file=sys.stderr)
         return 2
-    if arguments.get("source") and "://" not in arguments["source"] and not os.path.exists(arguments["source"]):
-        print(f"pipeline.py sweep: --source {arguments['source']} does not exist; give the EmotioNet sheet (.xlsx or "
-              ".csv) or leave --source out to sweep on the generated demo set", file=sys.stderr)
+    arguments = _local_arguments(args, "sweep")
+    if arguments is None:
         return 2
     sweep_id = "sweep-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     sweep_dir = os.path.abspath(args.run_dir or os.path.join(args.runs_dir, sweep_id))
@@ -248,6 +251,7 @@ def command_sweep_pick(args: argparse.Namespace) -> int:
     record = sweep.pick(plan, args.sweep_dir, push=args.push, force=args.force_push)
     print(f"\ncomparison: {record['comparison']['markdown']}; loss curves: {record['comparison']['loss_curves']}")
     return 0 if record["ok"] else 1
+
 
 def main(argv=None) -> int:
     # The steps are subprocesses of this one: keep their logs to what a user needs (TensorFlow's

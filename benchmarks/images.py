@@ -39,7 +39,8 @@ def rebuild_after_a_code_change(kind: str, tag: str, base: str, log_dir: str) ->
             f.write(f"# benchmarks/images.py: a one-line change at {time.time()}\n")
         bench_tag = tag.rsplit(":", 1)[0] + ":rebuild-benchmark"
         try:
-            return containers.build_image(kind, bench_tag, base, os.environ, os.path.join(log_dir, f"rebuild-{kind}.log"),
+            log = os.path.join(log_dir, f"rebuild-{kind}.log")
+            return containers.build_image(kind, bench_tag, base, os.environ, log,
                                           root=Path(tmp), say=lambda line: None)
         finally:
             containers.remove_image(bench_tag)

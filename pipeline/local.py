@@ -343,6 +343,12 @@ def format_summary(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def step_json(s: StepRecord) -> dict:
+    """One step of run_summary.json (load_result reads it back)."""
+    return {"name": s.name, "status": s.status, "seconds": round(s.seconds, 2), "log": s.log, "figures": s.figures,
+            "outputs": {k: str(v) for k, v in s.outputs.items()}}
+
+
 def write_summary(result: RunResult) -> str:
     path = os.path.join(result.run_dir, "run_summary.json")
     with open(path, "w") as f:
@@ -350,9 +356,7 @@ def write_summary(result: RunResult) -> str:
             {
                 "ok": result.ok,
                 "error": result.error,
-                "steps": [{"name": s.name, "status": s.status, "seconds": round(s.seconds, 2), "log": s.log,
-                           "figures": s.figures, "outputs": {k: str(v) for k, v in s.outputs.items()}}
-                          for s in result.steps],
+                "steps": [step_json(s) for s in result.steps],
             },
             f,
             indent=2,

@@ -269,15 +269,13 @@ def run_local(arguments: dict, grid: dict, sweep_dir: str, push: str = defaults.
               say=print) -> dict:
     """The whole local sweep: data steps once, train -> evaluate per point, comparison, push. Returns sweep.json."""
     from pipeline.dag import STEPS
-    from pipeline.local import RunResult, StepRecord, write_summary
-    from pipeline.params import pipeline_parameters
+    from pipeline.local import RunResult, StepRecord, step_json, write_summary
     from pipeline.report import write_report
 
     if push not in defaults.SWEEP_PUSH_MODES:
         raise SweepError(f"--push {push!r}: expected one of {', '.join(defaults.SWEEP_PUSH_MODES)}")
     started = time.monotonic()
-    params = {name: default for name, _, default, _ in pipeline_parameters()}
-    params.update(arguments)
+    params = _with_defaults(arguments)
     points = grid_points(grid)
     sweep_dir = os.path.abspath(sweep_dir)
     os.makedirs(sweep_dir, exist_ok=True)
@@ -291,7 +289,7 @@ def run_local(arguments: dict, grid: dict, sweep_dir: str, push: str = defaults.
         "selection": SELECTION,
         "push_mode": push,
         "data": {"ok": ok, "error": error, "seconds": round(sum(r.seconds for r in data.values()), 2),
-                 "steps": [_step_json(r) for r in data.values()]},
+                 "steps": [step_json(r) for r in data.values()]},
         "points": [],
     }
     if not ok:
@@ -341,11 +339,6 @@ def run_local(arguments: dict, grid: dict, sweep_dir: str, push: str = defaults.
     write_comparison(sweep_dir, record, results)
     say("\n" + format_console(record, results))
     return record
-
-
-def _step_json(r) -> dict:
-    return {"name": r.name, "status": r.status, "seconds": round(r.seconds, 2), "log": r.log, "figures": r.figures,
-            "outputs": {k: str(v) for k, v in r.outputs.items()}}
 
 
 # --- the comparison ---------------------------------------------------------------------------

@@ -476,9 +476,10 @@ def table_rows(metrics: dict, counts: bool = False) -> tuple[list[str], list[lis
     """The per-label table of a metrics.json as (head, rows of strings); counts adds TP, FP, TN and FN at 0.5."""
     if metrics["task"] == "va":
         head = ["target", "examples", "MSE", "RMSE", "CCC"]
-        rows = [[n, format_number(metrics[n]["examples"]), format_number(metrics[n]["mse"]), format_number(metrics[n]["rmse"]), format_number(metrics[n]["ccc"])]
+        rows = [[n] + [format_number(metrics[n][k]) for k in ("examples", "mse", "rmse", "ccc")]
                 for n in labels.VA_COLUMNS]
-        rows.append(["mean", format_number(metrics["examples"]), format_number(metrics["mean_mse"]), "", format_number(metrics["mean_ccc"])])
+        rows.append(["mean", format_number(metrics["examples"]), format_number(metrics["mean_mse"]), "",
+                     format_number(metrics["mean_ccc"])])
         return head, rows
     confusion = ("tp", "fp", "tn", "fn") if counts else ()
     head = (["AU", "name", "pos", "neg", "unk"] + [c.upper() for c in confusion]
@@ -488,13 +489,13 @@ def table_rows(metrics: dict, counts: bool = False) -> tuple[list[str], list[lis
     for a, b in zip(d0["per_label"], dt["per_label"]):
         rows.append([f"AU{a['au']}", a.get("name", ""), str(a["positives"]), str(a["negatives"]), str(a["unknown"])]
                     + [format_number(a[c]) for c in confusion]
-                    + [format_number(a["precision"]), format_number(a["recall"]), format_number(a["f1"]), format_number(a["auc"]),
-                       format_number(b["threshold"], 2), format_number(b["precision"]), format_number(b["recall"]), format_number(b["f1"])])
+                    + [format_number(a[k]) for k in ("precision", "recall", "f1", "auc")]
+                    + [format_number(b["threshold"], 2)] + [format_number(b[k]) for k in ("precision", "recall", "f1")])
     for avg in ("micro", "macro"):
         a, b = d0[avg], dt[avg]
         rows.append([avg, "", "", "", ""] + [format_number(a[c], 1) for c in confusion]
-                    + [format_number(a["precision"]), format_number(a["recall"]), format_number(a["f1"]), format_number(a["auc"]),
-                       "", format_number(b["precision"]), format_number(b["recall"]), format_number(b["f1"])])
+                    + [format_number(a[k]) for k in ("precision", "recall", "f1", "auc")]
+                    + [""] + [format_number(b[k]) for k in ("precision", "recall", "f1")])
     return head, rows
 
 
