@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import cluster
+from pipeline.cluster import ClusterError, cli
+from pipeline.cluster.compile import compile_spec
 
 
 def main(argv=None) -> int:
@@ -21,15 +22,15 @@ def main(argv=None) -> int:
         prog="python compile.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output", default="pipeline.yaml", help="Where the spec goes (default: %(default)s)")
-    cluster.add_platform_arguments(parser)
+    cli.add_platform_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        platform = cluster.platform_from_args(args)
-    except cluster.ClusterError as e:
+        platform = cli.platform_from_args(args)
+    except ClusterError as e:
         print(f"compile.py: {e}", file=sys.stderr)
         return 2
     try:
-        cluster.compile_spec(platform, args.output)
+        compile_spec(platform, args.output)
     except OSError as e:
         print(f"compile.py: cannot write {args.output}: {e.strerror}", file=sys.stderr)
         return 2

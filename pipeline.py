@@ -135,21 +135,25 @@ def _serving_demo(args, arguments: dict, run_dir: str):
 
 def _print_outcome(result) -> None:
     """What convert made of the faces, the per-AU table of the evaluation and where the model went, when those ran."""
+    from components.common.evaluation import METRICS_FILE
+    from components.common.examples import EXAMPLES_SUMMARY_FILE
+    from components.common.registry import PUSH_FILE
+
     converted = result.output_path("convert", "examples")
-    if converted and os.path.exists(os.path.join(converted, "examples_summary.json")):
+    if converted and os.path.exists(os.path.join(converted, EXAMPLES_SUMMARY_FILE)):
         from components.common.faces import format_counters
 
-        with open(os.path.join(converted, "examples_summary.json")) as f:
+        with open(os.path.join(converted, EXAMPLES_SUMMARY_FILE)) as f:
             print("\nfaces: " + format_counters(json.load(f)["counters"]))
     evaluation = result.output_path("evaluate", "evaluation")
-    if evaluation and os.path.exists(os.path.join(evaluation, "metrics.json")):
+    if evaluation and os.path.exists(os.path.join(evaluation, METRICS_FILE)):
         from components.evaluate.logic import format_table
 
-        with open(os.path.join(evaluation, "metrics.json")) as f:
+        with open(os.path.join(evaluation, METRICS_FILE)) as f:
             print("\n" + format_table(json.load(f)))
     pushed = result.output_path("push", "pushed")
-    if pushed and os.path.exists(os.path.join(pushed, "push.json")):
-        with open(os.path.join(pushed, "push.json")) as f:
+    if pushed and os.path.exists(os.path.join(pushed, PUSH_FILE)):
+        with open(os.path.join(pushed, PUSH_FILE)) as f:
             record = json.load(f)
         if record["pushed"]:
             print(f"\nmodel pushed to {record['uri']}")
@@ -186,24 +190,27 @@ def command_images(args: argparse.Namespace) -> int:
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of `pipeline.py sweep`: those of run (the sweep folder is --run-dir), the grid, and which models to push."""
-    from pipeline import sweep
+    from pipeline.sweep.cli import add_grid_arguments, add_push_argument
 
     add_run_arguments(p)
-    sweep.add_grid_arguments(p)
-    sweep.add_push_argument(p)
+    add_grid_arguments(p)
+    add_push_argument(p)
 
 
 def command_sweep(args: argparse.Namespace) -> int:
     """The data steps once, then train -> evaluate per grid point, one after another; the comparison; the push."""
-    from pipeline import sweep
+    from pipeline.sweep import SweepError
+    from pipeline.sweep.cli import given_flags
+    from pipeline.sweep.grid import grid_points, parse_grid
+    from pipeline.sweep.local import run_local
 
     if getattr(args, "runner", "local") != "local":
         print("pipeline.py sweep: a sweep runs its steps as subprocesses here (--runner local); run the grid's points "
               "one by one with pipeline.py run --runner docker", file=sys.stderr)
         return 2
     try:
-        grid = sweep.parse_grid(args.grid, sweep.given_flags(args), args.max_points)
-    except sweep.SweepError as e:
+        grid = parse_grid(args.grid, given_flags(args), args.max_points)
+    except SweepError as e:
         print(f"pipeline.py sweep: {e}", file=sys.stderr)
         return 2
     arguments = _local_arguments(args, "sweep")
@@ -212,13 +219,13 @@ def command_sweep(args: argparse.Namespace) -> int:
     sweep_id = "sweep-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     sweep_dir = os.path.abspath(args.run_dir or os.path.join(args.runs_dir, sweep_id))
     os.makedirs(sweep_dir, exist_ok=True)
-    points = sweep.grid_points(grid)
+    points = grid_points(grid)
     print(f"sweep {sweep_id}: {len(points)} points ({', '.join(f'{k} x{len(v)}' for k, v in grid.items())}) "
           f"in {sweep_dir}", flush=True)
     with contextlib.ExitStack() as stack:
         if not arguments.get("source"):
             stack.enter_context(_serving_demo(args, arguments, sweep_dir))
-        record = sweep.run_local(arguments, grid, sweep_dir, push=args.push, verbose=args.verbose)
+        record = run_local(arguments, grid, sweep_dir, push=args.push, verbose=args.verbose)
     print(f"\ncomparison: {record['comparison']['markdown']}; loss curves: {record['comparison']['loss_curves']}")
     if not record["ok"]:
         print(f"\nthe sweep did not finish every run: {record['error']}", file=sys.stderr)
@@ -227,18 +234,18 @@ def command_sweep(args: argparse.Namespace) -> int:
 
 
 def add_sweep_pick_arguments(p: argparse.ArgumentParser) -> None:
-    from pipeline import sweep
+    from pipeline.sweep.cli import add_push_argument
 
     p.add_argument("sweep_dir", help=f"The folder sweep-submit wrote (it holds {defaults.SWEEP_PLAN}); the comparison "
                                      "goes there too.")
-    sweep.add_push_argument(p)
+    add_push_argument(p)
     p.add_argument("--force-push", action=argparse.BooleanOptionalAction, default=None,
                    help="Push even a model that is not blessed (default: as the sweep was submitted)")
 
 
 def command_sweep_pick(args: argparse.Namespace) -> int:
     """Reads each run's model and evaluation from its candidate registry, compares them, pushes the best."""
-    from pipeline import sweep
+    from pipeline.sweep.cluster import pick
 
     path = os.path.join(args.sweep_dir, defaults.SWEEP_PLAN)
     try:
@@ -248,7 +255,7 @@ def command_sweep_pick(args: argparse.Namespace) -> int:
         print(f"pipeline.py sweep-pick: {path} cannot be read ({e}); give the folder that pipeline.py sweep-submit "
               "printed", file=sys.stderr)
         return 2
-    record = sweep.pick(plan, args.sweep_dir, push=args.push, force=args.force_push)
+    record = pick(plan, args.sweep_dir, push=args.push, force=args.force_push)
     print(f"\ncomparison: {record['comparison']['markdown']}; loss curves: {record['comparison']['loss_curves']}")
     return 0 if record["ok"] else 1
 
@@ -265,15 +272,16 @@ def main(argv=None) -> int:
     p_sweep = sub.add_parser("sweep", help="Run the data steps once, then train and evaluate each point of a "
                              "grid here, compare them and push the best.")
     add_sweep_arguments(p_sweep)
-    from pipeline import cluster
+    from pipeline.cluster import cli as cluster_cli
+    from pipeline.sweep import cli as sweep_cli
 
     p_submit = sub.add_parser("submit", help="Submit one run to a KFP host or Vertex AI Pipelines.")
-    cluster.add_submit_arguments(p_submit)
+    cluster_cli.add_submit_arguments(p_submit)
     p_schedule = sub.add_parser("schedule", help="Create a recurring (scheduled) retraining run.")
-    cluster.add_schedule_arguments(p_schedule)
+    cluster_cli.add_schedule_arguments(p_schedule)
     p_sweep_submit = sub.add_parser("sweep-submit", help="On a KFP host: the data steps once (a data run), then "
                                     "one train -> evaluate -> push run per grid point, together, in one experiment.")
-    cluster.add_sweep_submit_arguments(p_sweep_submit)
+    sweep_cli.add_sweep_submit_arguments(p_sweep_submit)
     p_sweep_pick = sub.add_parser("sweep-pick", help="Compare the finished runs of a sweep-submit and push the best.")
     add_sweep_pick_arguments(p_sweep_pick)
     p_images = sub.add_parser("images", help="Build the CPU and GPU images (docker/) that steps run in.")
@@ -284,14 +292,14 @@ def main(argv=None) -> int:
     if args.command == "sweep":
         return command_sweep(args)
     if args.command == "sweep-submit":
-        return cluster.submit_sweep(args)
+        return sweep_cli.submit_sweep(args)
     if args.command == "sweep-pick":
         return command_sweep_pick(args)
     if args.command == "images":
         return command_images(args)
     if args.command == "submit":
-        return cluster.submit(args)
-    return cluster.schedule(args)
+        return cluster_cli.submit(args)
+    return cluster_cli.schedule(args)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,12 @@ def dataset(size: int, image_size: int, seed: int = 0, scene: str = "portrait", 
     import pandas as pd
 
     from components.common import labels
+    from components.common.ledger import IMAGES_DIR, LEDGER_FILE
+    from components.common.manifest import MANIFEST_FILE
     from pipeline.demo import generate
 
     root = os.path.join(cache, f"demo-n{size}-px{image_size}" + (f"-seed{seed}-{scene}" if (seed, scene) != (0, "portrait") else ""))
-    done = os.path.join(root, "downloads", "ledger.parquet")
+    done = os.path.join(root, "downloads", LEDGER_FILE)
     if os.path.exists(done):
         return root
     print(f"generating a demo set of {size} faces of {image_size} px in {root} ...", file=sys.stderr, flush=True)
@@ -61,13 +63,13 @@ def dataset(size: int, image_size: int, seed: int = 0, scene: str = "portrait", 
     manifest["arousal"] = truth["arousal"].astype(np.float32)
     manifest["row"] = np.arange(2, size + 2)
     os.makedirs(os.path.join(root, "manifest"), exist_ok=True)
-    manifest.to_parquet(os.path.join(root, "manifest", "manifest.parquet"), index=False)
-    images = os.path.join(root, "downloads", "images")
+    manifest.to_parquet(os.path.join(root, "manifest", MANIFEST_FILE), index=False)
+    images = os.path.join(root, "downloads", IMAGES_DIR)
     os.makedirs(images, exist_ok=True)
     for name, key, ext in zip(truth["name"], keys, exts):
         target = os.path.join(images, f"{key}.{ext}")
         if not os.path.exists(target):
-            os.link(os.path.join(demo_dir, "images", name), target)  # no second copy of the bytes
+            os.link(os.path.join(demo_dir, generate.IMAGES_DIR, name), target)  # no second copy of the bytes
     now = pd.Timestamp.now(tz="UTC")
     ledger = pd.DataFrame({
         "key": keys, "url": urls, "status": "ok", "error_class": "ok", "http_status": 200, "attempts": 1,
@@ -87,20 +89,21 @@ def child_loop(data: str, out: str) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from components.common import examples, labels
-    from components.convert import imaging, logic, parts
+    from components.common import examples, imaging, labels, ledger
+    from components.common.manifest import read_manifest
+    from components.convert import logic, parts
 
     start = time.perf_counter()
-    manifest = logic.read_manifest(os.path.join(data, "manifest"))
-    ledger = logic.read_ledger(os.path.join(data, "downloads"))
-    work, _ = logic.build_work_list(manifest, ledger, 0.15, 0.15)
-    images = os.path.join(data, "downloads", "images")
+    manifest = read_manifest(os.path.join(data, "manifest"))
+    downloaded = ledger.read_downloaded(os.path.join(data, "downloads"), logic.ASSUMED_IMAGE_BYTES)
+    work, _ = logic.build_work_list(manifest, downloaded, 0.15, 0.15)
+    images = os.path.join(data, "downloads", ledger.IMAGES_DIR)
     os.makedirs(out, exist_ok=True)
     writers = [tf.io.TFRecordWriter(os.path.join(out, examples.shard_name(s, 0, 1))) for s in examples.SPLITS]
     written = 0
     for key, ext, split, au, va in zip(work.keys, work.ext, work.split, work.au, work.va):
         key = key.decode()
-        data_bytes = parts.read_image(os.path.join(images, f"{key}.{logic.EXTENSIONS[ext]}"))
+        data_bytes = parts.read_image(os.path.join(images, f"{key}.{ledger.FORMATS[ext]}"))
         if data_bytes is None:
             continue
         try:

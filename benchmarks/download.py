@@ -142,11 +142,13 @@ def bench_ours(urls: list[str], workdir: str, workers: int) -> dict:
     import pandas as pd
 
     from components.common.labels import image_key
+    from components.common.ledger import DOWNLOAD_SUMMARY_FILE
+    from components.common.manifest import MANIFEST_FILE
 
     mdir = os.path.join(workdir, "manifest")
     os.makedirs(mdir, exist_ok=True)
     pd.DataFrame({"key": [image_key(u) for u in urls], "url": urls, "row": range(2, len(urls) + 2)}).to_parquet(
-        os.path.join(mdir, "manifest.parquet"))
+        os.path.join(mdir, MANIFEST_FILE))
     out = os.path.join(workdir, "ours")
     # One host serves everything here, so the per-host limit is the worker count.
     cmd = [sys.executable, "-m", "components.download", "--manifest", mdir, "--output", out, "--workers", str(workers),
@@ -154,7 +156,7 @@ def bench_ours(urls: list[str], workdir: str, workers: int) -> dict:
     wall, rss, code, tail, cpu = run_child(cmd)
     if code != 0:
         return {"error": f"exit {code}: {tail[-500:]}"}
-    with open(os.path.join(out, "download_summary.json")) as f:
+    with open(os.path.join(out, DOWNLOAD_SUMMARY_FILE)) as f:
         summary = json.load(f)
     return {"ok": summary["ok"], "seconds": summary["run"]["seconds"], "wall": wall, "rss": rss, "cpu": cpu}
 
@@ -168,6 +170,8 @@ def bench_streaming(rows: int, workdir: str, workers: int) -> list[tuple[str, di
     import pyarrow.parquet as pq
 
     from components.common.labels import image_key
+    from components.common.ledger import DOWNLOAD_SUMMARY_FILE
+    from components.common.manifest import MANIFEST_FILE
 
     mdir = os.path.join(workdir, "manifest")
     os.makedirs(mdir, exist_ok=True)
@@ -175,7 +179,7 @@ def bench_streaming(rows: int, workdir: str, workers: int) -> list[tuple[str, di
     for start in range(0, rows, 100_000):
         urls = [f"http://h{i % 997}.bench.invalid/{i}.jpg" for i in range(start, min(rows, start + 100_000))]
         t = pa.table({"key": [image_key(u) for u in urls], "url": urls})
-        writer = writer or pq.ParquetWriter(os.path.join(mdir, "manifest.parquet"), t.schema)
+        writer = writer or pq.ParquetWriter(os.path.join(mdir, MANIFEST_FILE), t.schema)
         writer.write_table(t)
     writer.close()
     out = os.path.join(workdir, "out")
@@ -189,7 +193,7 @@ def bench_streaming(rows: int, workdir: str, workers: int) -> list[tuple[str, di
         if code != 0 and "images downloaded (none)" not in tail:
             results.append((name, {"error": f"exit {code}: {tail[-500:]}"}))
             break
-        with open(os.path.join(out, "download_summary.json")) as f:
+        with open(os.path.join(out, DOWNLOAD_SUMMARY_FILE)) as f:
             summary = json.load(f)
         results.append((name, {"ok": summary["total"], "seconds": summary["run"]["seconds"], "wall": wall, "rss": rss,
                                "cpu": cpu}))

@@ -8,7 +8,7 @@ Prints tables; asserts nothing.
 
 Recall counts a face found when the largest detection overlaps the generator's true box with
 IoU >= 0.5. Throughput decodes each 640x480 JPEG, finds the face, levels the eyes, crops and
-encodes it (components.faces.logic.prepare, what convert does per image), in one process and in
+encodes it (components.common.facefinder.crop.prepare, what convert does per image), in one process and in
 one process per core. Training runs the step CLIs (convert, filter, train, evaluate) one after
 another with the demo defaults; the held-out set is converted with --no-face whole for crop, so
 both modes are scored on every image of it. Datasets are generated once under benchmarks/.cache/faces/.
@@ -61,8 +61,8 @@ def recall(size: int, seed: int) -> None:
     import cv2
     import numpy as np
 
-    from components.convert import imaging
-    from components.faces import detect
+    from components.common import imaging
+    from components.common.facefinder import detect
     from pipeline.demo import generate
 
     demo_dir = os.path.join(CACHE, f"wild-n{size}-seed{seed}")
@@ -123,19 +123,19 @@ _JOBS: list[bytes] = []
 def _warm(jobs=None) -> None:
     """Loads this process's detector (a pool's initializer: the spawned process gets the images once)."""
     from components.common.faces import FaceSettings
-    from components.faces import logic
+    from components.common.facefinder.crop import prepare
 
     if jobs is not None:
         _JOBS[:] = jobs
-    logic.prepare(_JOBS[0], FaceSettings())
+    prepare(_JOBS[0], FaceSettings())
 
 
 def _crop_many(indices) -> int:
     from components.common.faces import FaceSettings
-    from components.faces import logic
+    from components.common.facefinder.crop import prepare
 
     settings = FaceSettings()
-    return sum(logic.prepare(_JOBS[i], settings).jpeg is not None for i in indices)
+    return sum(prepare(_JOBS[i], settings).jpeg is not None for i in indices)
 
 
 def throughput(count: int, seed: int) -> None:
@@ -146,9 +146,10 @@ def throughput(count: int, seed: int) -> None:
     import numpy as np
     from PIL import Image
 
+    from components.common import imaging
     from components.common.faces import FaceSettings
-    from components.convert import imaging
-    from components.faces import align, detect, logic
+    from components.common.facefinder import align, detect
+    from components.common.facefinder.crop import prepare
     from pipeline.demo import generate
 
     demo_dir = os.path.join(CACHE, f"wild-n{count}-seed{seed}")
@@ -190,14 +191,14 @@ def throughput(count: int, seed: int) -> None:
         cropped = sum(pool.map(_crop_many, chunks))
         many = len(_JOBS) / (time.perf_counter() - start)
     start = time.perf_counter()
-    cropped_one = sum(logic.prepare(d, settings).jpeg is not None for d in _JOBS)
+    cropped_one = sum(prepare(d, settings).jpeg is not None for d in _JOBS)
     prepare_one = len(_JOBS) / (time.perf_counter() - start)
     print(f"\nCrop throughput: {len(_JOBS)} in-the-wild scenes letterboxed to 640x480 JPEG (q90), crops of "
           f"{settings.size} px; {cropped} of them had a face to crop")
     header = f"{'run':<50} {'images/s':>9}"
     print(header + "\n" + "-" * len(header))
-    print(f"{'logic.prepare, 1 process':<50} {prepare_one:>9.0f}")
-    print(f"{f'logic.prepare, {cores} processes (one per core)':<50} {many:>9.0f}")
+    print(f"{'prepare, 1 process':<50} {prepare_one:>9.0f}")
+    print(f"{f'prepare, {cores} processes (one per core)':<50} {many:>9.0f}")
     for name, seconds in stages.items():
         print(f"{'  ms per image, ' + name + ' (1 process)':<50} {1000 * seconds / len(_JOBS):>9.2f}")
     print(f"{'  stages summed, 1 process':<50} {one:>9.0f}")
@@ -215,6 +216,9 @@ def _cli(*args, timeout=3600) -> None:
 def training(train_size: int, test_size: int, epochs: int | None) -> None:
     """Macro F1 on a held-out in-the-wild set of another seed, --faces crop vs --faces whole, same budget."""
     import convert as convert_benchmark  # benchmarks/convert.py: a demo set laid out as ingest and download leave it
+
+    from components.common.evaluation import METRICS_FILE
+    from components.common.examples import EXAMPLES_SUMMARY_FILE
 
     train_data = convert_benchmark.dataset(train_size, 128, seed=0, scene="wild", cache=CACHE)
     test_data = convert_benchmark.dataset(test_size, 128, seed=1, scene="wild", cache=CACHE)
@@ -242,9 +246,9 @@ def training(train_size: int, test_size: int, epochs: int | None) -> None:
             out = os.path.join(work, f"eval-{name}")
             _cli("components.evaluate", "--examples", os.path.join(work, f"{name}-filtered"), "--model",
                  os.path.join(work, "model"), "--output", out, "--registry", os.path.join(work, "no-registry"))
-            with open(os.path.join(out, "metrics.json")) as f:
+            with open(os.path.join(out, METRICS_FILE)) as f:
                 result[name] = json.load(f)
-        with open(os.path.join(work, "train-examples", "examples_summary.json")) as f:
+        with open(os.path.join(work, "train-examples", EXAMPLES_SUMMARY_FILE)) as f:
             counters = json.load(f)["counters"]
         rows.append((mode, result, counters, converted, trained))
     print(f"\nTraining on {train_size} in-the-wild scenes (seed 0), demo defaults"

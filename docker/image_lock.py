@@ -16,7 +16,7 @@ NOT_IN_IMAGES = {
     "iniconfig": "pytest's",
     "pluggy": "pytest's",
     "gcp-storage-emulator": "tests only (the Cloud Storage emulator)",
-    "jax": "mediapipe's Tasks API; the face step imports only its face_detection solution (components/faces/detect.py)",
+    "jax": "mediapipe's Tasks API; the face finder imports only its face_detection (common/facefinder/detect.py)",
     "jaxlib": "jax's (300 MB)",
     "sounddevice": "mediapipe's audio tasks, never imported",
     "libclang": "TensorFlow's, for its C++ op generator; never imported at run time (62 MB)",

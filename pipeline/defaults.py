@@ -1,9 +1,11 @@
-"""Every default of the pipeline, in one place: the DAG's parameters, the CLIs and the runners read them here.
+"""What no single step owns: the pipeline's name, the demo, the runners, the cluster, sweeps, images and presets.
 
-Each step owns one section. A value here is what a user gets when they pass nothing;
-`python pipeline.py run --help` and the KFP UI show the same numbers.
+A step's parameters are declared once, in components/<step>/params.py (see docs/architecture.md, "Adding a
+parameter"); the DAG, the CLIs, `pipeline.py run --help` and the KFP UI read them there.
 """
 from pathlib import Path
+
+from components.filter import params as filter_params
 
 PIPELINE_NAME = "emotionet-au-pipeline"
 PIPELINE_DESCRIPTION = (
@@ -16,11 +18,6 @@ RUNS_DIR = "runs"
 # The demo's server answers in milliseconds; its stalling fault URLs should not hold the run
 # for the production timeout.
 DEMO_DOWNLOAD_TIMEOUT = 3.0
-
-# --- ingest -------------------------------------------------------------------------------
-# No default sheet: `pipeline.py run` without --source generates and serves the demo set;
-# a compiled pipeline is given the sheet's gs:// URI when the run is created.
-SOURCE = ""
 
 # --- demo ---------------------------------------------------------------------------------
 # The synthetic demo set `make run` generates and serves (pipeline/demo).
@@ -35,67 +32,8 @@ DEMO_STALL_SECONDS = 30.0
 # the same URLs and the download store resumes; any free port when taken. 0: always a free port.
 DEMO_PORT = 47321
 
-# --- download -----------------------------------------------------------------------------
-DOWNLOAD_STORE = ""  # "" = no store: each run fetches every URL; give --download-store (e.g. runs/store) so reruns resume
-DOWNLOAD_WORKERS = 32
-DOWNLOAD_TIMEOUT = 10.0  # seconds: connect, and each read, of one request
-DOWNLOAD_DEADLINE_FACTOR = 3.0  # a request's total deadline (redirects included) is this x timeout
-DOWNLOAD_MAX_ATTEMPTS = 3  # per URL and run, for transient failures
-DOWNLOAD_MAX_BYTES = 20 * 1024 * 1024
-DOWNLOAD_MAX_PIXELS = 50_000_000  # width x height; more is refused as too_large (decompression bombs)
-DOWNLOAD_MAX_REDIRECTS = 5
-DOWNLOAD_PER_HOST = 16  # connections at once to one host, whatever the worker count
-DOWNLOAD_ALLOW_PRIVATE = True  # set False on a cluster that faces the internet
-# The run stops at download when fewer than this share of the URLs gave an image (and always when
-# none did): the cause is then said where it is, not as an empty-column error steps later.
-DOWNLOAD_MIN_OK = 0.0
-DOWNLOAD_BACKOFF = 1.0  # seconds: retry n waits uniform(0, min(BACKOFF_MAX, BACKOFF * 2^(n-1)))
-DOWNLOAD_BACKOFF_MAX = 30.0
-DOWNLOAD_RETRY_AFTER_MAX = 60.0  # a longer Retry-After leaves the URL for the next run
-DOWNLOAD_USER_AGENT = "emotionet-au-pipeline/0.1 (research image download)"
-
-# --- validate -----------------------------------------------------------------------------
-# A freshly inferred schema gets this drift threshold; later runs read it from the kept schema
-# (drift_comparator of each AU feature), where it can be edited.
-VALIDATE_DRIFT_THRESHOLD = 0.1  # L-infinity distance of an AU's 0/1/999 shares vs the previous run
-VALIDATE_MAX_FAILURE_RATE_RISE = 0.1  # download failure rate may rise this much (0.1 = 10 points)
-VALIDATE_SCHEMA_URI = ""  # "" = infer each run, compare with none; give --schema-uri (e.g. runs/schema) to keep one
-VALIDATE_MAX_ANOMALIES = 0
-
-# --- convert ------------------------------------------------------------------------------
-CONVERT_VALIDATION_FRACTION = 0.15
-CONVERT_TEST_FRACTION = 0.15
-CONVERT_MAX_SIDE = 0  # 0 keeps each image's size
-CONVERT_BEAM_ARGS = ""  # "" = local FnApiRunner (DirectRunner's batch engine) on every core
-CONVERT_JPEG_QUALITY = 95  # for images that are re-encoded; RGB JPEGs pass through untouched
-# A shard holds about this many bytes of images (the TFRecord guideline is 100-200 MB).
-CONVERT_SHARD_BYTES = 150 * 1000 * 1000
-# Work is cut into parts of at most this many bytes so every core stays busy even when a
-# split has a single shard; the parts of a shard are concatenated into it at the end.
-CONVERT_PART_BYTES = 32 * 1000 * 1000
-CONVERT_MIN_PARTS = 16
-
-# Faces (inside convert): find the largest face, level its eyes, crop it with a margin.
-FACES_MODE = "crop"  # crop | whole (the whole picture, as before the face step)
-FACES_NO_FACE = "skip"  # skip | whole: an image in which no face is found
-FACES_SIZE = 160  # px, side of the square crop (train resizes to its --image-size)
-FACES_MARGIN = 0.25  # added on each side of the detector's box, as a share of its side
-FACES_MIN_SCORE = 0.5  # BlazeFace confidence needed to call it a face
-# MediaPipe's BlazeFace, shipped inside its wheel: the full-range model (faces small in the
-# frame), then the short-range one when the first finds nothing.
-FACES_DETECTOR = "blazeface-full+short"
-# Larger images are shrunk to this longest side for detection only (the crop uses every pixel).
-FACES_DETECT_MAX_SIDE = 1280
-
-# --- filter -------------------------------------------------------------------------------
-FILTER_AUS = "1,2,4,5,6,9,12,17,20,25,26"
-# mask keeps every image and lets training ignore unknown labels: with drop (the study's
-# choice) an image with 999 in any of the 11 AUs is lost, about 40% of the demo set.
-FILTER_POLICY = "mask"
-# drop: an example with 999 in a kept AU is left out (the study's choice); mask: kept, training
-# ignores the unknown labels; zero: 999 becomes 0 (the study's first attempt, to reproduce it).
-FILTER_POLICIES = ("drop", "mask", "zero")
-FILTER_BEAM_ARGS = ""  # "" = Beam's local FnApiRunner (filtering is light: one process)
+# convert, its face settings and filter: components/convert/params.py, components/common/faces.py (FACE_PARAMS,
+# DETECTOR, DETECT_MAX_SIDE), components/common/imaging.py (JPEG_QUALITY), components/filter/params.py.
 
 # --- train --------------------------------------------------------------------------------
 # The demo defaults: they train on the face crops of `make run`'s in-the-wild scenes (about
@@ -192,7 +130,7 @@ CLUSTER_CREDENTIALS_FILE = "key.json"
 KFP_EXPERIMENT = "emotionet-au"
 
 # --- sweep (pipeline.py sweep | sweep-submit | sweep-pick) ----------------------------------
-# A grid of train/evaluate parameters over one pass of the data steps (pipeline/sweep.py).
+# A grid of train/evaluate parameters over one pass of the data steps (pipeline/sweep/).
 SWEEP_MAX_POINTS = 32  # a larger grid is refused unless --max-points says so: a typo should not start 500 trainings
 SWEEP_PUSH = "best"  # which models a sweep pushes: best, all (best last, so LATEST names it) or none; each only when blessed
 SWEEP_PUSH_MODES = ("best", "all", "none")
@@ -229,6 +167,7 @@ PRESETS: dict[str, dict] = {
     # Its Table 5 recipe on the 11 well-annotated AUs: images with 999 dropped; RMSprop (decay 0.9,
     # momentum 0.9; the train step's defaults), lr 0.001 decayed x0.94 every 2 epochs, L2 4e-5;
     # Inception fine-tuned at its head, batch 128 (0 follows the backbone: --backbone vgg16 gives 32).
-    "study-11au": {"aus": FILTER_AUS, "policy": "drop", "optimizer": "rmsprop", "learning_rate": 0.001,
-                   "backbone": "inceptionv3", "fine_tune": "head", "weights": "imagenet", "batch_size": 0},
+    "study-11au": {"aus": filter_params.SPEC.defaults.aus, "policy": "drop", "optimizer": "rmsprop",
+                   "learning_rate": 0.001, "backbone": "inceptionv3", "fine_tune": "head", "weights": "imagenet",
+                   "batch_size": 0},
 }

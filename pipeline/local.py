@@ -11,7 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from components.common import progress
+from components.common import errors, progress
 
 LOGS_DIR = "logs"  # <run_dir>/logs/<step>.log: every step's full output (the KFP executor's included)
 # Lines of a failed step's log shown on the console under its name.
@@ -26,6 +26,7 @@ class StepRecord:
     outputs: dict = field(default_factory=dict)  # output name -> local path or value
     log: str = ""  # the step's full output
     figures: str = ""  # its key figures, one line for a person
+    refusal: str = ""  # why the step refused its input (its `refused: <step>: <message>` line); "" when it did not
 
 
 @dataclass
@@ -61,22 +62,22 @@ def read_json(folder, name: str) -> dict:
 
 def step_figures(step: str, outputs: dict) -> str:
     """The few numbers a person wants from a finished step, read from its outputs (contracts 1-6)."""
+    from components.common import evaluation, examples, ledger, manifest, model, registry, validation
+
     if step == "ingest":
-        s = read_json(outputs.get("manifest"), "ingest_summary.json")
+        s = read_json(outputs.get("manifest"), manifest.INGEST_SUMMARY_FILE)
         return f"{s['kept']} rows kept, {s['rejected']} rejected" if s else ""
     if step == "download":
-        s = read_json(outputs.get("downloads"), "download_summary.json")
+        s = read_json(outputs.get("downloads"), ledger.DOWNLOAD_SUMMARY_FILE)
         return f"{s['ok']} images ok, {s['failed']} failed" if s else ""
     if step == "validate":
-        s = read_json(outputs.get("validation"), "validation_summary.json")
+        s = read_json(outputs.get("validation"), validation.VALIDATION_SUMMARY_FILE)
         return f"{s.get('anomaly_count', 0)} anomalies, failure rate {s.get('failure_rate', 0):.1%}" if s else ""
     if step in ("convert", "filter-examples"):
-        s = read_json(outputs.get("examples") or outputs.get("filtered"), "examples_summary.json")
+        s = read_json(outputs.get("examples") or outputs.get("filtered"), examples.EXAMPLES_SUMMARY_FILE)
         if not s:
             return ""
-        from components.common.examples import SPLITS
-
-        splits = " / ".join(str(s["splits"].get(name, {}).get("examples", 0)) for name in SPLITS)
+        splits = " / ".join(str(s["splits"].get(name, {}).get("examples", 0)) for name in examples.SPLITS)
         out = f"{splits} train/validation/test examples"
         if step == "convert":
             from components.common.faces import face_counters
@@ -85,7 +86,7 @@ def step_figures(step: str, outputs: dict) -> str:
             out += f"; {c['faces_cropped']} face crops, {c['faces_skipped']} skipped without a face"
         return out
     if step == "train":
-        h = read_json(outputs.get("model"), "history.json")
+        h = read_json(outputs.get("model"), model.HISTORY_FILE)
         if not h:
             return ""
         epochs = len(h["epochs"]) if isinstance(h.get("epochs"), list) else h.get("epochs")
@@ -93,14 +94,14 @@ def step_figures(step: str, outputs: dict) -> str:
         return (f"{epochs} epochs, best validation loss {loss:.3f} (epoch {h.get('best_epoch')})" if loss is not None
                 else f"{epochs} epochs")
     if step == "evaluate":
-        m = read_json(outputs.get("evaluation"), "metrics.json")
-        b = read_json(outputs.get("evaluation"), "blessing.json")
+        m = read_json(outputs.get("evaluation"), evaluation.METRICS_FILE)
+        b = read_json(outputs.get("evaluation"), evaluation.BLESSING_FILE)
         if not m or "at_default" not in m:
             return ""
         d = m["at_default"]["macro"]
         return f"macro F1 {d['f1']:.3f}, AUC {d['auc']:.3f}; {'blessed' if b.get('blessed') else 'not blessed'}"
     if step == "push":
-        p = read_json(outputs.get("pushed"), "push.json")
+        p = read_json(outputs.get("pushed"), registry.PUSH_FILE)
         return (f"pushed version {p['version']}" if p.get("pushed") else "not pushed") if p else ""
     return ""
 
@@ -173,20 +174,29 @@ class _Console:
         self.stream.flush()
 
     def end(self, rec: StepRecord) -> None:
+        """Closes the step's log and says how the step ended. A failed step that refused its input (its log has a
+        refusal line) gets that line, and rec.refusal is its message; one that crashed gets its log's last lines,
+        where the traceback is."""
         if self.log is not None:
             self.log.close()
             self.log = None
+        lines = []
+        if rec.status == "failed":
+            try:
+                with open(rec.log) as f:
+                    lines = [line.rstrip() for line in f if line.strip()]
+            except OSError:
+                pass
+            refusal = errors.find_refusal("\n".join(lines))
+            rec.refusal = refusal.message if refusal else ""
         if self.verbose:
             return
         figures = f"  {rec.figures}" if rec.figures else ""
         self.say(f"{rec.name:<16} {rec.status:<10} {rec.seconds:6.1f}s{figures}")
         if rec.status == "failed":
-            try:
-                with open(rec.log) as f:
-                    tail = [line.rstrip() for line in f.readlines() if line.strip()][-FAILED_LOG_TAIL:]
-            except OSError:
-                tail = []
-            for line in tail:
+            # A refusal is the whole story; the KFP executor's lines around it stay in the log.
+            shown = [errors.refusal_line(rec.name, rec.refusal)] if rec.refusal else lines[-FAILED_LOG_TAIL:]
+            for line in shown:
                 self.say("    | " + line)
             self.say(f"    full log: {rec.log}")
 
@@ -324,7 +334,10 @@ def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: boo
                 error = f"{type(e).__name__}: {e}"
     steps = [records[n] for n in STEPS]
     ok = all(s.status == "succeeded" for s in steps)
-    if not ok and not error:
+    refused = next((s for s in steps if s.refusal), None)
+    if refused is not None:  # the cause in the step's words, whatever kfp.local raised about it
+        error = f"{refused.name} refused: {refused.refusal}; its log: {refused.log}"
+    elif not ok and not error:
         failed = [s.name for s in steps if s.status == "failed"]
         error = (f"step {failed[0]} failed; its log: {records[failed[0]].log}" if failed
                  else "the pipeline stopped early")
@@ -346,7 +359,7 @@ def format_summary(result: RunResult) -> str:
 def step_json(s: StepRecord) -> dict:
     """One step of run_summary.json (load_result reads it back)."""
     return {"name": s.name, "status": s.status, "seconds": round(s.seconds, 2), "log": s.log, "figures": s.figures,
-            "outputs": {k: str(v) for k, v in s.outputs.items()}}
+            "refusal": s.refusal, "outputs": {k: str(v) for k, v in s.outputs.items()}}
 
 
 def write_summary(result: RunResult) -> str:
@@ -369,5 +382,5 @@ def load_result(run_dir: str) -> RunResult:
     with open(os.path.join(run_dir, "run_summary.json")) as f:
         d = json.load(f)
     steps = [StepRecord(s["name"], s["status"], s["seconds"], dict(s.get("outputs") or {}), s.get("log", ""),
-                        s.get("figures", "")) for s in d["steps"]]
+                        s.get("figures", ""), s.get("refusal", "")) for s in d["steps"]]
     return RunResult(run_dir=os.path.abspath(run_dir), ok=d["ok"], steps=steps, error=d.get("error", ""))

@@ -136,6 +136,14 @@ def _blessing(blessing: dict, push: dict) -> str:
 
 def render(result) -> str:
     """The report of a local run (pipeline.local.RunResult) as one HTML page, images inlined."""
+    from components.common.evaluation import BLESSING_FILE, METRICS_FILE, PR_FILE, ROC_FILE
+    from components.common.examples import EXAMPLES_SUMMARY_FILE
+    from components.common.ledger import DOWNLOAD_SUMMARY_FILE
+    from components.common.manifest import INGEST_SUMMARY_FILE
+    from components.common.model import CURVES_FILE, HISTORY_FILE
+    from components.common.registry import PUSH_FILE
+    from components.common.validation import VALIDATION_SUMMARY_FILE
+
     out = {s.name: s.outputs for s in result.steps}
     manifest = (out.get("ingest") or {}).get("manifest")
     downloads = (out.get("download") or {}).get("downloads")
@@ -145,26 +153,26 @@ def render(result) -> str:
     model = (out.get("train") or {}).get("model")
     evaluation = (out.get("evaluate") or {}).get("evaluation")
     pushed = (out.get("push") or {}).get("pushed")
-    history = read_json(model, "history.json")
+    history = read_json(model, HISTORY_FILE)
     title = f"Run {os.path.basename(result.run_dir.rstrip('/'))}: {'succeeded' if result.ok else 'FAILED'}"
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1><p class=muted>pipeline root <code>{html.escape(result.run_dir)}</code></p>",
         "<h2>Steps</h2>", _steps(result),
-        "<h2>Blessing</h2>", _blessing(read_json(evaluation, "blessing.json"), read_json(pushed, "push.json")),
-        "<h2>Action Units on the test split</h2>", _metrics(read_json(evaluation, "metrics.json")),
-        "<div class=row>", _img(evaluation, "roc.png", "ROC curves"), _img(evaluation, "pr.png", "PR curves"), "</div>",
+        "<h2>Blessing</h2>", _blessing(read_json(evaluation, BLESSING_FILE), read_json(pushed, PUSH_FILE)),
+        "<h2>Action Units on the test split</h2>", _metrics(read_json(evaluation, METRICS_FILE)),
+        "<div class=row>", _img(evaluation, ROC_FILE, "ROC curves"), _img(evaluation, PR_FILE, "PR curves"), "</div>",
         "<h2>Training</h2>",
         (f"<p>{len(history.get('epochs') or [])} epochs; best validation loss "
          f"{history['best_val_loss']:.3f} at epoch {history.get('best_epoch')}.</p>"
          if history.get("best_val_loss") is not None else ""),
-        _img(model, "training_curves.png", "training curves"),
-        "<h2>Examples</h2>", _examples(read_json(examples_dir, "examples_summary.json"), "convert"),
-        _examples(read_json(filtered, "examples_summary.json"), "filter"),
-        "<h2>Validation</h2>", _validation(read_json(validation, "validation_summary.json")),
-        "<h2>Downloads</h2>", _downloads(read_json(downloads, "download_summary.json")),
-        "<h2>AU coverage of the sheet</h2>", _coverage(read_json(manifest, "ingest_summary.json")),
+        _img(model, CURVES_FILE, "training curves"),
+        "<h2>Examples</h2>", _examples(read_json(examples_dir, EXAMPLES_SUMMARY_FILE), "convert"),
+        _examples(read_json(filtered, EXAMPLES_SUMMARY_FILE), "filter"),
+        "<h2>Validation</h2>", _validation(read_json(validation, VALIDATION_SUMMARY_FILE)),
+        "<h2>Downloads</h2>", _downloads(read_json(downloads, DOWNLOAD_SUMMARY_FILE)),
+        "<h2>AU coverage of the sheet</h2>", _coverage(read_json(manifest, INGEST_SUMMARY_FILE)),
         "</body></html>",
     ]
     return "\n".join(parts)

@@ -8,7 +8,7 @@ import re
 from typing import Iterable, Sequence
 
 SPLITS = ("train", "validation", "test")
-SUMMARY_FILE = "examples_summary.json"
+EXAMPLES_SUMMARY_FILE = "examples_summary.json"  # written last by convert and filter: the folder is whole
 SHARD_PATTERN = "{split}-{index:05d}-of-{count:05d}.tfrecord"
 _SHARD_RE = re.compile(r"^(train|validation|test)-(\d{5})-of-(\d{5})\.tfrecord$")
 
@@ -21,6 +21,8 @@ IMAGE_KEY = "image/key"
 LABEL_AU_IDS = "label/au_ids"
 LABEL_AU = "label/au"
 LABEL_VA = "label/va"
+# The counter of examples_summary.json that convert and filter both keep: the examples in the folder.
+EXAMPLES_WRITTEN = "examples_written"
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -125,7 +127,7 @@ def read_summary(examples_dir: str) -> dict:
     """examples_summary.json of an examples folder (written by convert and by filter)."""
     from components.common import storage
 
-    path = storage.join(examples_dir, SUMMARY_FILE)
+    path = storage.join(examples_dir, EXAMPLES_SUMMARY_FILE)
     if not storage.exists(path):
         raise FileNotFoundError(
             f"{path} is missing: {examples_dir} is not an examples folder written by convert or filter"
@@ -136,7 +138,7 @@ def read_summary(examples_dir: str) -> dict:
 def write_summary(examples_dir: str, summary: dict) -> None:
     from components.common import storage
 
-    storage.write_text(storage.join(examples_dir, SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True))
+    storage.write_text(storage.join(examples_dir, EXAMPLES_SUMMARY_FILE), json.dumps(summary, indent=2, sort_keys=True))
 
 
 def iter_examples(files: Iterable[str]):

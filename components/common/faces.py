@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pipeline import defaults
+from components.common.params import Param
 
 # How an image reaches the examples (also the values of the `face/status` feature).
 CROPPED = "cropped"  # the largest face, rotated so the eyes are level, cropped with a margin, resized
@@ -32,18 +32,35 @@ LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "le
 
 MODES = ("crop", "whole")
 NO_FACE_POLICIES = ("skip", "whole")
+# MediaPipe's BlazeFace, shipped inside its wheel: the full-range model (faces small in the frame), then the
+# short-range one when the first finds nothing.
+DETECTOR = "blazeface-full+short"
+# Larger images are shrunk to this longest side for detection only (the crop uses every pixel).
+DETECT_MAX_SIDE = 1280
+
+# The face settings as parameters: convert's (and so the DAG's), the faces CLI's; FaceSettings' defaults.
+FACE_PARAMS = (
+    Param("faces", str, "crop", "crop (find the largest face, level its eyes, crop it) or whole (the whole "
+          "picture).", choices=MODES),
+    Param("no_face", str, "skip", "What to do with an image in which no face is found: skip or whole.",
+          choices=NO_FACE_POLICIES),
+    Param("face_size", int, 160, "Side of the square face crop, in pixels (train resizes to its --image-size)."),
+    Param("face_margin", float, 0.25, "Added on each side of the face box, as a share of its side."),
+    Param("face_min_score", float, 0.5, "Detector confidence needed to call it a face (0..1)."),
+)
+_FACE_DEFAULTS = {p.name: p.default for p in FACE_PARAMS}
 
 
 @dataclass(frozen=True)
 class FaceSettings:
     """How convert (and predict, and any server) turns an image into the model's input."""
 
-    mode: str = defaults.FACES_MODE  # crop | whole
-    no_face: str = defaults.FACES_NO_FACE  # skip | whole: an image in which no face is found
-    size: int = defaults.FACES_SIZE  # side of the square crop, px
-    margin: float = defaults.FACES_MARGIN  # added on each side of the face box, as a share of its side
-    min_score: float = defaults.FACES_MIN_SCORE  # detector confidence needed to call it a face
-    detector: str = defaults.FACES_DETECTOR
+    mode: str = _FACE_DEFAULTS["faces"]  # crop | whole
+    no_face: str = _FACE_DEFAULTS["no_face"]  # skip | whole: an image in which no face is found
+    size: int = _FACE_DEFAULTS["face_size"]  # side of the square crop, px
+    margin: float = _FACE_DEFAULTS["face_margin"]  # added on each side of the face box, as a share of its side
+    min_score: float = _FACE_DEFAULTS["face_min_score"]  # detector confidence needed to call it a face
+    detector: str = DETECTOR
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -101,24 +118,7 @@ def format_counters(counters: dict) -> str:
     return "; ".join(parts)
 
 
-def add_arguments(parser, mode: bool = True) -> None:
-    """The face flags of a command line (convert's, the faces CLI's), with the words of the KFP parameters."""
-    group = parser.add_argument_group("faces (find the largest face, level its eyes, crop it)")
-    if mode:
-        group.add_argument("--faces", choices=MODES, default=defaults.FACES_MODE,
-                           help="crop (find the largest face, level its eyes, crop it) or whole (the whole picture); "
-                                "default %(default)s.")
-    group.add_argument("--no-face", choices=NO_FACE_POLICIES, default=defaults.FACES_NO_FACE,
-                       help="What to do with an image in which no face is found: skip or whole (default %(default)s).")
-    group.add_argument("--face-size", type=int, default=defaults.FACES_SIZE,
-                       help="Side of the square face crop, in pixels (default %(default)s).")
-    group.add_argument("--face-margin", type=float, default=defaults.FACES_MARGIN,
-                       help="Added on each side of the face box, as a share of its side (default %(default)s).")
-    group.add_argument("--face-min-score", type=float, default=defaults.FACES_MIN_SCORE,
-                       help="Detector confidence needed to call it a face, 0..1 (default %(default)s).")
-
-
 def from_arguments(args) -> FaceSettings:
-    """FaceSettings from the flags of add_arguments; ValueError names a bad one."""
-    return FaceSettings(mode=getattr(args, "faces", defaults.FACES_MODE), no_face=args.no_face, size=args.face_size,
+    """FaceSettings from the parsed flags of FACE_PARAMS (a CLI without --faces crops); ValueError names a bad one."""
+    return FaceSettings(mode=getattr(args, "faces", _FACE_DEFAULTS["faces"]), no_face=args.no_face, size=args.face_size,
                         margin=args.face_margin, min_score=args.face_min_score)

@@ -1,36 +1,18 @@
 """CLI of the convert step: python -m components.convert --manifest M --downloads DIR --output DIR."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from components.common import examples
 from components.common import faces as face_contract
 from components.common.cli import StepArgumentParser, setup_logging
-from pipeline import defaults
+from components.common.errors import refuse
+from components.convert.params import SPEC
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = StepArgumentParser(
-        prog="python -m components.convert",
-        description="Converts the downloaded images and their labels to train/validation/test TFRecord shards "
-                    "(Apache Beam; locally Beam's FnApiRunner on every core).",
-    )
-    parser.add_argument("--manifest", required=True, help="Folder written by ingest (or its manifest.parquet).")
-    parser.add_argument("--downloads", required=True, help="Folder written by download.")
-    parser.add_argument("--output", required=True,
-                        help="Folder with the TFRecord shards and examples_summary.json (local or gs://).")
-    parser.add_argument("--validation-fraction", type=float, default=defaults.CONVERT_VALIDATION_FRACTION,
-                        help="Share of images in the validation split (default %(default)s).")
-    parser.add_argument("--test-fraction", type=float, default=defaults.CONVERT_TEST_FRACTION,
-                        help="Share of images in the test split (default %(default)s).")
-    parser.add_argument("--max-side", type=int, default=defaults.CONVERT_MAX_SIDE,
-                        help="Longest image side after resizing (0 keeps the size; default %(default)s).")
-    parser.add_argument("--beam-args", default=defaults.CONVERT_BEAM_ARGS,
-                        help='Apache Beam pipeline options, e.g. --beam-args="--runner=DataflowRunner --project=P '
-                             '--region=R --temp_location=gs://B/tmp" ("" for the local runner).')
-    face_contract.add_arguments(parser)
-    return parser
+def build_parser() -> StepArgumentParser:
+    """The step's flags from its declaration (params.py), the face settings included."""
+    return SPEC.parser()
 
 
 def main(argv=None) -> int:
@@ -38,24 +20,22 @@ def main(argv=None) -> int:
     setup_logging()
     from components.convert import logic
 
+    # logic.run takes the face settings as one FaceSettings, the other parameters by name.
+    face_names = {p.name for p in face_contract.FACE_PARAMS}
+    params = {name: value for name, value in SPEC.values(args).items() if name not in face_names}
     try:
-        settings = face_contract.from_arguments(args)
         summary = logic.run(
             manifest_dir=args.manifest,
             downloads_dir=args.downloads,
-            output_dir=args.output,
-            validation_fraction=args.validation_fraction,
-            test_fraction=args.test_fraction,
-            max_side=args.max_side,
-            beam_args=args.beam_args,
-            faces=settings,
+            output_dir=args.examples,
+            faces=face_contract.from_arguments(args),
+            **params,
         )
     except (ValueError, FileNotFoundError) as e:
-        print(f"convert: error: {e}", file=sys.stderr)
-        return 2
+        return refuse("convert", e)
     print(examples.format_summary(summary))
     print("faces: " + face_contract.format_counters(summary["counters"]))
-    print(f"examples: {args.output}")
+    print(f"examples: {args.examples}")
     return 0
 
 

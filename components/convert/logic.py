@@ -10,23 +10,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.common import examples, labels, storage
+from components.common import examples, labels, ledger, storage
+from components.common.errors import StepRefusal
+from components.common.examples import EXAMPLES_WRITTEN
 from components.common.faces import REASONS, FaceSettings, counter_name
-from components.convert.parts import EXAMPLES_WRITTEN
-from pipeline import defaults
+from components.common.manifest import read_manifest
+from components.convert.params import MIN_PARTS, PART_BYTES, SHARD_BYTES, SPEC
 
 _LOG = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.parquet"
-LEDGER_FILE = "ledger.parquet"
-IMAGES_DIR = "images"
 # Work list, parts and statistics of a run in progress; removed when the run ends.
 STAGING_DIR = ".convert-staging"
-# download writes images/<key>.<ext> with ext from the magic bytes; the ledger's format names it.
-EXTENSIONS = ("jpg", "png", "gif", "bmp", "webp")
-_EXTENSION_OF_FORMAT = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "gif": "gif", "bmp": "bmp", "webp": "webp"}
 # Used for shard sizing when the ledger has no byte count for an image.
-_ASSUMED_IMAGE_BYTES = 64 * 1024
+ASSUMED_IMAGE_BYTES = 64 * 1024
+
+
+class ConvertError(StepRefusal, ValueError):
+    """Inputs convert cannot use, or no example written; the message names the file and what to do."""
 
 
 @dataclass
@@ -34,7 +34,7 @@ class WorkList:
     """The images to convert, one row each, in NumPy arrays (a few hundred bytes an image, no object per row)."""
 
     keys: np.ndarray  # bytes keys (S20)
-    ext: np.ndarray  # int8 index into EXTENSIONS
+    ext: np.ndarray  # int8 index into ledger.FORMATS (download names each image images/<key>.<format>)
     split: np.ndarray  # int8 index into examples.SPLITS
     au: np.ndarray  # (N, 60) int16: 0, 1, 999
     va: np.ndarray  # (N, 2) float32, NaN where the manifest has none
@@ -47,111 +47,13 @@ class WorkList:
         return WorkList(*(getattr(self, f)[index] for f in ("keys", "ext", "split", "au", "va", "size")))
 
 
-def resolve_manifest(manifest: str) -> str:
-    """The manifest.parquet of a manifest folder, or the file itself when given."""
-    path = manifest if manifest.endswith(".parquet") else storage.join(manifest, MANIFEST_FILE)
-    if not storage.exists(path):
-        raise FileNotFoundError(
-            f"manifest {path} does not exist: pass the folder written by ingest (with {MANIFEST_FILE}) or the file"
-        )
-    return path
+def build_work_list(manifest, downloaded, validation_fraction: float, test_fraction: float):
+    """The manifest rows whose ledger status is ok, each with its split; returns (WorkList, counters).
 
-
-def _read_table(uri: str, wanted, required, what: str):
-    """The columns of a Parquet file that exist among `wanted`; ValueError naming the file if `required` lack."""
-    import pyarrow.parquet as pq
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = storage.local_copy(uri, tmp)
-        try:
-            names = pq.read_schema(local).names
-            missing = [c for c in required if c not in names]
-            if missing:
-                shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
-                raise ValueError(f"{what} {uri} lacks the columns {shown}")
-            return pq.read_table(local, columns=[c for c in wanted if c in names])
-        except ValueError:
-            raise
-        except Exception as e:  # noqa: BLE001 - pyarrow's errors name neither the file nor the fix
-            raise ValueError(f"{what} {uri} cannot be read as Parquet ({type(e).__name__}: {e})") from e
-
-
-def _column(table, name: str, dtype, fill=None) -> np.ndarray:
-    column = table[name]
-    if column.null_count and fill is not None:
-        import pyarrow.compute as pc
-
-        column = pc.fill_null(column, fill)
-    return np.asarray(column.to_numpy(), dtype=dtype)
-
-
-def read_manifest(manifest: str):
-    """(keys, au (N, 60) int16, va (N, 2) float32 or None) of the manifest, checked against contract 1."""
-    path = resolve_manifest(manifest)
-    wanted = ("key",) + labels.AU_COLUMNS + ("row",) + labels.VA_COLUMNS
-    try:
-        table = _read_table(path, wanted, ("key",) + labels.AU_COLUMNS, "manifest")
-    except ValueError as e:
-        raise ValueError(f"{e}: expected key, url, AU1..AU60, row (contract 1); rerun ingest") from None
-    keys = np.array(table["key"].to_pylist(), dtype=bytes)
-    rows = _column(table, "row", np.int64) if "row" in table.column_names else np.arange(1, len(keys) + 1)
-    au = np.empty((len(keys), len(labels.AU_COLUMNS)), np.int16)
-    for j, name in enumerate(labels.AU_COLUMNS):
-        # A missing label reads as -1, which the check below reports with its row.
-        values = _column(table, name, np.int64, fill=-1)
-        bad = ~np.isin(values, labels.VALID_LABELS)
-        if bad.any():
-            i = int(bad.argmax())
-            raise ValueError(
-                f"manifest {path}, row {int(rows[i])} (key {keys[i].decode()}): {name} is "
-                f"{'missing' if values[i] == -1 else int(values[i])}; expected 0, 1 or 999 (contract 1); rerun ingest"
-            )
-        au[:, j] = values
-    va = None
-    if all(c in table.column_names for c in labels.VA_COLUMNS):
-        va = np.stack([_column(table, c, np.float32, fill=float("nan")) for c in labels.VA_COLUMNS], axis=1)
-    del table
-    _, first = np.unique(keys, return_index=True)
-    if len(first) < len(keys):
-        dup = np.setdiff1d(np.arange(len(keys)), first)[0]
-        _LOG.warning("manifest %s: key %s appears more than once (row %d); the first row is used",
-                     path, keys[dup].decode(), rows[dup])
-        first.sort()
-        keys, au, va = keys[first], au[first], (va[first] if va is not None else None)
-    return keys, au, va
-
-
-def read_ledger(downloads_dir: str):
-    """(keys, ext index, bytes) of the ledger's images with status ok, checked against contract 2."""
-    path = storage.join(downloads_dir, LEDGER_FILE)
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: pass the folder written by download (--downloads)")
-    try:
-        table = _read_table(path, ("key", "status", "format", "bytes"), ("key", "status"), "ledger")
-    except ValueError as e:
-        raise ValueError(f"{e}: expected contract 2 as written by download; rerun download") from None
-    import pyarrow.compute as pc
-
-    table = table.filter(pc.equal(table["status"], "ok"))
-    keys = np.array(table["key"].to_pylist(), dtype=bytes)
-    if "format" in table.column_names:
-        lookup = {f: EXTENSIONS.index(e) for f, e in _EXTENSION_OF_FORMAT.items()}
-        ext = np.array([lookup.get(str(f or "").lower().lstrip("."), 0) for f in table["format"].to_pylist()],
-                       np.int8)
-    else:
-        ext = np.zeros(len(keys), np.int8)  # jpg; a missing file is looked for under every extension
-    size = (_column(table, "bytes", np.int64, fill=_ASSUMED_IMAGE_BYTES) if "bytes" in table.column_names
-            else np.full(len(keys), _ASSUMED_IMAGE_BYTES, np.int64))
-    # One row a key; should a ledger repeat one, its last row is the latest attempt.
-    _, last = np.unique(keys[::-1], return_index=True)
-    last = np.sort(len(keys) - 1 - last)
-    return keys[last], ext[last], size[last]
-
-
-def build_work_list(manifest, ledger, validation_fraction: float, test_fraction: float):
-    """The manifest rows whose ledger status is ok, each with its split; returns (WorkList, counters)."""
+    manifest: read_manifest's (keys, au, va); downloaded: ledger.read_downloaded's (keys, format index, bytes).
+    """
     keys, au, va = manifest
-    ok_keys, ok_ext, ok_size = ledger
+    ok_keys, ok_ext, ok_size = downloaded
     order = np.argsort(ok_keys, kind="stable")
     pos = np.clip(np.searchsorted(ok_keys[order], keys), 0, max(len(ok_keys) - 1, 0))
     found = (ok_keys[order][pos] == keys) if len(ok_keys) else np.zeros(len(keys), bool)
@@ -175,8 +77,8 @@ def build_work_list(manifest, ledger, validation_fraction: float, test_fraction:
     return work, counters
 
 
-def make_plan(work: WorkList, shard_bytes: int = defaults.CONVERT_SHARD_BYTES,
-              part_bytes: int = defaults.CONVERT_PART_BYTES, min_parts: int = defaults.CONVERT_MIN_PARTS) -> dict:
+def make_plan(work: WorkList, shard_bytes: int = SHARD_BYTES, part_bytes: int = PART_BYTES,
+              min_parts: int = MIN_PARTS) -> dict:
     """{split: {"shards", "parts", "examples", "bytes"}} for each split with images.
 
     Shards hold about shard_bytes each (at least one per non-empty split). Each shard is cut
@@ -218,7 +120,7 @@ def write_work_list(work: WorkList, shard, part, uri: str, images_dir: str) -> l
     au = np.ascontiguousarray(work.au)
     table = pa.table({
         "key": pa.array(work.keys.astype(str)),
-        "ext": pa.array(np.array(EXTENSIONS)[work.ext]),
+        "ext": pa.array(np.array(ledger.FORMATS)[work.ext]),
         "au": pa.FixedSizeBinaryArray.from_buffers(pa.binary(au.shape[1] * 2), len(work),
                                                    [None, pa.py_buffer(au.tobytes())]),
         "valence": pa.array(work.va[:, 0], pa.float32()),
@@ -248,13 +150,13 @@ def run(
     manifest_dir: str,
     downloads_dir: str,
     output_dir: str,
-    validation_fraction: float = defaults.CONVERT_VALIDATION_FRACTION,
-    test_fraction: float = defaults.CONVERT_TEST_FRACTION,
-    max_side: int = defaults.CONVERT_MAX_SIDE,
-    beam_args: str = defaults.CONVERT_BEAM_ARGS,
-    shard_bytes: int = defaults.CONVERT_SHARD_BYTES,
-    part_bytes: int = defaults.CONVERT_PART_BYTES,
-    min_parts: int = defaults.CONVERT_MIN_PARTS,
+    validation_fraction: float = SPEC.defaults.validation_fraction,
+    test_fraction: float = SPEC.defaults.test_fraction,
+    max_side: int = SPEC.defaults.max_side,
+    beam_args: str = SPEC.defaults.beam_args,
+    shard_bytes: int = SHARD_BYTES,
+    part_bytes: int = PART_BYTES,
+    min_parts: int = MIN_PARTS,
     faces: FaceSettings | None = None,
     progress: bool = False,
 ) -> dict:
@@ -270,28 +172,33 @@ def run(
     faces = faces if faces is not None else FaceSettings()
     examples.split_for_key("", validation_fraction, test_fraction)  # checks the fractions up front
     if int(max_side) < 0:
-        raise ValueError(f"max_side is {max_side}; expected 0 (keep the size) or a positive number of pixels")
+        raise ConvertError(f"max_side is {max_side}; expected 0 (keep the size) or a positive number of pixels")
     manifest_dir, downloads_dir, output_dir = map(_absolute, (manifest_dir, downloads_dir, output_dir))
+    from components.common import beamio
     from components.convert import transforms
 
-    options = transforms.pipeline_options(beam_args)  # bad beam_args fail here, before any work
+    options = beamio.pipeline_options(beam_args)  # bad beam_args fail here, before any work
 
-    manifest = read_manifest(manifest_dir)
+    try:
+        manifest = read_manifest(manifest_dir)
+        downloaded = ledger.read_downloaded(downloads_dir, ASSUMED_IMAGE_BYTES)
+    except ValueError as e:  # the manifest or the ledger is not what its contract says
+        raise ConvertError(str(e)) from None
     has_va = manifest[2] is not None
-    work, counters = build_work_list(manifest, read_ledger(downloads_dir), validation_fraction, test_fraction)
+    work, counters = build_work_list(manifest, downloaded, validation_fraction, test_fraction)
     del manifest
     plan = make_plan(work, shard_bytes, part_bytes, min_parts)
     has_va = has_va and bool((~np.isnan(work.va).any(axis=1)).any())
     au_ids = list(labels.ALL_AU_IDS)
 
     staging = storage.join(output_dir, STAGING_DIR)
-    storage.delete(storage.join(output_dir, examples.SUMMARY_FILE))  # the folder is being rewritten
+    storage.delete(storage.join(output_dir, examples.EXAMPLES_SUMMARY_FILE))  # the folder is being rewritten
     storage.delete(staging)
-    stats = transforms.empty_stats()
+    stats = beamio.empty_stats()
     if plan:
         _LOG.info("converting %d images: %s", len(work), plan)
         parts = write_work_list(*assign_parts(work, plan), storage.join(staging, "worklist.parquet"),
-                                storage.join(downloads_dir, IMAGES_DIR))
+                                storage.join(downloads_dir, ledger.IMAGES_DIR))
         # Only a runner in this process can count every part; a distributed one has its own view of progress.
         progress_total = len(work) if progress and transforms.runs_in_this_process(options) else 0
         del work  # from here on the pipeline holds a few parts per core, whatever the dataset size
@@ -299,12 +206,12 @@ def run(
 
     if not stats["counters"].get(EXAMPLES_WRITTEN, 0):
         storage.delete(staging)
-        raise ValueError(_why_no_example(counters, stats["counters"], downloads_dir, faces))
-    summary = transforms.write_summary(output_dir, au_ids, stats, plan, has_va=has_va, policy=None,
-                                       counters={**counters, **stats["counters"]},
-                                       parameters={"validation_fraction": validation_fraction,
-                                                   "test_fraction": test_fraction, "max_side": int(max_side),
-                                                   "faces": faces.to_dict()})
+        raise ConvertError(_why_no_example(counters, stats["counters"], downloads_dir, faces))
+    summary = beamio.write_summary(output_dir, au_ids, stats, plan, has_va=has_va, policy=None,
+                                   counters={**counters, **stats["counters"]},
+                                   parameters={"validation_fraction": validation_fraction,
+                                               "test_fraction": test_fraction, "max_side": int(max_side),
+                                               "faces": faces.to_dict()})
     storage.delete(staging)
     return summary
 
@@ -330,6 +237,7 @@ def _run_pipeline(parts, plan, au_ids, output_dir, staging, max_side, options, f
                   progress_total: int = 0) -> dict:
     import apache_beam as beam
 
+    from components.common import beamio
     from components.convert import transforms
 
     stats_path = storage.join(staging, "stats.json")
@@ -340,10 +248,10 @@ def _run_pipeline(parts, plan, au_ids, output_dir, staging, max_side, options, f
         | "ImagesToTFRecords" >> transforms.ImagesToTFRecords(
             output_dir, storage.join(staging, "parts"), plan, au_ids, max_side,
             processes=transforms.local_processes(options), faces=faces.to_dict(), progress_total=progress_total)
-        | "WriteStats" >> beam.Map(transforms.write_stats, stats_path)
+        | "WriteStats" >> beam.Map(beamio.write_stats, stats_path)
     )
     result = pipeline.run()
     state = result.wait_until_finish()
     if str(state) not in ("DONE", "PipelineState.DONE"):
         raise RuntimeError(f"the convert pipeline ended in state {state}; see the runner's log")
-    return transforms.read_stats(stats_path)
+    return beamio.read_stats(stats_path)

@@ -5,16 +5,14 @@ pool process starts in a fraction of a second.
 from __future__ import annotations
 
 import logging
-import os
 
-from components.common import examples
+from components.common import examples, imaging, partfiles
 from components.common import faces as face_contract
-from components.convert import imaging
+from components.common.examples import EXAMPLES_WRITTEN
 
 _LOG = logging.getLogger(__name__)
 
 # Counters of the convert step (Beam Metrics in the runner's UI, and examples_summary.json).
-EXAMPLES_WRITTEN = "examples_written"
 SKIPPED_UNDECODABLE = "skipped_undecodable"
 SKIPPED_MISSING_FILE = "skipped_missing_file"
 COUNTERS = (EXAMPLES_WRITTEN, imaging.PASSED_THROUGH, imaging.REENCODED, imaging.RESIZED,
@@ -23,16 +21,12 @@ COUNTERS = (EXAMPLES_WRITTEN, imaging.PASSED_THROUGH, imaging.REENCODED, imaging
 IMAGE_EXTENSIONS = ("jpg", "png", "gif", "bmp", "webp", "jpeg")
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path
-
-
 def read_image(path: str) -> bytes | None:
     """The bytes of images/<key>.<ext>, trying the other extensions when that name is missing; None if none exists."""
     stem, _, ext = path.rpartition(".")
     candidates = ([path] + [f"{stem}.{e}" for e in IMAGE_EXTENSIONS if e != ext]) if stem else [path]
     for candidate in candidates:
-        if _is_local(candidate):
+        if partfiles.is_local(candidate):
             try:
                 with open(candidate, "rb") as f:
                     return f.read()
@@ -49,25 +43,6 @@ def read_image(path: str) -> bytes | None:
     return None
 
 
-def open_file(path: str):
-    """A binary file object to read, local or on any filesystem of the runner (gs://)."""
-    if _is_local(path):
-        return open(path, "rb")
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.open(path, compression_type="uncompressed")
-
-
-def create_file(path: str):
-    """A binary file object to write (parent folders made), local or on any filesystem of the runner."""
-    if _is_local(path):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        return open(path, "wb")
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.create(path, compression_type="uncompressed")
-
-
 def convert_part(task: dict) -> dict:
     """Converts the images of task["items"] (sorted by key) and streams their examples to task["path"].
 
@@ -78,14 +53,14 @@ def convert_part(task: dict) -> dict:
     """
     import numpy as np
 
-    from components.faces import logic as faces
+    from components.common.facefinder.crop import prepare
 
     au_ids = [int(a) for a in task["au_ids"]]
     max_side = int(task["max_side"])
     settings = face_contract.FaceSettings.from_dict(task.get("faces"))
     counters = dict.fromkeys(COUNTERS, 0)
     written = []  # the labels of each example written
-    with create_file(task["path"]) as out:
+    with partfiles.create_file(task["path"]) as out:
         for item in task["items"]:
             data = read_image(item["path"])
             if data is None:
@@ -93,7 +68,7 @@ def convert_part(task: dict) -> dict:
                 counters[SKIPPED_MISSING_FILE] += 1
                 continue
             try:
-                image = faces.prepare(data, settings, max_side)
+                image = prepare(data, settings, max_side)
             except imaging.UndecodableImage as e:
                 _LOG.warning("image %s (%s) cannot be decoded, skipped: %s", item["key"], item["path"], e)
                 counters[SKIPPED_UNDECODABLE] += 1

@@ -6,9 +6,10 @@ import io
 import os
 
 from components.common import labels
+from components.common.ledger import COLUMNS as LEDGER_COLUMNS
+from components.common.ledger import IMAGES_DIR, LEDGER_FILE
+from components.common.manifest import MANIFEST_FILE
 
-LEDGER_COLUMNS = ("key", "url", "status", "error_class", "http_status", "attempts", "bytes", "sha256", "format",
-                  "width", "height", "first_attempt", "last_attempt", "message")
 # Pillow format name -> the extension download gives the file.
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
 
@@ -63,8 +64,8 @@ def write_dataset(root: str, images: list[bytes | None], au=None, va=None, faile
     manifest_dir = os.path.join(root, "manifest")
     downloads_dir = os.path.join(root, "downloads")
     os.makedirs(manifest_dir, exist_ok=True)
-    os.makedirs(os.path.join(downloads_dir, "images"), exist_ok=True)
-    manifest.to_parquet(os.path.join(manifest_dir, "manifest.parquet"), index=False)
+    os.makedirs(os.path.join(downloads_dir, IMAGES_DIR), exist_ok=True)
+    manifest.to_parquet(os.path.join(manifest_dir, MANIFEST_FILE), index=False)
 
     rows = []
     for i, (key, url) in enumerate(zip(keys, urls)):
@@ -80,7 +81,7 @@ def write_dataset(root: str, images: list[bytes | None], au=None, va=None, faile
                     fmt, (width, height) = EXTENSIONS.get(im.format, "jpg"), im.size
             except Exception:  # noqa: BLE001 - the corrupt images of the tests are meant to fail here
                 pass
-            with open(os.path.join(downloads_dir, "images", f"{key}.{fmt}"), "wb") as f:
+            with open(os.path.join(downloads_dir, IMAGES_DIR, f"{key}.{fmt}"), "wb") as f:
                 f.write(data)
         rows.append(dict(key=key, url=url, status="ok", error_class="ok", http_status=200, attempts=1,
                          bytes=len(data or b""), sha256=hashlib.sha256(data or b"").hexdigest(), format=fmt,
@@ -89,7 +90,7 @@ def write_dataset(root: str, images: list[bytes | None], au=None, va=None, faile
     now = pd.Timestamp("2024-01-01T00:00:00Z")
     ledger["first_attempt"] = now
     ledger["last_attempt"] = now
-    ledger[list(LEDGER_COLUMNS)].to_parquet(os.path.join(downloads_dir, "ledger.parquet"), index=False)
+    ledger[list(LEDGER_COLUMNS)].to_parquet(os.path.join(downloads_dir, LEDGER_FILE), index=False)
     return manifest_dir, downloads_dir, keys
 
 

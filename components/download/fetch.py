@@ -21,7 +21,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import parse_url
 
-from components.download.ledger import is_transient
+from components.common.ledger import is_transient
 
 CHUNK = 64 * 1024
 # An error page up to this size is read to the end so that its connection can be reused.

@@ -1,7 +1,6 @@
-"""The download ledger (contract 2): its columns and error classes, the append-only journal, compaction and the summary."""
+"""How download writes the ledger of contract 2 (components.common.ledger): the append-only journal, compaction and the summary."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -14,60 +13,16 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from components.common import storage
+from components.common.ledger import (COLUMNS, ERROR_CLASSES, IMAGES_DIR, LEDGER_FILE, OK, SCHEMA, TRANSIENT_CLASSES,
+                                      TRANSIENT_HTTP_STATUS, LedgerError, check_columns, empty_table)
 from components.download import merge
 
-LEDGER_FILE = "ledger.parquet"
-SUMMARY_FILE = "download_summary.json"
-IMAGES_DIR = "images"
 JOURNAL_DIR = "journal"
-
-OK = "ok"
-ERROR_CLASSES = (
-    "ok", "http_404", "http_4xx", "http_5xx", "redirect", "dns", "timeout", "connection_reset",
-    "connection_refused", "network", "tls", "not_image", "too_large", "invalid_url",
-)
-# Worth another try now (with backoff) and on the next run; HTTP 408 and 429 are http_4xx but transient too.
-TRANSIENT_CLASSES = frozenset({"http_5xx", "timeout", "connection_reset", "connection_refused", "network", "dns"})
-TRANSIENT_HTTP_STATUS = frozenset({408, 429})
-# The file extensions contract 2 allows; the ledger's `format` column holds one of them.
-FORMATS = ("jpg", "png", "gif", "bmp", "webp")
-
-SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("url", pa.string()),
-    ("status", pa.string()),  # ok | failed
-    ("error_class", pa.string()),
-    ("http_status", pa.int32()),  # null when no HTTP response came back
-    ("attempts", pa.int32()),  # every attempt of every run, not only the last run's
-    ("bytes", pa.int64()),  # the rest are null unless status is ok
-    ("sha256", pa.string()),
-    ("format", pa.string()),  # the file's extension: images/<key>.<format>
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("first_attempt", pa.string()),  # ISO 8601 UTC, e.g. 2024-05-01T12:00:00.123456Z
-    ("last_attempt", pa.string()),
-    ("message", pa.string()),
-])
-COLUMNS = tuple(SCHEMA.names)
 SUMMARY_COLUMNS = ("key", "status", "error_class", "http_status")
 # Compaction reads a journal's text, sorts its rows and writes the ledger in pieces (merge.py): memory
 # stays bounded whatever the ledger's size.
 JOURNAL_BLOCK = 8 * 1024 * 1024
 WRITE_ROWS = 16384  # rows to a row group of ledger.parquet
-
-
-def is_transient(error_class: str, http_status: int | None = None) -> bool:
-    """True for the failures that are retried now and on the next run (contract 2)."""
-    return error_class in TRANSIENT_CLASSES or (error_class == "http_4xx" and http_status in TRANSIENT_HTTP_STATUS)
-
-
-def image_name(key: str, fmt: str) -> str:
-    """images/<key>.<format>, relative to the output folder."""
-    return f"{IMAGES_DIR}/{key}.{fmt}"
-
-
-def empty_table() -> pa.Table:
-    return SCHEMA.empty_table()
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:
@@ -142,25 +97,6 @@ def latest_per_key(tables: Iterable[pa.Table | None]) -> pa.Table:
     return t.take(_latest_rows(t)) if t.num_rows else t
 
 
-def _check_columns(names: list[str], uri: str) -> None:
-    missing = [c for c in COLUMNS if c not in names]
-    if missing:
-        raise LedgerError(f"{uri} lacks the ledger columns {missing}; it was not written by this step")
-
-
-def read_ledger(uri: str) -> pa.Table:
-    """ledger.parquet at uri (local or gs://), or an empty table when there is none. Whole, in memory:
-    for a small ledger; the download step itself reads ledgers with ledger_source()."""
-    if not storage.exists(uri):
-        return empty_table()
-    try:
-        table = pq.read_table(uri if not storage.is_gcs(uri) else io.BytesIO(storage.read_bytes(uri)))
-    except Exception as e:  # noqa: BLE001 - a ledger we cannot read must be named, not a traceback
-        raise LedgerError(f"{uri} is not a readable ledger ({e}); move it aside to start that folder afresh") from e
-    _check_columns(table.column_names, uri)
-    return table.select(list(COLUMNS)).cast(SCHEMA)
-
-
 def _with_order(t: pa.Table, source: int, first_row: int) -> pa.Table:
     """t in the ledger's columns plus merge.ORDER: source number, then row number, so later inputs win ties."""
     t = t.select(list(COLUMNS)).cast(SCHEMA)
@@ -175,7 +111,7 @@ def ledger_source(path: str, source: int = 0) -> Iterator[pa.Table]:
         pf = pq.ParquetFile(path)
     except Exception as e:  # noqa: BLE001 - a ledger we cannot read must be named, not a traceback
         raise LedgerError(f"{path} is not a readable ledger ({e}); move it aside to start that folder afresh") from e
-    _check_columns(pf.schema_arrow.names, path)
+    check_columns(pf.schema_arrow.names, path)
 
     def batches():
         row = 0
@@ -419,6 +355,3 @@ def format_table(summary: dict) -> str:
     lines.append(f"{'total':<20} {total:>9} {100.0 if total else 0.0:>7.2f}%")
     return "\n".join(lines)
 
-
-class LedgerError(Exception):
-    """A ledger or journal that cannot be used; the message says which file and what to do."""

@@ -41,15 +41,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from components.common import ledger as contract
 from components.common import progress as progress_lines
 from components.common import storage
+from components.common.errors import StepRefusal
 from components.common.labels import image_key
+from components.common.manifest import MANIFEST_FILE, manifest_path
 from components.download import ledger, merge
 from components.download import store as stores
 from components.download.fetch import Fetcher, ImageProblem, backoff_delay, inspect_image
-from pipeline import defaults
+from components.download.params import DEADLINE_FACTOR, SPEC
 
-MANIFEST_FILE = "manifest.parquet"
 WORK_DIR = ".work"  # sorted runs while a run lasts
 KEY_PATTERN = re.compile(r"[0-9a-f]{20}")
 BATCH_ROWS = 1024
@@ -65,7 +67,7 @@ POLL_SECONDS = 0.05
 _DROPPED = object()  # an attempt cut short by a stop: left unsettled, for the next run
 
 
-class DownloadError(Exception):
+class DownloadError(StepRefusal):
     """Bad input or an unusable folder; the message names the file, the row or the URL, and what to do."""
 
 
@@ -75,22 +77,22 @@ class DownloadInterrupted(Exception):
 
 @dataclass
 class Settings:
-    """Every knob of a run; run() fills it from its arguments and pipeline/defaults.py."""
+    """Every knob of a run; run() fills it from its arguments, their defaults from the declaration (params.py)."""
 
-    workers: int = defaults.DOWNLOAD_WORKERS
-    timeout: float = defaults.DOWNLOAD_TIMEOUT
-    deadline: float = 0.0  # 0 = DOWNLOAD_DEADLINE_FACTOR x timeout
-    max_attempts: int = defaults.DOWNLOAD_MAX_ATTEMPTS
-    max_bytes: int = defaults.DOWNLOAD_MAX_BYTES
-    max_pixels: int = defaults.DOWNLOAD_MAX_PIXELS
-    max_redirects: int = defaults.DOWNLOAD_MAX_REDIRECTS
-    per_host: int = defaults.DOWNLOAD_PER_HOST
-    allow_private: bool = defaults.DOWNLOAD_ALLOW_PRIVATE
-    retry_permanent: bool = False
-    backoff: float = defaults.DOWNLOAD_BACKOFF
-    backoff_max: float = defaults.DOWNLOAD_BACKOFF_MAX
-    retry_after_max: float = defaults.DOWNLOAD_RETRY_AFTER_MAX
-    user_agent: str = defaults.DOWNLOAD_USER_AGENT
+    workers: int = SPEC.defaults.workers
+    timeout: float = SPEC.defaults.timeout
+    deadline: float = SPEC.defaults.deadline  # 0 = DEADLINE_FACTOR x timeout
+    max_attempts: int = SPEC.defaults.max_attempts
+    max_bytes: int = SPEC.defaults.max_bytes
+    max_pixels: int = SPEC.defaults.max_pixels
+    max_redirects: int = SPEC.defaults.max_redirects
+    per_host: int = SPEC.defaults.per_host
+    allow_private: bool = SPEC.defaults.allow_private
+    retry_permanent: bool = SPEC.defaults.retry_permanent
+    backoff: float = SPEC.defaults.backoff
+    backoff_max: float = SPEC.defaults.backoff_max
+    retry_after_max: float = SPEC.defaults.retry_after_max
+    user_agent: str = SPEC.defaults.user_agent
 
     def check(self) -> None:
         for name in ("workers", "max_attempts", "max_bytes", "max_pixels", "per_host"):
@@ -103,31 +105,31 @@ class Settings:
             if float(getattr(self, name)) < 0:
                 raise DownloadError(f"{name} is {getattr(self, name)}; it must not be negative")
         if not self.deadline:
-            self.deadline = defaults.DOWNLOAD_DEADLINE_FACTOR * self.timeout
+            self.deadline = DEADLINE_FACTOR * self.timeout
 
 
 def run(
     manifest_dir: str,
     output_dir: str,
-    store: str = defaults.DOWNLOAD_STORE,
-    workers: int = defaults.DOWNLOAD_WORKERS,
-    timeout: float = defaults.DOWNLOAD_TIMEOUT,
-    max_attempts: int = defaults.DOWNLOAD_MAX_ATTEMPTS,
-    max_bytes: int = defaults.DOWNLOAD_MAX_BYTES,
-    allow_private: bool = defaults.DOWNLOAD_ALLOW_PRIVATE,
+    store: str = SPEC.defaults.store,
+    workers: int = SPEC.defaults.workers,
+    timeout: float = SPEC.defaults.timeout,
+    max_attempts: int = SPEC.defaults.max_attempts,
+    max_bytes: int = SPEC.defaults.max_bytes,
+    allow_private: bool = SPEC.defaults.allow_private,
     *,
-    deadline: float = 0.0,
-    max_pixels: int = defaults.DOWNLOAD_MAX_PIXELS,
-    max_redirects: int = defaults.DOWNLOAD_MAX_REDIRECTS,
-    per_host: int = defaults.DOWNLOAD_PER_HOST,
-    retry_permanent: bool = False,
-    backoff: float = defaults.DOWNLOAD_BACKOFF,
-    backoff_max: float = defaults.DOWNLOAD_BACKOFF_MAX,
-    retry_after_max: float = defaults.DOWNLOAD_RETRY_AFTER_MAX,
-    user_agent: str = defaults.DOWNLOAD_USER_AGENT,
+    deadline: float = SPEC.defaults.deadline,
+    max_pixels: int = SPEC.defaults.max_pixels,
+    max_redirects: int = SPEC.defaults.max_redirects,
+    per_host: int = SPEC.defaults.per_host,
+    retry_permanent: bool = SPEC.defaults.retry_permanent,
+    backoff: float = SPEC.defaults.backoff,
+    backoff_max: float = SPEC.defaults.backoff_max,
+    retry_after_max: float = SPEC.defaults.retry_after_max,
+    user_agent: str = SPEC.defaults.user_agent,
     progress: bool | str = True,
     print_table: bool = True,
-    min_ok: float | None = defaults.DOWNLOAD_MIN_OK,
+    min_ok: float | None = SPEC.defaults.min_ok,
 ) -> dict:
     """Downloads the manifest's images into output_dir (images/, ledger.parquet, download_summary.json).
 
@@ -194,7 +196,7 @@ def check_enough(summary: dict, min_ok: float) -> None:
     total, ok = int(summary.get("total", 0)), int(summary.get("ok", 0))
     if not total or (ok and ok >= min_ok * total):
         return
-    failures = sorted(((n, c) for c, n in summary.get("counts", {}).items() if c != ledger.OK and n), reverse=True)
+    failures = sorted(((n, c) for c, n in summary.get("counts", {}).items() if c != contract.OK and n), reverse=True)
     top = ", ".join(f"{c} {n} ({100.0 * n / total:.0f}%)" for n, c in failures[:3])
     hint = _HINTS.get(failures[0][1], "see the ledger's message column") if failures else ""
     need = f"fewer than --min-ok {min_ok:.0%} of them" if ok else "none"
@@ -205,9 +207,7 @@ def check_enough(summary: dict, min_ok: float) -> None:
 
 
 def _manifest_path(manifest_dir: str, workdir: str) -> str:
-    path = manifest_dir
-    if not str(path).endswith(".parquet"):
-        path = storage.join(manifest_dir, MANIFEST_FILE)
+    path = manifest_path(manifest_dir)
     if not storage.exists(path):
         raise DownloadError(f"manifest {path} not found; expected the folder written by the ingest step (with {MANIFEST_FILE})")
     return storage.local_copy(path, workdir)
@@ -399,7 +399,7 @@ class _Run:
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         stores.prepare_folder(self.output)
         ledger.fold_journals(self.output, self.workdir)  # what a killed run settled
-        with os.scandir(os.path.join(self.output, ledger.IMAGES_DIR)) as it:
+        with os.scandir(os.path.join(self.output, contract.IMAGES_DIR)) as it:
             self.maybe_orphans = any(True for _ in it)
         if self.store is not None:
             self.store.open()
@@ -453,7 +453,7 @@ class _Run:
             "store": self.store_uri,
             "settings": {k: v for k, v in vars(self.s).items() if k != "user_agent"},
         }
-        storage.write_text(os.path.join(self.output, ledger.SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+        storage.write_text(os.path.join(self.output, contract.DOWNLOAD_SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
         if self.print_table:
             print(ledger.format_table(summary), flush=True)
         if self.fatal is not None:
@@ -466,7 +466,7 @@ class _Run:
     def _load_prior(self) -> str | None:
         """A key-sorted ledger file of what the output folder and the store know (latest row per key),
         after sending the store the output's news; None when neither knows anything."""
-        out_ledger = os.path.join(self.output, ledger.LEDGER_FILE)
+        out_ledger = os.path.join(self.output, contract.LEDGER_FILE)
         out_ledger = out_ledger if os.path.exists(out_ledger) else None
         if self.store is None:
             return out_ledger
@@ -490,12 +490,12 @@ class _Run:
                 continue
             news = out.filter(pc.invert(pc.is_in(stamp(out), value_set=stamp(known).combine_chunks()))) \
                 if known is not None and known.num_rows else out
-            news = news.select(list(ledger.COLUMNS))
+            news = news.select(list(contract.COLUMNS))
             for batch in news.to_batches(max_chunksize=FLUSH_ROWS):
                 rows = []
                 for row in batch.to_pylist():
-                    if row["status"] == ledger.OK:
-                        path = os.path.join(self.output, ledger.IMAGES_DIR, f"{row['key']}.{row['format']}")
+                    if row["status"] == contract.OK:
+                        path = os.path.join(self.output, contract.IMAGES_DIR, f"{row['key']}.{row['format']}")
                         if not os.path.exists(path) or os.path.getsize(path) != row["bytes"]:
                             continue
                         self.store.put_image(path, row["key"], row["format"])
@@ -506,14 +506,14 @@ class _Run:
     def _orphan(self, key: str) -> str | None:
         """The format of an image with no ledger row (written by a run killed before it journalled it), or None."""
         if self.maybe_orphans:
-            for fmt in ledger.FORMATS:
-                if os.path.exists(os.path.join(self.output, ledger.IMAGES_DIR, f"{key}.{fmt}")):
+            for fmt in contract.FORMATS:
+                if os.path.exists(os.path.join(self.output, contract.IMAGES_DIR, f"{key}.{fmt}")):
                     return fmt
         return None
 
     def _adopt(self, task: _Task) -> dict | None:
         """The ledger row of an orphan image that decodes, or None (then it is fetched again, over it)."""
-        path = os.path.join(self.output, ledger.IMAGES_DIR, f"{task.key}.{task.adopt}")
+        path = os.path.join(self.output, contract.IMAGES_DIR, f"{task.key}.{task.adopt}")
         try:
             with open(path, "rb") as f:
                 body = f.read()
@@ -526,7 +526,7 @@ class _Run:
         if self.store is not None:
             self.store.put_image(path, task.key, fmt)
         self._count("adopted")
-        return {"key": task.key, "url": task.url, "status": "ok", "error_class": ledger.OK, "http_status": None,
+        return {"key": task.key, "url": task.url, "status": "ok", "error_class": contract.OK, "http_status": None,
                 "attempts": 1, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "format": fmt,
                 "width": width, "height": height, "first_attempt": when, "last_attempt": when,
                 "message": "kept the image a stopped run had written before its ledger row"}
@@ -602,7 +602,7 @@ class _Run:
             self.store.append(rows)
 
     def _postfix(self) -> str:
-        parts = [f"{cls}={n}" for cls, n in sorted(self.counts.items(), key=lambda kv: (kv[0] != ledger.OK, -kv[1]))]
+        parts = [f"{cls}={n}" for cls, n in sorted(self.counts.items(), key=lambda kv: (kv[0] != contract.OK, -kv[1]))]
         if self.sched.retrying:
             parts.append(f"retrying={self.sched.retrying}")
         return " ".join(parts)
@@ -634,7 +634,7 @@ class _Run:
         """The manifest in key order, each key beside its earlier row (a merge join, so memory is bounded)."""
         sources = [merge.read_batches(self.manifest, columns=["key", "url"], batch_size=BATCH_ROWS)]
         if self.prior is not None:
-            sources.append(merge.read_batches(self.prior, columns=list(ledger.COLUMNS), batch_size=BATCH_ROWS))
+            sources.append(merge.read_batches(self.prior, columns=list(contract.COLUMNS), batch_size=BATCH_ROWS))
         for parts in merge.merge(sources):
             wanted, known = parts[0], parts[1] if len(parts) > 1 else None
             if wanted is None or not wanted.num_rows:
@@ -643,11 +643,11 @@ class _Run:
             if known is not None and known.num_rows:
                 before = known.take(pc.index_in(keys, value_set=known["key"].combine_chunks())).to_pydict()
             else:
-                before = {c: [None] * len(keys) for c in ledger.COLUMNS}
+                before = {c: [None] * len(keys) for c in contract.COLUMNS}
             urls = wanted["url"].to_pylist()
             carried: Counter = Counter()
             for i, key in enumerate(keys.to_pylist()):
-                task = self._plan(key, urls[i], {c: before[c][i] for c in ledger.COLUMNS})
+                task = self._plan(key, urls[i], {c: before[c][i] for c in contract.COLUMNS})
                 if task is None:
                     carried[before["error_class"][i]] += 1
                 elif not self.sched.submit(task):
@@ -662,8 +662,8 @@ class _Run:
         if status is None:
             return _Task(key, url, adopt=self._orphan(key))
         task = _Task(key, url, attempts_before=prior["attempts"] or 0, first_attempt=prior["first_attempt"])
-        if status == ledger.OK:
-            path = os.path.join(self.output, ledger.IMAGES_DIR, f"{key}.{prior['format']}")
+        if status == contract.OK:
+            path = os.path.join(self.output, contract.IMAGES_DIR, f"{key}.{prior['format']}")
             try:
                 if os.path.getsize(path) == prior["bytes"]:
                     return None
@@ -672,7 +672,7 @@ class _Run:
             if self.store is not None:
                 task.copy = prior
             return task
-        if ledger.is_transient(prior["error_class"], prior["http_status"]) or self.s.retry_permanent:
+        if contract.is_transient(prior["error_class"], prior["http_status"]) or self.s.retry_permanent:
             return task
         return None
 
@@ -722,7 +722,7 @@ class _Run:
             if self.store is not None:
                 self.store.put_image(path, task.key, outcome.fmt)
             self._count("fetched_ok")
-            return {**row, "status": "ok", "error_class": ledger.OK, "bytes": len(outcome.body),
+            return {**row, "status": "ok", "error_class": contract.OK, "bytes": len(outcome.body),
                     "sha256": hashlib.sha256(outcome.body).hexdigest(), "format": outcome.fmt,
                     "width": outcome.width, "height": outcome.height, "message": ""}
         message = outcome.message

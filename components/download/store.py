@@ -16,7 +16,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+from components.common import ledger as contract
 from components.common import storage
+from components.common.errors import StepRefusal
 from components.download import ledger
 
 PARTIAL_DIR = ".partial"  # images being written; never read as images, emptied at the start of a run
@@ -87,7 +89,7 @@ def clear_partial(folder: str) -> None:
 
 def write_image(folder: str, key: str, fmt: str, data: bytes) -> str:
     """Writes images/<key>.<fmt> whole or not at all (a temp file in .partial/, then a rename)."""
-    final = os.path.join(folder, ledger.IMAGES_DIR, f"{key}.{fmt}")
+    final = os.path.join(folder, contract.IMAGES_DIR, f"{key}.{fmt}")
     # One thread at a time works on a key, and .partial/ starts empty: the name cannot clash.
     tmp = os.path.join(folder, PARTIAL_DIR, f"{key}.{threading.get_ident()}.part")
     try:
@@ -103,7 +105,7 @@ def write_image(folder: str, key: str, fmt: str, data: bytes) -> str:
 
 def link_or_copy(src: str, folder: str, key: str, fmt: str) -> str:
     """Puts the file src at folder/images/<key>.<fmt> atomically: a hard link when both are on one disk, else a copy."""
-    final = os.path.join(folder, ledger.IMAGES_DIR, f"{key}.{fmt}")
+    final = os.path.join(folder, contract.IMAGES_DIR, f"{key}.{fmt}")
     tmp = os.path.join(folder, PARTIAL_DIR, f"{key}.{threading.get_ident()}.link")
     if os.path.lexists(tmp):
         os.unlink(tmp)
@@ -118,10 +120,10 @@ def link_or_copy(src: str, folder: str, key: str, fmt: str) -> str:
 def prepare_folder(folder: str) -> None:
     """Makes images/ and empties .partial/; removes a ledger half-written by a run killed while compacting
     (it was never renamed into place, so the ledger.parquet beside it is whole)."""
-    os.makedirs(os.path.join(folder, ledger.IMAGES_DIR), exist_ok=True)
+    os.makedirs(os.path.join(folder, contract.IMAGES_DIR), exist_ok=True)
     clear_partial(folder)
     for name in os.listdir(folder):
-        if name.startswith(ledger.LEDGER_FILE + ".") and name.endswith(".tmp"):
+        if name.startswith(contract.LEDGER_FILE + ".") and name.endswith(".tmp"):
             os.unlink(os.path.join(folder, name))
 
 
@@ -141,11 +143,11 @@ class LocalStore:
     def prepare(self, workdir: str) -> str | None:
         """Folds journals a killed run left into the store's ledger; its path, or None when it has none."""
         ledger.fold_journals(self.root, workdir)
-        path = os.path.join(self.root, ledger.LEDGER_FILE)
+        path = os.path.join(self.root, contract.LEDGER_FILE)
         return path if os.path.exists(path) else None
 
     def get_image(self, key: str, fmt: str, size: int | None, folder: str) -> bool:
-        src = os.path.join(self.root, ledger.IMAGES_DIR, f"{key}.{fmt}")
+        src = os.path.join(self.root, contract.IMAGES_DIR, f"{key}.{fmt}")
         try:
             if size is not None and os.path.getsize(src) != size:
                 return False
@@ -201,7 +203,7 @@ class GcsStore:
         local = os.path.join(workdir, "store-ledger.parquet")
         if ledger.fold_journals(self.root, workdir, local_copy=local):
             return local  # the file it just uploaded: no need to download it again
-        uri = storage.join(self.root, ledger.LEDGER_FILE)
+        uri = storage.join(self.root, contract.LEDGER_FILE)
         if not storage.exists(uri):
             return None
         storage.download_file(uri, local)
@@ -212,17 +214,17 @@ class GcsStore:
 
         tmp = os.path.join(folder, PARTIAL_DIR, f"{key}.{threading.get_ident()}.download")
         try:
-            storage.download_file(storage.join(self.root, ledger.IMAGES_DIR, f"{key}.{fmt}"), tmp)
+            storage.download_file(storage.join(self.root, contract.IMAGES_DIR, f"{key}.{fmt}"), tmp)
         except gexc.NotFound:
             return False
         if size is not None and os.path.getsize(tmp) != size:
             os.unlink(tmp)
             return False
-        os.replace(tmp, os.path.join(folder, ledger.IMAGES_DIR, f"{key}.{fmt}"))
+        os.replace(tmp, os.path.join(folder, contract.IMAGES_DIR, f"{key}.{fmt}"))
         return True
 
     def put_image(self, path: str, key: str, fmt: str) -> None:
-        storage.upload_file(path, storage.join(self.root, ledger.IMAGES_DIR, f"{key}.{fmt}"))
+        storage.upload_file(path, storage.join(self.root, contract.IMAGES_DIR, f"{key}.{fmt}"))
 
     def append(self, rows: list[dict]) -> None:
         with self._lock:
@@ -258,5 +260,5 @@ def open_store(uri: str, run_id: str):
     return LocalStore(uri, run_id)
 
 
-class StoreError(Exception):
+class StoreError(StepRefusal):
     """A folder or store that cannot be used now; the message says which and what to do."""

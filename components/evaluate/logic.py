@@ -12,22 +12,20 @@ import numpy as np
 
 from components.common import examples as ex
 from components.common import labels, storage
+from components.common import model as model_contract
 from components.common import progress as progress_lines
-from components.push import registry as model_registry
-from pipeline import defaults
+from components.common import registry as model_registry
+from components.common.errors import StepRefusal
+from components.common.evaluation import (BLESSING_FILE, EVALUATION_REPORT_FILE, METRICS_FILE, PR_FILE, ROC_FILE,
+                                          VA_FILE)
+from components.evaluate.params import SPEC
 
-METRICS_FILE = "metrics.json"
-BLESSING_FILE = "blessing.json"
-REPORT_FILE = "report.md"
-ROC_FILE = "roc.png"
-PR_FILE = "pr.png"
-VA_FILE = "va.png"
 DEFAULT_THRESHOLD = 0.5
 # The KFP UI draws a curve from at most this many points; more only slows the page.
 MAX_CURVE_POINTS = 200
 
 
-class EvaluateError(Exception):
+class EvaluateError(StepRefusal):
     """Input the evaluate step cannot use; the message says which file and what to do."""
 
 
@@ -290,51 +288,12 @@ def judge(
 # --------------------------------------------------------------------------------------------
 
 
-def read_model_config(model_dir: str) -> dict:
-    path = storage.join(model_dir, model_registry.MODEL_CONFIG)
-    if not storage.exists(path):
-        raise EvaluateError(f"{path} is missing: {model_dir} is not a model folder written by train (contract 4)")
+def _read_model_config(model_dir: str) -> dict:
+    """model_config.json of a model folder (components.common.model), a problem with it as this step's EvaluateError."""
     try:
-        config = json.loads(storage.read_text(path))
-    except ValueError as e:
-        raise EvaluateError(f"{path} is not valid JSON ({e}); re-run train") from e
-    task = config.get("task", "au")
-    if task not in ("au", "va"):
-        raise EvaluateError(f"{path}: task {task!r} is neither 'au' nor 'va'")
-    if task == "au" and not config.get("au_ids"):
-        raise EvaluateError(f"{path} has no au_ids: which AU each output column is cannot be known")
-    config["task"] = task
-    config["au_ids"] = [int(a) for a in config.get("au_ids") or []]
-    return config
-
-
-def load_signature(local_model_dir: str):
-    """The `serving_default` signature of a local model folder's saved_model/."""
-    import tensorflow as tf
-
-    path = os.path.join(local_model_dir, model_registry.SAVED_MODEL)
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        raise EvaluateError(f"{path}/saved_model.pb is missing: {local_model_dir} has no exported SavedModel")
-    try:
-        loaded = tf.saved_model.load(path)
-    except Exception as e:  # noqa: BLE001 - TF raises many kinds; the user needs the path and the cause
-        raise EvaluateError(f"cannot load the SavedModel at {path}: {e}") from e
-    if "serving_default" not in loaded.signatures:
-        raise EvaluateError(f"{path} has no serving_default signature (found {sorted(loaded.signatures)})")
-    # The signature holds the loaded object's variables only while the object lives.
-    signature = loaded.signatures["serving_default"]
-    signature._loaded_model = loaded  # noqa: SLF001
-    return signature
-
-
-def run_signature(signature, image_bytes: list[bytes], task: str) -> np.ndarray:
-    import tensorflow as tf
-
-    out = signature(image_bytes=tf.constant(image_bytes, dtype=tf.string))
-    key = "valence_arousal" if task == "va" else "probabilities"
-    if key not in out:
-        raise EvaluateError(f"the model's serving_default returns {sorted(out)}, not {key!r} (contract 4)")
-    return out[key].numpy()
+        return model_contract.read_model_config(model_dir)
+    except model_contract.ModelError as e:
+        raise EvaluateError(str(e)) from e
 
 
 def _local_shards(examples_dir: str, split: str, workdir: str) -> list[str]:
@@ -375,8 +334,9 @@ def score_split(signature, files: list[str], examples_au_ids: list[int], model_a
         for batch in dataset:
             ids = batch[ex.LABEL_AU_IDS].numpy()
             if ids.size and not (ids == np.asarray(examples_au_ids)[None, :]).all():
-                raise EvaluateError(f"{source}: an example's label/au_ids differ from {ex.SUMMARY_FILE}'s {examples_au_ids}")
-            out = run_signature(signature, list(batch[ex.IMAGE_ENCODED].numpy()), task)
+                raise EvaluateError(f"{source}: an example's label/au_ids differ from "
+                                    f"{ex.EXAMPLES_SUMMARY_FILE}'s {examples_au_ids}")
+            out = model_contract.run_signature(signature, list(batch[ex.IMAGE_ENCODED].numpy()), task)
             keys.extend(k.decode() for k in batch[ex.IMAGE_KEY].numpy())
             if task == "au":
                 if out.ndim != 2 or out.shape[1] != len(model_au_ids):
@@ -401,6 +361,8 @@ def score_split(signature, files: list[str], examples_au_ids: list[int], model_a
             scores.append(out.astype(np.float64))
             if progress is not None:
                 progress.update()
+    except model_contract.ModelError as e:
+        raise EvaluateError(str(e)) from e
     except tf.errors.DataLossError as e:
         raise EvaluateError(f"{source}: a TFRecord shard is corrupt ({e}); re-run convert and filter") from e
     except tf.errors.InvalidArgumentError as e:
@@ -675,7 +637,10 @@ def _score_model(model_uri: str, config: dict, examples_dir: str, summary: dict,
                  workdir: str, batch_size: int, progress: bool = False, whose: str = "") -> dict:
     """Scores each split; progress prints progress lines of its batches (`<split> batches<whose>`)."""
     local_model = model_registry.fetch_local(model_uri, workdir)
-    signature = load_signature(local_model)
+    try:
+        signature = model_contract.load_signature(local_model)
+    except model_contract.ModelError as e:
+        raise EvaluateError(str(e)) from e
     out = {}
     for split in splits:
         files = _local_shards(examples_dir, split, os.path.join(workdir, split))
@@ -704,7 +669,7 @@ def _live_baseline(registry_uri: str, model_name: str, config: dict, examples_di
         return None, [f"first model: {root} has no {model_registry.LATEST} yet, judged on the thresholds alone"]
     version, uri = live
     try:
-        live_config = read_model_config(uri)
+        live_config = _read_model_config(uri)
     except EvaluateError as e:
         return None, [f"the live version {version} cannot be read ({e}): judged on the thresholds alone"]
     if live_config["task"] != config["task"]:
@@ -747,12 +712,12 @@ def run(
     examples_dir: str,
     model_dir: str,
     output_dir: str,
-    registry: str = defaults.REGISTRY,
-    model_name: str = defaults.MODEL_NAME,
-    min_macro_f1: float = defaults.EVALUATE_MIN_MACRO_F1,
-    min_macro_auc: float = defaults.EVALUATE_MIN_MACRO_AUC,
-    tolerance: float = defaults.EVALUATE_TOLERANCE,
-    batch_size: int = defaults.EVALUATE_BATCH_SIZE,
+    registry: str = SPEC.defaults.registry,
+    model_name: str = SPEC.defaults.model_name,
+    min_macro_f1: float = SPEC.defaults.min_macro_f1,
+    min_macro_auc: float = SPEC.defaults.min_macro_auc,
+    tolerance: float = SPEC.defaults.tolerance,
+    batch_size: int = SPEC.defaults.batch_size,
     kfp_metrics=None,
     kfp_classification_metrics=None,
     report_path: str | None = None,
@@ -771,11 +736,12 @@ def run(
     except FileNotFoundError as e:
         raise EvaluateError(str(e)) from e
     except ValueError as e:
-        raise EvaluateError(f"{storage.join(examples_dir, ex.SUMMARY_FILE)} is not valid JSON ({e}); re-run filter") from e
-    config = read_model_config(model_dir)
+        raise EvaluateError(
+            f"{storage.join(examples_dir, ex.EXAMPLES_SUMMARY_FILE)} is not valid JSON ({e}); re-run filter") from e
+    config = _read_model_config(model_dir)
     if config["task"] == "va" and not summary.get("has_va"):
         raise EvaluateError(f"the model predicts valence/arousal, but the examples in {examples_dir} have none "
-                            f"({ex.SUMMARY_FILE}: has_va is false)")
+                            f"({ex.EXAMPLES_SUMMARY_FILE}: has_va is false)")
     test_count = ((summary.get("splits") or {}).get("test") or {}).get("examples")
     if not ex.shard_files(examples_dir, "test") or test_count == 0:
         raise EvaluateError(_no_test_example(examples_dir, summary))
@@ -816,7 +782,7 @@ def run(
     # A blessing left from an earlier run must not stand beside this run's files if this one dies midway.
     storage.delete(storage.join(output_dir, BLESSING_FILE))
     storage.write_text(storage.join(output_dir, METRICS_FILE), json.dumps(metrics, indent=2))
-    storage.write_text(storage.join(output_dir, REPORT_FILE), report)
+    storage.write_text(storage.join(output_dir, EVALUATION_REPORT_FILE), report)
     if config["task"] == "au":
         for name, png in curve_pngs(test, config["au_ids"]).items():
             storage.write_bytes(storage.join(output_dir, name), png)

@@ -7,26 +7,22 @@ import sys
 
 from components.common import faces as contract
 from components.common.cli import StepArgumentParser
+from components.faces.params import SPEC
 
 
 def build_parser() -> StepArgumentParser:
-    p = StepArgumentParser(
-        prog="python -m components.faces",
-        description="Finds the largest face of each image (MediaPipe BlazeFace), turns it so the eyes are level and "
-                    "crops it with a margin: what convert does to every training image, and predict to a new one.",
-    )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="Image files (local or gs://), any format Pillow reads.")
-    p.add_argument("--output", default="", help="Folder for the crops, <name>.face.jpg (default: none written).")
-    contract.add_arguments(p, mode=False)
+    """The CLI's flags from its declaration (params.py), then the images and the options that are not settings."""
+    p = SPEC.parser()
+    images = SPEC.inputs[0]
+    p.add_argument(images.name, nargs="+", metavar="IMAGE", help=images.help)
     p.add_argument("--json", action="store_true", help="Print one JSON object per image instead of a line.")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from components.common import storage
-    from components.convert import imaging
-    from components.faces import logic
+    from components.common import imaging, storage
+    from components.common.facefinder.crop import prepare
 
     try:
         settings = contract.from_arguments(args)
@@ -42,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         try:
-            result = logic.prepare(storage.read_bytes(uri), settings)
+            result = prepare(storage.read_bytes(uri), settings)
         except imaging.UndecodableImage as e:
             print(f"faces: {uri} is not an image that can be read ({e})", file=sys.stderr)
             failed += 1

@@ -7,21 +7,25 @@ import re
 from typing import Sequence
 
 from components.common import examples, labels, storage
-from pipeline import defaults
+from components.common.errors import StepRefusal
+from components.common.examples import EXAMPLES_WRITTEN
+from components.filter.params import POLICIES, SPEC
 
 _LOG = logging.getLogger(__name__)
 
-POLICIES = defaults.FILTER_POLICIES
 # Statistics of a run in progress; removed when the run ends.
 STAGING_DIR = ".filter-staging"
 _SHARD_RE = re.compile(r"^(train|validation|test)-(\d{5})-of-(\d{5})\.tfrecord$")
 
 # Counters of the filter step (Beam Metrics, and examples_summary.json).
 EXAMPLES_READ = "examples_read"
-EXAMPLES_WRITTEN = "examples_written"
 DROPPED_UNKNOWN = "dropped_unknown"  # examples left out by policy drop
 ZEROED_LABELS = "zeroed_labels"  # 999 labels made 0 by policy zero
 COUNTERS = (EXAMPLES_READ, EXAMPLES_WRITTEN, DROPPED_UNKNOWN, ZEROED_LABELS)
+
+
+class FilterError(StepRefusal, ValueError):
+    """Examples or settings filter cannot use, or a split left empty; the message says what to do."""
 
 
 def parse_aus(aus) -> list[int]:
@@ -33,7 +37,7 @@ def parse_aus(aus) -> list[int]:
 
 def check_policy(policy: str) -> str:
     if policy not in POLICIES:
-        raise ValueError(
+        raise FilterError(
             f"policy {policy!r} is not one of {', '.join(POLICIES)} (drop: leave out an example with 999 in a "
             "kept AU; mask: keep it, training ignores 999; zero: make 999 a 0)"
         )
@@ -87,9 +91,9 @@ def _absolute(uri: str) -> str:
 def run(
     examples_dir: str,
     output_dir: str,
-    aus=defaults.FILTER_AUS,
-    policy: str = defaults.FILTER_POLICY,
-    beam_args: str = defaults.FILTER_BEAM_ARGS,
+    aus=SPEC.defaults.aus,
+    policy: str = SPEC.defaults.policy,
+    beam_args: str = SPEC.defaults.beam_args,
 ) -> dict:
     """Writes examples_dir's examples with only the AUs `aus` and `policy` for 999 to output_dir; returns the summary.
 
@@ -101,26 +105,26 @@ def run(
     check_policy(policy)
     examples_dir, output_dir = _absolute(examples_dir), _absolute(output_dir)
     if examples_dir.rstrip("/") == output_dir.rstrip("/"):
-        raise ValueError(f"--output {output_dir} is the examples folder itself; write the filtered examples elsewhere")
+        raise FilterError(f"--output {output_dir} is the examples folder itself; write the filtered examples elsewhere")
     source = examples.read_summary(examples_dir)
     absent = [a for a in keep_ids if a not in source["au_ids"]]
     if absent:
-        raise ValueError(
+        raise FilterError(
             f"AU{absent[0]} is not in the examples of {examples_dir} (they have AUs "
             f"{','.join(map(str, source['au_ids']))}); choose AUs among those"
         )
-    from components.convert import transforms
+    from components.common import beamio
     from components.filter import transforms as filter_transforms
 
-    options = transforms.pipeline_options(beam_args)
+    options = beamio.pipeline_options(beam_args)
     shards = input_shards(examples_dir)
-    storage.delete(storage.join(output_dir, examples.SUMMARY_FILE))  # the folder is being rewritten
-    stats = transforms.empty_stats()
+    storage.delete(storage.join(output_dir, examples.EXAMPLES_SUMMARY_FILE))  # the folder is being rewritten
+    stats = beamio.empty_stats()
     if shards:
         stats = _run_pipeline(shards, output_dir, keep_ids, policy, options, filter_transforms)
     _check_not_empty(examples_dir, source, shards, stats, keep_ids, policy)
     plan = {s["split"]: {"shards": s["count"]} for s in shards}
-    summary = transforms.write_summary(
+    summary = beamio.write_summary(
         output_dir, keep_ids, stats, plan, has_va=source.get("has_va", False), policy=policy,
         counters={**dict.fromkeys(COUNTERS, 0), **stats["counters"]},
         # The face settings the images were cut with travel on to train (and so to the model).
@@ -140,7 +144,7 @@ def _check_not_empty(examples_dir: str, source: dict, shards: list[dict], stats:
     """ValueError, in the user's words, when there was no example to filter or the policy left none in a needed split."""
     if not stats["counters"].get(EXAMPLES_READ, 0):
         found = f"its {len(shards)} shards hold no record" if shards else "it has no train/validation/test shard"
-        raise ValueError(
+        raise FilterError(
             f"{examples_dir} holds no example ({found}): nothing to filter; rerun convert and fix what it reports"
         )
     for split in NEEDED_SPLITS:
@@ -152,7 +156,7 @@ def _check_not_empty(examples_dir: str, source: dict, shards: list[dict], stats:
         unknown = sorted(((int((table.get(str(a)) or {}).get("unknown", 0)), a) for a in keep_ids), reverse=True)
         where = ", ".join(f"AU{a} in {n:,}" for n, a in unknown if n)
         need = "train learns from" if split == "train" else "evaluate measures the model on"
-        raise ValueError(
+        raise FilterError(
             f"policy {policy} left no example in the {split} split of {examples_dir}, which {need}: "
             + (f"all {read:,} were dropped" if read else "every one was dropped")
             + f" for a 999 (not annotated) in a kept AU{f' ({where})' if where else ''}. "
@@ -163,7 +167,7 @@ def _check_not_empty(examples_dir: str, source: dict, shards: list[dict], stats:
 def _run_pipeline(shards, output_dir, keep_ids, policy, options, filter_transforms) -> dict:
     import apache_beam as beam
 
-    from components.convert import transforms
+    from components.common import beamio
 
     staging = storage.join(output_dir, STAGING_DIR)
     stats_path = storage.join(staging, "stats.json")
@@ -172,11 +176,11 @@ def _run_pipeline(shards, output_dir, keep_ids, policy, options, filter_transfor
         pipeline
         | "Shards" >> beam.Create(shards)
         | "FilterExamples" >> filter_transforms.FilterExamples(output_dir, keep_ids, policy)
-        | "WriteStats" >> beam.Map(transforms.write_stats, stats_path)
+        | "WriteStats" >> beam.Map(beamio.write_stats, stats_path)
     )
     state = pipeline.run().wait_until_finish()
     if str(state) not in ("DONE", "PipelineState.DONE"):
         raise RuntimeError(f"the filter pipeline ended in state {state}; see the runner's log")
-    stats = transforms.read_stats(stats_path)
+    stats = beamio.read_stats(stats_path)
     storage.delete(staging)
     return stats

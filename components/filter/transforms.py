@@ -7,8 +7,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from components.common import examples
-from components.convert.parts import create_file, open_file
+from components.common import beamio, examples
+from components.common.partfiles import create_file, open_file
 from components.filter import logic
 
 NAMESPACE = "filter"
@@ -38,7 +38,7 @@ class _FilterShardFn(beam.DoFn):
                 examples.write_record(out, filtered)
                 kept_labels.append(kept)
         written = len(kept_labels)
-        counters[logic.EXAMPLES_WRITTEN] = written
+        counters[examples.EXAMPLES_WRITTEN] = written
         for name, n in counters.items():
             self._counters[name].inc(n)
         yield {
@@ -56,10 +56,8 @@ def FilterExamples(shards, output_dir: str, keep_ids, policy: str):  # noqa: N80
     Returns a PCollection of one statistics dict (per split: examples and per-AU counts of the
     kept AUs; counters: examples_read, examples_written, dropped_unknown, zeroed_labels).
     """
-    from components.convert.transforms import MergeStats
-
     return (
         shards
         | "FilterShard" >> beam.ParDo(_FilterShardFn(output_dir, keep_ids, policy))
-        | "MergeStats" >> beam.CombineGlobally(MergeStats())
+        | "MergeStats" >> beam.CombineGlobally(beamio.MergeStats())
     )

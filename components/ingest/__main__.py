@@ -1,26 +1,25 @@
 """CLI of the ingest step: python -m components.ingest --source SHEET --output DIR."""
-import argparse
 import sys
 
+from components.common.cli import StepArgumentParser
+from components.common.errors import refuse
 from components.ingest import logic
+from components.ingest.params import SPEC
+
+
+def build_parser() -> StepArgumentParser:
+    """The step's flags from its declaration (params.py)."""
+    return SPEC.parser()
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m components.ingest",
-        description="Reads the EmotioNet sheet, checks every row and writes the manifest "
-        "(manifest.parquet, rejects.csv, ingest_summary.json).",
-    )
-    p.add_argument("--source", required=True, help="The sheet (.xlsx or .csv, EmotioNet layout), a local path or gs:// URI.")
-    p.add_argument("--output", required=True, help="Folder with manifest.parquet, rejects.csv and ingest_summary.json.")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        summary = logic.run(source=args.source, output_dir=args.output)
+        summary = logic.run(output_dir=args.manifest, **SPEC.values(args))
     except logic.SheetError as e:
-        print(f"ingest: {e}", file=sys.stderr)
-        return 2
+        return refuse("ingest", e)
     print(logic.format_summary(summary))
-    print(f"\nmanifest written to {args.output}")
+    print(f"\nmanifest written to {args.manifest}")
     return 0
 
 

@@ -2,20 +2,15 @@
 from kfp import dsl
 
 from components.common import images
+from components.ingest.params import SPEC
 
 
 @dsl.component(base_image=images.CPU_IMAGE, install_kfp_package=False)
+@SPEC.document
 def ingest(source: str, manifest: dsl.Output[dsl.Dataset]):
-    """Reads the EmotioNet sheet, checks every row and writes the manifest.
-
-    Args:
-        source: The sheet (.xlsx or .csv, EmotioNet layout), a local path or gs:// URI.
-        manifest: Folder with manifest.parquet, rejects.csv and ingest_summary.json.
-    """
+    from components.common.errors import refusals
     from components.ingest import logic
 
-    try:
+    with refusals("ingest"):
         summary = logic.run(source=source, output_dir=manifest.path)
-    except logic.SheetError as e:
-        raise SystemExit(f"ingest: {e}") from None  # the message, not a traceback, in the step's log
     manifest.metadata.update({"rows_read": summary["rows_read"], "kept": summary["kept"], "rejected": summary["rejected"]})

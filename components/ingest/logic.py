@@ -15,10 +15,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from components.common import labels, storage
+from components.common.errors import StepRefusal
+from components.common.manifest import INGEST_SUMMARY_FILE, MANIFEST_FILE, REJECTS_COLUMNS, REJECTS_FILE
 
-MANIFEST_FILE = "manifest.parquet"
-REJECTS_FILE = "rejects.csv"
-SUMMARY_FILE = "ingest_summary.json"
 SHEET_SUFFIXES = (".xlsx", ".xlsm", ".csv")
 N_AU = len(labels.AU_COLUMNS)
 # Rows are turned into arrays this many at a time, so a 1M-row sheet never sits in Python lists.
@@ -33,7 +32,7 @@ BAD_VALENCE_AROUSAL = "bad_valence_arousal"
 CONFLICTING_DUPLICATE = "conflicting_duplicate"
 
 
-class SheetError(ValueError):
+class SheetError(StepRefusal, ValueError):
     """The source is not a sheet this step can read; the message names the file and what was expected."""
 
 
@@ -393,7 +392,7 @@ def run(source: str, output_dir: str) -> dict:
     rejects_path = os.path.join(output_dir, REJECTS_FILE)
     with open(rejects_path + ".tmp", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["row", "reason", "detail", "raw"])
+        w.writerow(REJECTS_COLUMNS)
         w.writerows(rejects)
     os.replace(rejects_path + ".tmp", rejects_path)
 
@@ -412,7 +411,7 @@ def run(source: str, output_dir: str) -> dict:
             for j, name in enumerate(labels.AU_COLUMNS)
         },
     }
-    storage.write_text(os.path.join(output_dir, SUMMARY_FILE), json.dumps(summary, indent=2))
+    storage.write_text(os.path.join(output_dir, INGEST_SUMMARY_FILE), json.dumps(summary, indent=2))
     return summary
 
 

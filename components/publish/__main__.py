@@ -4,15 +4,13 @@ from __future__ import annotations
 import sys
 
 from components.common.cli import StepArgumentParser
+from components.common.errors import refuse
+from components.publish.params import SPEC
 
 
 def build_parser() -> StepArgumentParser:
-    p = StepArgumentParser(prog="python -m components.publish",
-                           description="Copies a step's output folder to a fixed URI, for later runs that import it "
-                                       "from there; published.json is written there last.")
-    p.add_argument("--source", required=True, help="The folder to copy (a cluster sweep's filtered examples).")
-    p.add_argument("--destination", required=True, help="Where it goes, a local folder or gs:// prefix.")
-    return p
+    """The step's flags from its declaration (params.py)."""
+    return SPEC.parser()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,10 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     from components.publish import logic
 
     try:
-        record = logic.run(args.source, args.destination)
+        record = logic.run(args.source, **SPEC.values(args))
     except logic.PublishError as e:
-        print(f"publish: {e}", file=sys.stderr)
-        return 2
+        return refuse("publish", e)
     print(f"publish: {record['files']} files to {record['destination']}")
     return 0
 

@@ -5,12 +5,11 @@ import json
 import os
 
 from components.common import storage
+from components.common.errors import StepRefusal
+from components.common.registry import PUBLISHED_FILE
 
-# Written after every file: a reader that finds it knows the copy is whole.
-RECORD = "published.json"
 
-
-class PublishError(ValueError):
+class PublishError(StepRefusal, ValueError):
     """The folder to publish is missing or empty: the message names it."""
 
 
@@ -20,5 +19,5 @@ def run(source_dir: str, destination: str) -> dict:
         raise PublishError(f"{source_dir} has no file to publish: the step before publish wrote nothing")
     copied = storage.copy_tree(source_dir, destination)
     record = {"source": source_dir, "destination": destination, "files": len(copied)}
-    storage.write_text(storage.join(destination, RECORD), json.dumps(record, indent=2))
+    storage.write_text(storage.join(destination, PUBLISHED_FILE), json.dumps(record, indent=2))
     return record

@@ -8,16 +8,13 @@ import os
 import socket
 import tempfile
 
-from components.common import storage
-from components.push import registry
-from pipeline import defaults
-
-PUSH_FILE = "push.json"
-# The evaluation files a version carries beside the model.
-EVALUATION_FILES = ("metrics.json", "blessing.json", "report.md", "roc.png", "pr.png", "va.png")
+from components.common import evaluation, registry, storage
+from components.common.errors import StepRefusal
+from components.common.model import LOGS_DIR, SAVED_MODEL_DIR
+from components.push.params import SPEC
 
 
-class PushError(Exception):
+class PushError(StepRefusal):
     """A push that cannot be done; the message says what was found and what to do."""
 
 
@@ -27,7 +24,7 @@ def model_digest(model_dir: str) -> str:
     prefix = model_dir.rstrip("/").rstrip(os.sep)
     for f in storage.list_files(model_dir):
         rel = f[len(prefix):].lstrip("/").lstrip(os.sep).replace(os.sep, "/")
-        if rel.startswith("logs/"):
+        if rel.startswith(LOGS_DIR + "/"):
             continue
         h.update(rel.encode() + b"\0")
         if storage.is_gcs(f):
@@ -46,16 +43,11 @@ def new_version(digest: str, now: datetime.datetime | None = None) -> str:
 
 
 def read_blessing(evaluation_dir: str) -> dict:
-    path = storage.join(evaluation_dir, registry.BLESSING)
-    if not storage.exists(path):
-        raise PushError(f"{path} is missing: {evaluation_dir} is not an evaluation folder written by evaluate")
+    """blessing.json of the evaluation folder (components.common.evaluation), a problem with it as a PushError."""
     try:
-        blessing = json.loads(storage.read_text(path))
-    except ValueError as e:
-        raise PushError(f"{path} is not valid JSON ({e}); re-run evaluate") from e
-    if not isinstance(blessing, dict) or not isinstance(blessing.get("blessed"), bool):
-        raise PushError(f"{path} has no true/false 'blessed'; re-run evaluate")
-    return blessing
+        return evaluation.read_blessing(evaluation_dir)
+    except evaluation.EvaluationError as e:
+        raise PushError(str(e)) from e
 
 
 def _copy_file(src: str, dst: str) -> None:
@@ -79,7 +71,7 @@ def _copy_into(src_dir: str, version_uri: str, names: tuple[str, ...] | None = N
     for f in storage.list_files(src_dir):
         rel = f[len(prefix):].lstrip("/").lstrip(os.sep).replace(os.sep, "/")
         # A marker brought along (a model re-pushed from a registry) would call the copy done too early.
-        if rel == registry.MARKER or (names is not None and rel not in names):
+        if rel == registry.PUSH_FILE or (names is not None and rel not in names):
             continue
         dst = storage.join(version_uri, rel)
         _copy_file(f, dst)
@@ -115,17 +107,17 @@ def prune(root: str, keep: int) -> list[str]:
 
 def _write_record(output_dir: str | None, record: dict) -> None:
     if output_dir:
-        storage.write_text(storage.join(output_dir, PUSH_FILE), json.dumps(record, indent=2))
+        storage.write_text(storage.join(output_dir, registry.PUSH_FILE), json.dumps(record, indent=2))
 
 
 def run(
     model_dir: str,
     evaluation_dir: str,
     output_dir: str | None,
-    destination: str = defaults.REGISTRY,
-    model_name: str = defaults.MODEL_NAME,
-    force: bool = defaults.PUSH_FORCE,
-    keep: int = defaults.PUSH_KEEP,
+    destination: str = SPEC.defaults.destination,
+    model_name: str = SPEC.defaults.model_name,
+    force: bool = SPEC.defaults.force,
+    keep: int = SPEC.defaults.keep,
     version: str | None = None,
 ) -> dict:
     """Pushes a blessed model (or any, with force) as a new version; writes push.json to output_dir.
@@ -136,8 +128,8 @@ def run(
         raise PushError(f"keep {keep} must be 0 (keep every version) or more")
     if not destination:
         raise PushError("no destination given: name a registry folder or gs://bucket/prefix")
-    if not storage.exists(storage.join(model_dir, registry.SAVED_MODEL, "saved_model.pb")):
-        raise PushError(f"{model_dir} has no {registry.SAVED_MODEL}/saved_model.pb: not a model folder written by train")
+    if not storage.exists(storage.join(model_dir, SAVED_MODEL_DIR, "saved_model.pb")):
+        raise PushError(f"{model_dir} has no {SAVED_MODEL_DIR}/saved_model.pb: not a model folder written by train")
     blessing = read_blessing(evaluation_dir)
     root = registry.model_root(destination, model_name)
     record = {
@@ -170,7 +162,7 @@ def run(
         storage.delete(version_uri)
 
     files = _copy_into(model_dir, version_uri)
-    files += _copy_into(evaluation_dir, version_uri, EVALUATION_FILES)
+    files += _copy_into(evaluation_dir, version_uri, evaluation.EVALUATION_FILES)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     marker = {
         "version": version,
@@ -185,7 +177,7 @@ def run(
         "host": socket.gethostname(),
     }
     # The marker, then LATEST, last: a reader that follows LATEST always finds a whole version.
-    storage.write_text(storage.join(version_uri, registry.MARKER), json.dumps(marker, indent=2))
+    storage.write_text(storage.join(version_uri, registry.PUSH_FILE), json.dumps(marker, indent=2))
     storage.write_text(storage.join(root, registry.LATEST), version + "\n")
     record.update(pushed=True, version=version, uri=version_uri, previous=previous, files=len(files) + 1)
     record["message"] = f"pushed version {version} to {version_uri}"

@@ -5,6 +5,7 @@ import os
 import sys
 
 from components.common.cli import StepArgumentParser
+from components.common.errors import refuse
 from components.report.logic import REPORT_INPUTS
 
 
@@ -27,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = {name: getattr(args, name) for name in REPORT_INPUTS.values()}
     for name, folder in folders.items():
         if not os.path.isdir(folder):
-            print(f"report: --{name} {folder} is not a folder; give the folder that step wrote", file=sys.stderr)
-            return 2
+            return refuse("report", f"--{name} {folder} is not a folder; give the folder that step wrote")
     print(logic.run(folders, args.output, args.run_name))
     return 0
 

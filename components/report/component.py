@@ -2,9 +2,11 @@
 from kfp import dsl
 
 from components.common import images
+from components.report.params import SPEC
 
 
 @dsl.component(base_image=images.CPU_IMAGE, install_kfp_package=False)
+@SPEC.document
 def report(
     manifest: dsl.Input[dsl.Dataset],
     downloads: dsl.Input[dsl.Dataset],
@@ -16,19 +18,6 @@ def report(
     pushed: dsl.Input[dsl.Artifact],
     page: dsl.Output[dsl.HTML],
 ):
-    """Writes the run report: one self-contained HTML page of the run's outputs, shown in the KFP UI.
-
-    Args:
-        manifest: Folder written by ingest.
-        downloads: Folder written by download.
-        validation: Folder written by validate.
-        examples: Folder written by convert.
-        filtered: Folder written by filter.
-        model: Folder written by train.
-        evaluation: Folder written by evaluate.
-        pushed: Folder written by push.
-        page: The run report (HTML, images inlined).
-    """
     from components.report import logic
 
     folders = {"manifest": manifest.path, "downloads": downloads.path, "validation": validation.path,

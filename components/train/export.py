@@ -1,20 +1,13 @@
-"""Writes contract 4: a SavedModel serving encoded image bytes, model.keras, model_config.json, history.json, curves."""
+"""Writes contract 4 (components.common.model): a SavedModel serving encoded image bytes, model.keras,
+model_config.json, history.json, curves."""
 from __future__ import annotations
 
 import json
 import os
 
+from components.common.model import (CURVES_FILE, HISTORY_FILE, KERAS_FILE, MODEL_CONFIG_FILE, OUTPUT_NAMES,
+                                     SAVED_MODEL_DIR, SIGNATURE, SIGNATURE_INPUT)
 from components.train import data
-from components.train.model import HEAD_NAME
-
-SAVED_MODEL_DIR = "saved_model"
-KERAS_FILE = "model.keras"
-CONFIG_FILE = "model_config.json"
-HISTORY_FILE = "history.json"
-CURVES_FILE = "training_curves.png"
-LOGS_DIR = "logs"
-SIGNATURE = "serving_default"
-SIGNATURE_INPUT = "image_bytes"
 
 
 def copy_weights(src, dst) -> None:
@@ -37,7 +30,7 @@ def export_saved_model(model, path: str, image_size: int, task: str) -> None:
     import keras
     import tensorflow as tf
 
-    output_name = HEAD_NAME[task]
+    output_name = OUTPUT_NAMES[task]
 
     def decode(b):
         return data.decode_and_resize(b, image_size)
@@ -119,4 +112,4 @@ def write_model_folder(
         best_epoch=history_doc.get("best_epoch") or 0,
         stages=history_doc.get("stages"),
     )
-    write_json(os.path.join(out_dir, CONFIG_FILE), config)
+    write_json(os.path.join(out_dir, MODEL_CONFIG_FILE), config)

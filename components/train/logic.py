@@ -13,14 +13,16 @@ import warnings
 from dataclasses import dataclass, field
 
 from components.common import examples as ex
+from components.common import model as model_contract
 from components.common import storage
+from components.common.errors import StepRefusal
 from components.common.faces import FaceSettings
 from components.train import backbones, data
 from components.train import model as model_lib
-from pipeline import defaults
+from components.train.params import SCRATCH_BN_MOMENTUM, SPEC
 
 
-class TrainError(ValueError):
+class TrainError(StepRefusal, ValueError):
     """Bad arguments or examples: the message says which and what to do."""
 
 
@@ -129,42 +131,42 @@ class Plan:
 def run(
     examples_dir: str,
     output_dir: str,
-    task: str = defaults.TRAIN_TASK,
-    backbone: str = defaults.TRAIN_BACKBONE,
-    image_size: int = defaults.TRAIN_IMAGE_SIZE,
-    weights: str = defaults.TRAIN_WEIGHTS,
-    fine_tune: str = defaults.TRAIN_FINE_TUNE,
-    epochs: int = defaults.TRAIN_EPOCHS,
-    batch_size: int = defaults.TRAIN_BATCH_SIZE,
-    optimizer: str = defaults.TRAIN_OPTIMIZER,
-    learning_rate: float = defaults.TRAIN_LEARNING_RATE,
-    seed: int = defaults.TRAIN_SEED,
-    checkpoint_dir: str = defaults.TRAIN_CHECKPOINT_DIR,
-    augment: bool = defaults.TRAIN_AUGMENT,
+    task: str = SPEC.defaults.task,
+    backbone: str = SPEC.defaults.backbone,
+    image_size: int = SPEC.defaults.image_size,
+    weights: str = SPEC.defaults.weights,
+    fine_tune: str = SPEC.defaults.fine_tune,
+    epochs: int = SPEC.defaults.epochs,
+    batch_size: int = SPEC.defaults.batch_size,
+    optimizer: str = SPEC.defaults.optimizer,
+    learning_rate: float = SPEC.defaults.learning_rate,
+    seed: int = SPEC.defaults.seed,
+    checkpoint_dir: str = SPEC.defaults.checkpoint_dir,
+    augment: bool = SPEC.defaults.augment,
     *,
-    lr_decay: float = defaults.TRAIN_LR_DECAY,
-    lr_decay_epochs: float = defaults.TRAIN_LR_DECAY_EPOCHS,
-    l2: float = defaults.TRAIN_L2,
-    dropout: float = defaults.TRAIN_DROPOUT,
-    rmsprop_rho: float = defaults.TRAIN_RMSPROP_RHO,
-    rmsprop_momentum: float = defaults.TRAIN_RMSPROP_MOMENTUM,
-    epsilon: float = defaults.TRAIN_EPSILON,
-    backbone_lr_multiplier: float = defaults.TRAIN_BACKBONE_LR_MULTIPLIER,
-    patience: int = defaults.TRAIN_PATIENCE,
-    pos_weight: str = defaults.TRAIN_POS_WEIGHT,
-    max_pos_weight: float = defaults.TRAIN_MAX_POS_WEIGHT,
-    bn_momentum: float | None = None,
-    cache_mb: float = defaults.TRAIN_CACHE_MB,
-    shuffle_buffer: int = defaults.TRAIN_SHUFFLE_BUFFER,
-    mixed_precision: bool = defaults.TRAIN_MIXED_PRECISION,
-    steps_per_epoch: int = 0,
+    lr_decay: float = SPEC.defaults.lr_decay,
+    lr_decay_epochs: float = SPEC.defaults.lr_decay_epochs,
+    l2: float = SPEC.defaults.l2,
+    dropout: float = SPEC.defaults.dropout,
+    rmsprop_rho: float = SPEC.defaults.rmsprop_rho,
+    rmsprop_momentum: float = SPEC.defaults.rmsprop_momentum,
+    epsilon: float = SPEC.defaults.epsilon,
+    backbone_lr_multiplier: float = SPEC.defaults.backbone_lr_multiplier,
+    patience: int = SPEC.defaults.patience,
+    pos_weight: str = SPEC.defaults.pos_weight,
+    max_pos_weight: float = SPEC.defaults.max_pos_weight,
+    bn_momentum: float | None = SPEC.defaults.bn_momentum,
+    cache_mb: float = SPEC.defaults.cache_mb,
+    shuffle_buffer: int = SPEC.defaults.shuffle_buffer,
+    mixed_precision: bool = SPEC.defaults.mixed_precision,
+    steps_per_epoch: int = SPEC.defaults.steps_per_epoch,
     callbacks=(),
     verbose: int | None = None,
     progress: bool = False,
 ) -> dict:
     """Trains, checkpointing every epoch (and resuming from the last checkpoint), then exports contract 4 to output_dir.
 
-    bn_momentum None means: TRAIN_SCRATCH_BN_MOMENTUM when weights is none, the
+    bn_momentum 0 (or None) means: SCRATCH_BN_MOMENTUM when weights is none, the
     backbone's own otherwise. steps_per_epoch 0 means one pass over the train split.
     callbacks are extra Keras callbacks (tests, tools). progress prints progress lines (batches of all
     epochs, components.common.progress) for a pipeline's console. Returns a summary dict.
@@ -175,7 +177,7 @@ def run(
 
     started = time.time()
     task = str(task).strip().lower()
-    if task not in model_lib.TASKS:
+    if task not in model_contract.TASKS:
         raise TrainError(f"--task {task!r}: expected au (Action Units) or va (valence/arousal)")
     try:
         spec = backbones.get(backbone)
@@ -209,7 +211,8 @@ def run(
         augment=bool(augment), lr_decay=float(lr_decay), lr_decay_epochs=float(lr_decay_epochs), l2=float(l2),
         dropout=float(dropout), rmsprop_rho=float(rmsprop_rho), rmsprop_momentum=float(rmsprop_momentum),
         epsilon=float(epsilon), backbone_lr_multiplier=float(backbone_lr_multiplier), patience=int(patience),
-        pos_weight=str(pos_weight).strip().lower(), max_pos_weight=float(max_pos_weight), bn_momentum=bn_momentum,
+        pos_weight=str(pos_weight).strip().lower(), max_pos_weight=float(max_pos_weight),
+        bn_momentum=float(bn_momentum or 0) or None,  # 0 = follow the weights (see above)
         cache_mb=float(cache_mb), shuffle_buffer=int(shuffle_buffer), mixed_precision=bool(mixed_precision),
         steps_per_epoch=int(steps_per_epoch),
     )
@@ -223,7 +226,7 @@ def run(
             raise TrainError(str(e)) from e
         if weights_file is None:
             if plan.bn_momentum is None:
-                plan.bn_momentum = defaults.TRAIN_SCRATCH_BN_MOMENTUM
+                plan.bn_momentum = SCRATCH_BN_MOMENTUM
             # A slower backbone protects pretrained features; a random backbone has none to protect.
             plan.backbone_lr_multiplier = 1.0
         return _train(plan, weights_file, workdir, started, callbacks, verbose, progress)
@@ -241,7 +244,8 @@ def _read_examples(plan: Plan) -> None:
         raise TrainError(str(e)) from e
     au_ids = [int(a) for a in summary.get("au_ids") or []]
     if not au_ids:
-        raise TrainError(f"{storage.join(examples_dir, ex.SUMMARY_FILE)} lists no au_ids; rerun convert/filter")
+        raise TrainError(
+            f"{storage.join(examples_dir, ex.EXAMPLES_SUMMARY_FILE)} lists no au_ids; rerun convert/filter")
     if plan.task == "va" and not summary.get("has_va"):
         raise TrainError(
             f"--task va: the examples in {examples_dir} carry no valence/arousal (examples_summary.json has_va is "
@@ -388,7 +392,7 @@ def _train(plan: Plan, weights_file: str | None, workdir: str, started: float, c
                 store, state, stage=stage_no, patience=p.patience,
                 early_stopping=stage_no == len(stages) and val_ds is not None,
             ),
-            keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, export.LOGS_DIR), profile_batch=0),
+            keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, model_contract.LOGS_DIR), profile_batch=0),
             *callbacks,
         ]
         try:
@@ -496,9 +500,7 @@ def _metrics(p: Plan) -> list:
 
 def model_config(p: Plan, run_facts: dict) -> dict:
     """model_config.json: what evaluate, predict and push need to use the model, and how it was trained."""
-    from components.train import export
-
-    head = model_lib.HEAD_NAME[p.task]
+    head = model_contract.OUTPUT_NAMES[p.task]
     return {
         "task": p.task,
         "backbone": p.spec.name,
@@ -511,10 +513,10 @@ def model_config(p: Plan, run_facts: dict) -> dict:
             "labels": [f"AU{a}" for a in p.au_ids] if p.task == "au" else ["valence", "arousal"],
         },
         "threshold": 0.5 if p.task == "au" else None,
-        # What a new image goes through before the signature (components.faces.logic.prepare): the
+        # What a new image goes through before the signature (components.common.facefinder.crop.prepare): the
         # settings convert cut the training images with, so predict and any server do the same.
         "faces": FaceSettings.from_dict((p.summary.get("parameters") or {}).get("faces")).to_dict(),
-        "signature": {"name": export.SIGNATURE, "input": export.SIGNATURE_INPUT, "output": head},
+        "signature": {"name": model_contract.SIGNATURE, "input": model_contract.SIGNATURE_INPUT, "output": head},
         "preprocessing": {
             "decode": "tf.io.decode_image(channels=3, expand_animations=False): JPEG, PNG, GIF (first frame) "
             "or BMP; not WebP",

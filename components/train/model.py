@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from components.common.model import OUTPUT_NAMES, TASKS
 from components.train import backbones
-
-TASKS = ("au", "va")
-HEAD_NAME = {"au": "probabilities", "va": "valence_arousal"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def build_model(
     # Sigmoid per AU, never softmax: several AUs are active at once (the study measured it).
     activation = "sigmoid" if task == "au" else None
     outputs = keras.layers.Dense(
-        num_outputs, activation=activation, kernel_regularizer=regularizer, dtype="float32", name=HEAD_NAME[task]
+        num_outputs, activation=activation, kernel_regularizer=regularizer, dtype="float32", name=OUTPUT_NAMES[task]
     )(x)
     return keras.Model(inputs, outputs, name=f"{spec.name}_{task}")
 

@@ -11,24 +11,16 @@ import numpy as np
 import pandas as pd
 
 from components.common import labels, storage
-from components.download import ledger as download_ledger
-from pipeline import defaults
+from components.common.errors import StepRefusal
+from components.common.ledger import ERROR_CLASSES, LEDGER_FILE, STATUSES
+from components.common.manifest import MANIFEST_FILE
+from components.common.validation import (ANOMALIES_FILE, ANOMALIES_JSON_FILE, SCHEMA_FILE, STATISTICS_FILE,
+                                          STATISTICS_HTML_FILE, VALIDATION_SUMMARY_FILE)
+from components.validate.params import DRIFT_THRESHOLD, MAX_FAILURE_RATE_RISE, SPEC
 
-MANIFEST_FILE = "manifest.parquet"
-LEDGER_FILE = download_ledger.LEDGER_FILE
-# The output folder.
-STATISTICS_FILE = "statistics.pb"  # DatasetFeatureStatisticsList, binary
-SCHEMA_FILE = "schema.pbtxt"
-ANOMALIES_FILE = "anomalies.pbtxt"
-ANOMALIES_JSON = "anomalies.json"
-SUMMARY_FILE = "validation_summary.json"
-HTML_FILE = "statistics.html"
 # Beside a kept schema X.pbtxt: X.statistics.pb, the statistics of the last run that passed.
 KEPT_STATISTICS_SUFFIX = ".statistics.pb"
 
-# Contract 2: the values status and error_class may take.
-STATUSES = ("ok", "failed")
-ERROR_CLASSES = download_ledger.ERROR_CLASSES
 # Ledger columns that describe the downloaded image; they only mean something where status is ok.
 IMAGE_FEATURES = ("format", "width", "height", "bytes")
 INT_IMAGE_FEATURES = ("width", "height", "bytes")
@@ -46,7 +38,7 @@ def _feature_order(name: str) -> tuple:
     return (0, int(name[2:]), "") if _AU_COLUMN.match(name) else (1, 0, name)
 
 
-class ValidateError(ValueError):
+class ValidateError(StepRefusal, ValueError):
     """The inputs cannot be validated (a missing or unreadable file); the message says which and what to do."""
 
 
@@ -450,10 +442,10 @@ def run(
     downloads_dir: str,
     output_dir: str,
     html_path: str = "",
-    schema_uri: str = defaults.VALIDATE_SCHEMA_URI,
-    max_anomalies: int = defaults.VALIDATE_MAX_ANOMALIES,
-    drift_threshold: float = defaults.VALIDATE_DRIFT_THRESHOLD,
-    max_failure_rate_rise: float = defaults.VALIDATE_MAX_FAILURE_RATE_RISE,
+    schema_uri: str = SPEC.defaults.schema_uri,
+    max_anomalies: int = SPEC.defaults.max_anomalies,
+    drift_threshold: float = DRIFT_THRESHOLD,
+    max_failure_rate_rise: float = MAX_FAILURE_RATE_RISE,
 ) -> dict:
     """Validates manifest + ledger against the schema kept at schema_uri (inferred and kept there when absent).
 
@@ -536,8 +528,8 @@ def run(
     storage.write_bytes(storage.join(output_dir, STATISTICS_FILE), stats.SerializeToString())
     storage.write_text(storage.join(output_dir, SCHEMA_FILE), text_format.MessageToString(schema))
     storage.write_text(storage.join(output_dir, ANOMALIES_FILE), text_format.MessageToString(anomalies))
-    storage.write_text(storage.join(output_dir, ANOMALIES_JSON), json.dumps(records, indent=2) + "\n")
-    storage.write_text(storage.join(output_dir, HTML_FILE), page)
+    storage.write_text(storage.join(output_dir, ANOMALIES_JSON_FILE), json.dumps(records, indent=2) + "\n")
+    storage.write_text(storage.join(output_dir, STATISTICS_HTML_FILE), page)
     if html_path:
         storage.write_text(html_path, page)
     # Only data that passed becomes the baseline: a rejected run must not move what the next is compared to.
@@ -545,7 +537,7 @@ def run(
         if inferred:
             storage.write_text(schema_file, text_format.MessageToString(schema))
         storage.write_bytes(kept_stats_file, stats.SerializeToString())
-    storage.write_text(storage.join(output_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    storage.write_text(storage.join(output_dir, VALIDATION_SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary))
 
     if not passed:
@@ -556,7 +548,8 @@ def run(
             where = f"edit the kept schema {schema_file} (or delete it and {kept_stats_file} to infer new ones)"
         raise AnomaliesFound(
             f"{len(records)} anomalies, more than the {max_anomalies} allowed (max_anomalies): {names}. "
-            f"Details in {storage.join(output_dir, ANOMALIES_JSON)} and {storage.join(output_dir, HTML_FILE)}. "
+            f"Details in {storage.join(output_dir, ANOMALIES_JSON_FILE)} and "
+            f"{storage.join(output_dir, STATISTICS_HTML_FILE)}. "
             f"If the change is expected, {where}, or raise max_anomalies."
         )
     return summary

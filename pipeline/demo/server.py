@@ -16,6 +16,7 @@ import threading
 import time
 from urllib.parse import unquote, urlsplit
 
+from components.download.params import SPEC as DOWNLOAD
 from pipeline import defaults
 from pipeline.demo import faces
 from pipeline.demo.generate import IMAGES_DIR, load_labels
@@ -330,7 +331,7 @@ class DemoServer:
 
     def __init__(self, demo_dir: str, faults: bool = True, seed: int = 0, port: int | None = None,
                  stall_seconds: float = defaults.DEMO_STALL_SECONDS,
-                 too_large_bytes: int = defaults.DOWNLOAD_MAX_BYTES + 1, verbose: bool = False):
+                 too_large_bytes: int = DOWNLOAD.defaults.max_bytes + 1, verbose: bool = False):
         self.demo_dir = demo_dir
         self.faults = faults
         self.seed = seed

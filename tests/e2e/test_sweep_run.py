@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from components.push import registry
-from pipeline import defaults, sweep
+from components.common import registry
+from pipeline import defaults
+from pipeline.sweep.compare import LOSS_CURVES, SWEEP_JSON, SWEEP_MD
+from pipeline.sweep.dag import DATA_STEPS, POINT_STEPS
 from pipeline.dag import STEPS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,10 +33,10 @@ def test_a_sweep_runs_the_data_steps_once_then_each_point_and_pushes_only_the_be
 
     # the data steps ran once: one line as each ended, one log each, in the sweep's data folder only
     lines = out.splitlines()
-    for step in sweep.DATA_STEPS:
+    for step in DATA_STEPS:
         assert sum(line.startswith(f"{step:<16} succeeded") for line in lines) == 1, step
         assert (sweep_dir / defaults.SWEEP_DATA_DIR / "logs" / f"{step}.log").stat().st_size > 0
-    for step in sweep.POINT_STEPS:
+    for step in POINT_STEPS:
         assert sum(line.startswith(f"{step:<16} succeeded") for line in lines) == 2, step
     assert sum(line.startswith(f"{'train':<16} failed") for line in lines) == 1
     points = sorted(p for p in sweep_dir.iterdir() if p.name[:2].isdigit())
@@ -46,11 +48,11 @@ def test_a_sweep_runs_the_data_steps_once_then_each_point_and_pushes_only_the_be
         summary = json.loads((p / "run_summary.json").read_text())
         assert [s["name"] for s in summary["steps"]] == list(STEPS)  # each point reads as a whole run...
         assert (p / "report.html").is_file()
-        assert {s["log"] for s in summary["steps"] if s["name"] in sweep.DATA_STEPS} == {  # ...on the shared data
-            str(sweep_dir / defaults.SWEEP_DATA_DIR / "logs" / f"{s}.log") for s in sweep.DATA_STEPS}
+        assert {s["log"] for s in summary["steps"] if s["name"] in DATA_STEPS} == {  # ...on the shared data
+            str(sweep_dir / defaults.SWEEP_DATA_DIR / "logs" / f"{s}.log") for s in DATA_STEPS}
 
     # the comparison: one row per run with the study's measures, the loss curves of both in one plot
-    record = json.loads((sweep_dir / sweep.SWEEP_JSON).read_text())
+    record = json.loads((sweep_dir / SWEEP_JSON).read_text())
     assert [p["status"] for p in record["points"]] == ["succeeded", "failed", "succeeded"]
     bad = record["points"].pop(1)
     assert bad["log"] == str(failed / "logs" / "train.log") and "step train failed" in bad["error"]
@@ -60,10 +62,10 @@ def test_a_sweep_runs_the_data_steps_once_then_each_point_and_pushes_only_the_be
         assert len(p["loss"]) == len(p["val_loss"]) == 1 and p["seconds"]["train"] > 0
     best = next(p for p in record["points"] if p["name"] == record["best"])
     assert best["measures"]["f1"] >= max(p["measures"]["f1"] for p in record["points"])
-    md = (sweep_dir / sweep.SWEEP_MD).read_text()
+    md = (sweep_dir / SWEEP_MD).read_text()
     assert f"{record['best']} (best)" in md and "| F1 |" in md
     assert "| 02-learning_rate=-1.0 | -1.0 | failed |" in md and "03-learning_rate=0.001" in md
-    assert (sweep_dir / sweep.LOSS_CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (sweep_dir / LOSS_CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"best: {record['best']}, by macro F1 at threshold 0.5" in out
 
     # only the best was pushed
@@ -73,5 +75,5 @@ def test_a_sweep_runs_the_data_steps_once_then_each_point_and_pushes_only_the_be
     (pushed,) = record["pushed"]
     assert pushed["name"] == record["best"] and pushed["pushed"] and pushed["version"] == versions[0].name
     assert (model_root / "LATEST").read_text().strip() == versions[0].name
-    marker = json.loads((versions[0] / registry.MARKER).read_text())
+    marker = json.loads((versions[0] / registry.PUSH_FILE).read_text())
     assert marker["source_model"] == best["model"]

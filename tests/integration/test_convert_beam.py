@@ -13,7 +13,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that
 from PIL import Image
 
-from components.common import examples, labels
+from components.common import beamio, examples, labels
 from components.common import faces as face_contract
 from components.common.faces import FaceSettings
 from components.convert import logic, sample, transforms
@@ -95,7 +95,7 @@ def test_images_to_tfrecords_on_the_local_runner(tmp_path):
         assert total.tolist() == expected_au.tolist()
         assert sorted(s[:2] for s in stats["shards"]) == [["train", 0], ["validation", 0]]
 
-    pipeline = beam.Pipeline(options=transforms.pipeline_options("--convert_processes=2"))
+    pipeline = beam.Pipeline(options=beamio.pipeline_options("--convert_processes=2"))
     stats = (pipeline | beam.Create(parts) | transforms.ImagesToTFRecords(
         str(out), str(tmp_path / "staging"), plan, au_ids, processes=2))
     assert_that(stats, check)
@@ -293,7 +293,7 @@ def test_convert_crops_faces_in_forked_workers_and_counts_the_rest(tmp_path):
 
 def test_convert_does_not_fork_once_the_detector_ran_in_its_process(tmp_path, caplog, monkeypatch):
     """MediaPipe hangs in a child forked after it ran: convert then converts in its own process."""
-    from components.faces import detect
+    from components.common.facefinder import detect
 
     monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # the other reason not to fork, out of the way
     detect.get().detect(np.zeros((64, 64, 3), np.uint8))

@@ -30,7 +30,7 @@ def test_convert_then_filter_on_gcs(tmp_path, gcs):
     assert sum(s["examples"] for s in summary["splits"].values()) == 24
     names = sorted(f.rsplit("/", 1)[1] for f in storage.list_files("gs://bucket/examples"))
     expected = sorted(examples.shard_name(s, 0, 1) for s, v in summary["splits"].items() if v["examples"])
-    assert names == sorted(expected + [examples.SUMMARY_FILE])  # no staging left behind
+    assert names == sorted(expected + [examples.EXAMPLES_SUMMARY_FILE])  # no staging left behind
     assert examples.read_summary("gs://bucket/examples") == summary
 
     filtered = filter_logic.run("gs://bucket/examples", "gs://bucket/filtered", aus="1,2", policy="mask")

@@ -244,6 +244,7 @@ def test_a_gcs_store_that_lost_its_lock_does_not_compact(gcs, monkeypatch):
 def test_a_compaction_never_overwrites_a_ledger_that_another_run_wrote_meanwhile(gcs, monkeypatch, tmp_path):
     import pyarrow.parquet as pq
 
+    from components.common.ledger import LedgerError, read_ledger
     from components.download import ledger
 
     root = f"gs://{BUCKET}/other-store"
@@ -261,15 +262,16 @@ def test_a_compaction_never_overwrites_a_ledger_that_another_run_wrote_meanwhile
         return real_fold(*args, **kwargs)
 
     monkeypatch.setattr(ledger, "fold", racing_fold)
-    with pytest.raises(ledger.LedgerError, match="rewritten by another run.*kept the journals"):
+    with pytest.raises(LedgerError, match="rewritten by another run.*kept the journals"):
         ledger.compact(root)
-    assert ledger.read_ledger(f"{root}/ledger.parquet")["key"].to_pylist() == ["a", "z"]  # theirs, untouched
+    assert read_ledger(f"{root}/ledger.parquet")["key"].to_pylist() == ["a", "z"]  # theirs, untouched
     assert list(storage.list_files(f"{root}/journal")) == [f"{root}/journal/run2-000000.jsonl"]  # ours, kept
     monkeypatch.setattr(ledger, "fold", real_fold)
     assert ledger.compact(root)["total"] == 3  # the next compaction folds both in
 
 
 def test_prepare_after_a_killed_run_folds_its_segments_and_keeps_the_uploaded_ledger(gcs, monkeypatch, tmp_path):
+    from components.common.ledger import read_ledger
     from components.download import ledger
 
     storage.write_bytes(f"{PREFIX}/journal/run1-000000.jsonl", ledger.journal_line(_row("a")))
@@ -283,9 +285,9 @@ def test_prepare_after_a_killed_run_folds_its_segments_and_keeps_the_uploaded_le
     local = s.prepare(str(tmp_path))
     # ... and keeps the file it uploaded, instead of downloading it again.
     assert downloads == []
-    assert ledger.read_ledger(local)["key"].to_pylist() == ["a", "b", "c"]
+    assert read_ledger(local)["key"].to_pylist() == ["a", "b", "c"]
     assert storage.read_bytes(f"{PREFIX}/ledger.parquet") == open(local, "rb").read()
     assert not list(storage.list_files(f"{PREFIX}/journal"))
     # With no segments to fold, the ledger is downloaded.
     again = s.prepare(str(tmp_path / "again"))
-    assert len(downloads) == 1 and ledger.read_ledger(again)["key"].to_pylist() == ["a", "b", "c"]
+    assert len(downloads) == 1 and read_ledger(again)["key"].to_pylist() == ["a", "b", "c"]

@@ -75,7 +75,7 @@ def test_every_failure_is_classified(servers, tmp_path, capsys):
 
 
 def ledger_classes():
-    from components.download.ledger import ERROR_CLASSES
+    from components.common.ledger import ERROR_CLASSES
 
     return ERROR_CLASSES
 

@@ -7,8 +7,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that
 
-from components.common import examples
-from components.convert import transforms
+from components.common import beamio, examples
 from components.filter import logic
 from components.filter import transforms as filter_transforms
 from components.filter.component import filter_examples
@@ -61,7 +60,7 @@ def test_filter_examples_transform_with_counters(tmp_path):
         assert stats["splits"]["train"] == {"examples": 2, "au": [[1, 1, 0], [2, 0, 0], [0, 2, 0]]}
         assert stats["splits"]["validation"]["examples"] == 0 and stats["splits"]["test"]["examples"] == 0
 
-    pipeline = beam.Pipeline(options=transforms.pipeline_options(""))
+    pipeline = beam.Pipeline(options=beamio.pipeline_options(""))
     stats = pipeline | beam.Create(logic.input_shards(source)) | filter_transforms.FilterExamples(
         str(out), [4, 1, 12], "drop")
     assert_that(stats, check)
@@ -104,5 +103,5 @@ def test_filter_step_refuses_a_drop_that_empties_the_test_split(tmp_path):
     with pytest.raises(ValueError, match=r"policy drop left no example in the test split of .*, which evaluate "
                                          r"measures the model on: every one was dropped for a 999 .* --policy mask"):
         logic.run(source, str(out), aus="1,4", policy="drop")
-    assert not os.path.exists(os.path.join(out, examples.SUMMARY_FILE))  # not a finished folder
+    assert not os.path.exists(os.path.join(out, examples.EXAMPLES_SUMMARY_FILE))  # not a finished folder
     assert not os.path.exists(os.path.join(out, logic.STAGING_DIR))

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from components.common import labels, storage
+from components.common.manifest import INGEST_SUMMARY_FILE, MANIFEST_FILE, REJECTS_FILE
 from components.ingest import logic
 
 from gcs_emulator import gcs_emulator
@@ -24,8 +25,8 @@ def test_ingest_from_gcs(tmp_path):
             logic.run("gs://sheets/emotionet/missing.csv", str(tmp_path / "out2"))
     assert summary["source"] == "gs://sheets/emotionet/sheet.csv"
     assert summary["kept"] == 2 and summary["rejected_by_reason"] == {logic.BAD_SCHEME: 1}
-    manifest = pd.read_parquet(tmp_path / "out" / logic.MANIFEST_FILE)
+    manifest = pd.read_parquet(tmp_path / "out" / MANIFEST_FILE)
     assert manifest["url"].tolist() == ["http://e.org/a,b.jpg", "http://e.org/c.jpg"]
     assert manifest["key"].tolist() == [labels.image_key(u) for u in manifest["url"]]
-    assert json.loads((tmp_path / "out" / logic.SUMMARY_FILE).read_text())["rows_read"] == 3
-    assert os.path.exists(tmp_path / "out" / logic.REJECTS_FILE)
+    assert json.loads((tmp_path / "out" / INGEST_SUMMARY_FILE).read_text())["rows_read"] == 3
+    assert os.path.exists(tmp_path / "out" / REJECTS_FILE)

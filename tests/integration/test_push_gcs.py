@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from components.common import storage
+from components.common import registry, storage
 from components.evaluate import logic as evaluate_logic
 from components.predict import logic as predict_logic
-from components.push import logic, registry
+from components.push import logic
 
 from gcs_emulator import gcs_emulator
 import tiny_model as tiny  # tests/conftest.py puts tests/data/evaluate on the path
@@ -35,7 +35,7 @@ def test_push_to_gcs_then_predict_and_evaluate_against_it(gcs, tmp_path, monkeyp
     assert first["pushed"] and first["uri"] == f"{ROOT}/20260101T000000Z-first"
     assert storage.read_text(f"{ROOT}/LATEST").strip() == "20260101T000000Z-first"
     files = set(storage.list_files(first["uri"]))
-    for rel in ("saved_model/saved_model.pb", "model_config.json", "metrics.json", "blessing.json", registry.MARKER):
+    for rel in ("saved_model/saved_model.pb", "model_config.json", "metrics.json", "blessing.json", registry.PUSH_FILE):
         assert f"{first['uri']}/{rel}" in files, rel
 
     # A push that dies after one file leaves LATEST where it was.

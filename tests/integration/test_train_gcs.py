@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from components.common import examples, storage
-from components.train import export
+from components.common import model as model_contract
 
 from gcs_emulator import gcs_emulator
 from tf_gcs_bridge import tf_gcs_bridge
@@ -118,7 +118,7 @@ def test_train_reads_its_examples_from_gcs(tmp_path, bridge):
     log = proc.stdout + proc.stderr[-4000:]
     assert proc.returncode == 0, log
     assert sorted(f.rsplit("/", 1)[1] for f in storage.list_files("gs://bucket/examples")) == sorted(
-        [examples.shard_name(s, i, 2) for s in examples.SPLITS for i in range(2)] + [examples.SUMMARY_FILE])
+        [examples.shard_name(s, i, 2) for s in examples.SPLITS for i in range(2)] + [examples.EXAMPLES_SUMMARY_FILE])
     assert not (tmp_path / "examples").exists()
     assert "32 train / 8 validation examples" in proc.stdout
     assert "4/4" in proc.stdout  # 32 examples in batches of 8: the whole train split was read
@@ -128,11 +128,11 @@ def test_train_reads_its_examples_from_gcs(tmp_path, bridge):
     assert read == {examples.shard_name(s, i, 2) for s in ("train", "validation") for i in range(2)}
     assert all(s < 400 or s == 404 for _, _, s in bridge.requests), bridge.requests  # 404: copy's "is it there?"
 
-    for name in (export.SAVED_MODEL_DIR + "/saved_model.pb", export.KERAS_FILE, export.CONFIG_FILE,
-                 export.HISTORY_FILE):
+    for name in (model_contract.SAVED_MODEL_DIR + "/saved_model.pb", model_contract.KERAS_FILE,
+                 model_contract.MODEL_CONFIG_FILE, model_contract.HISTORY_FILE):
         assert (out / name).is_file(), name
-    config = json.loads((out / export.CONFIG_FILE).read_text())
+    config = json.loads((out / model_contract.MODEL_CONFIG_FILE).read_text())
     assert config["training"]["examples"] == "gs://bucket/examples"
     assert config["training"]["train_examples"] == 32 and config["training"]["validation_examples"] == 8
     assert config["training"]["epochs_run"] == 1
-    assert json.loads((out / export.HISTORY_FILE).read_text())["epochs"] == [1]
+    assert json.loads((out / model_contract.HISTORY_FILE).read_text())["epochs"] == [1]

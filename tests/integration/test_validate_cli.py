@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from components.common import storage
+from components.common.validation import VALIDATION_SUMMARY_FILE
 from components.validate import logic
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
@@ -52,7 +53,7 @@ def test_schema_kept_on_gcs_then_a_second_run_catches_a_new_format(tmp_path):
         m, d = write_inputs(tmp_path / "second", manifest, ledger)
         with pytest.raises(logic.AnomaliesFound, match="format: Unexpected string values"):
             logic.run(manifest_dir=m, downloads_dir=d, output_dir=str(tmp_path / "out2"), schema_uri=schema_uri)
-    summary = json.loads((tmp_path / "out2" / logic.SUMMARY_FILE).read_text())
+    summary = json.loads((tmp_path / "out2" / VALIDATION_SUMMARY_FILE).read_text())
     assert summary["schema"]["inferred"] is False
     assert summary["previous_statistics"] == f"{schema_uri}/schema.statistics.pb"
     # The share of jpg fell from all to none: a new format, not a drift, is what is reported.

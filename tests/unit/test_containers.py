@@ -1,14 +1,11 @@
 """pipeline/containers.py without a Docker daemon: build secrets, what a container run mounts and lets out, and the
-messages for a missing daemon or a missing or stale image."""
-import os
+messages for a missing daemon or a missing or stale image (a real `docker` command line:
+tests/integration/test_containers_cli.py)."""
 import subprocess
-import sys
 
 import pytest
 
 from pipeline import containers, defaults
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_build_secrets_carry_the_ca_bundle_and_network_index_settings_only(tmp_path):
@@ -78,12 +75,6 @@ def test_no_daemon_says_how_to_start_one(monkeypatch):
         containers.check_docker()
 
 
-def test_no_docker_command_says_what_to_install(monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(containers.ContainerError, match="apt-get install docker.io"):
-        containers.check_docker()
-
-
 def test_a_missing_image_names_the_command_that_builds_it(monkeypatch):
     monkeypatch.setattr(containers, "_docker", FakeDocker(labels=None))
     with pytest.raises(containers.ContainerError, match=r"no image me/cpu:1 \(cpu\) on this machine: build it with `make images`"):
@@ -117,19 +108,6 @@ def test_the_source_digest_follows_the_code_the_images_copy(tmp_path):
     lock = containers.lock_digest(tmp_path)
     (tmp_path / "requirements.lock").write_text("changed")
     assert containers.lock_digest(tmp_path) != lock
-
-
-def test_run_in_docker_without_a_daemon_stops_before_anything_runs(tmp_path):
-    fake = tmp_path / "bin" / "docker"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock.' >&2\nexit 1\n")
-    fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "pipeline.py", "run", "--runner", "docker", "--runs-dir", str(tmp_path / "runs")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 2
-    assert "pipeline.py run --runner docker: no Docker daemon answers (Cannot connect" in proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
 
 
 def test_the_local_image_tags_are_what_make_images_builds():

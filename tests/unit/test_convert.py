@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 
 from components.common import faces as face_contract
-from components.common import examples, labels
-from components.convert import imaging, logic, parts, sample, transforms
+from components.common import beamio, examples, imaging, labels
+from components.common.ledger import read_downloaded
+from components.common.manifest import read_manifest
+from components.convert import logic, parts, sample, transforms
 from components.convert import __main__ as cli
 
 W, H = 48, 32  # not square, so a swapped width and height shows
@@ -210,8 +212,8 @@ def dataset(tmp_path, n=60, **kwargs):
 
 def test_work_list_joins_manifest_and_ok_ledger_rows(tmp_path):
     manifest_dir, downloads_dir, keys = dataset(tmp_path, n=10, failed=3, va=[[0.1, 0.2]] * 4)
-    work, counters = logic.build_work_list(logic.read_manifest(manifest_dir), logic.read_ledger(downloads_dir),
-                                           0.2, 0.2)
+    downloaded = read_downloaded(downloads_dir, logic.ASSUMED_IMAGE_BYTES)
+    work, counters = logic.build_work_list(read_manifest(manifest_dir), downloaded, 0.2, 0.2)
     assert counters == {"manifest_rows": 13, "downloaded_ok": 10, "not_downloaded": 3, "ledger_ok_not_in_manifest": 0}
     assert sorted(k.decode() for k in work.keys) == sorted(keys[:10])
     assert (~np.isnan(work.va).any(axis=1)).sum() == 4
@@ -222,8 +224,8 @@ def test_work_list_joins_manifest_and_ok_ledger_rows(tmp_path):
 
 def test_splits_and_shards_are_stable_across_runs_and_row_orders(tmp_path):
     manifest_dir, downloads_dir, _ = dataset(tmp_path, n=300)
-    ledger = logic.read_ledger(downloads_dir)
-    keys, au, va = logic.read_manifest(manifest_dir)
+    ledger = read_downloaded(downloads_dir, logic.ASSUMED_IMAGE_BYTES)
+    keys, au, va = read_manifest(manifest_dir)
     first, _ = logic.build_work_list((keys, au, va), ledger, 0.15, 0.15)
     order = np.random.default_rng(1).permutation(len(keys))
     second, _ = logic.build_work_list((keys[order], au[order], None), ledger, 0.15, 0.15)
@@ -262,14 +264,14 @@ def test_manifest_errors_name_the_file_row_and_fix(tmp_path):
     df.loc[1, "AU12"] = 2
     df.to_parquet(path, index=False)
     with pytest.raises(ValueError, match=r"row 3 .*AU12 is 2; expected 0, 1 or 999"):
-        logic.read_manifest(manifest_dir)
+        read_manifest(manifest_dir)
     df.drop(columns=["AU7", "AU9"]).to_parquet(path, index=False)
     with pytest.raises(ValueError, match=r"lacks the columns AU7, AU9.*rerun ingest"):
-        logic.read_manifest(path)  # the file itself is accepted too
+        read_manifest(path)  # the file itself is accepted too
     with pytest.raises(FileNotFoundError, match="folder written by ingest"):
-        logic.read_manifest(str(tmp_path / "nowhere"))
+        read_manifest(str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="written by download"):
-        logic.read_ledger(str(tmp_path / "nowhere"))
+        read_downloaded(str(tmp_path / "nowhere"), logic.ASSUMED_IMAGE_BYTES)
 
 
 # --- Beam options ----------------------------------------------------------------------------------
@@ -278,12 +280,12 @@ def test_manifest_errors_name_the_file_row_and_fix(tmp_path):
 def test_local_runner_is_named_so_beam_never_reaches_for_prism():
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-    options = transforms.pipeline_options("")
+    options = beamio.pipeline_options("")
     assert options.view_as(StandardOptions).runner == "FnApiRunner"
     assert options.view_as(DirectOptions).direct_running_mode == "in_memory"
     assert transforms.local_processes(options) == transforms.local_cores()
-    assert transforms.local_processes(transforms.pipeline_options("--convert_processes=3")) == 3
-    mp = transforms.pipeline_options("--direct_running_mode=multi_processing --direct_num_workers=2")
+    assert transforms.local_processes(beamio.pipeline_options("--convert_processes=3")) == 3
+    mp = beamio.pipeline_options("--direct_running_mode=multi_processing --direct_num_workers=2")
     assert mp.view_as(DirectOptions).direct_running_mode == "multi_processing"
     assert transforms.local_processes(mp) == 1  # Beam's own workers take the cores
 
@@ -291,15 +293,15 @@ def test_local_runner_is_named_so_beam_never_reaches_for_prism():
 def test_beam_args_pass_through_to_other_runners():
     from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
-    options = transforms.pipeline_options(
+    options = beamio.pipeline_options(
         "--runner=DataflowRunner --project=p --region=europe-west4 --temp_location=gs://b/tmp")
     assert options.view_as(StandardOptions).runner == "DataflowRunner"
     assert options.view_as(GoogleCloudOptions).region == "europe-west4"
     assert transforms.local_processes(options) == 1
     with pytest.raises(ValueError, match="is not a --flag"):
-        transforms.pipeline_options("runner=DataflowRunner")
+        beamio.pipeline_options("runner=DataflowRunner")
     with pytest.raises(ValueError, match="cannot be split"):
-        transforms.pipeline_options('--project="unclosed')
+        beamio.pipeline_options('--project="unclosed')
 
 
 def test_stats_add_up():
@@ -307,7 +309,7 @@ def test_stats_add_up():
          "shards": [["train", 0, "p", 2]]}
     b = {"splits": {"train": {"examples": 1, "au": [[0, 0, 1]]}, "test": {"examples": 1, "au": [[1, 0, 0]]}},
          "counters": {"x": 2, "y": 1}, "shards": []}
-    merged = transforms.MergeStats().merge_accumulators([a, b])
+    merged = beamio.MergeStats().merge_accumulators([a, b])
     assert merged["splits"]["train"] == {"examples": 3, "au": [[1, 1, 1]]}
     assert merged["splits"]["test"]["examples"] == 1 and merged["counters"] == {"x": 3, "y": 1}
 

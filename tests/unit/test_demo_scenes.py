@@ -7,7 +7,6 @@ import sys
 import types
 
 import numpy as np
-import pandas as pd
 import PIL
 import pytest
 from PIL import Image
@@ -43,15 +42,8 @@ def _iou(a, b) -> float:
 # ------------------------------------------------------------------------------------ determinism
 
 
-def test_same_seed_same_bytes_whatever_the_process_split(tmp_path, monkeypatch):
-    monkeypatch.setattr(generate, "PARALLEL_FROM", 0)
-    a = generate_demo(str(tmp_path / "a"), size=24, seed=8, workers=1)
-    b = generate_demo(str(tmp_path / "b"), size=24, seed=8, workers=2)
-    assert a["scene"] == "wild" and not a["cached"] and not b["cached"]
-    fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert len(fa) == 24 and fa == fb
-    pd.testing.assert_frame_equal(load_labels(str(tmp_path / "a")), load_labels(str(tmp_path / "b")))
-    # render_scene alone: the same stream draws the same picture and truth
+# The same bytes whatever the process split: tests/integration/test_demo_generate.py.
+def test_render_scene_draws_the_same_picture_and_truth_from_the_same_stream():
     inten = faces.sample_labels(1, 0).intensity[0]
     one, t1 = scenes.render_scene(inten, np.random.default_rng(4))
     two, t2 = scenes.render_scene(inten, np.random.default_rng(4))

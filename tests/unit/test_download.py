@@ -7,6 +7,7 @@ import email.utils
 import hashlib
 import http.client
 import io
+import itertools
 import json
 import os
 import random
@@ -14,7 +15,6 @@ import socket
 import ssl
 import struct
 import threading
-import time
 import types
 import zlib
 from collections import Counter
@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 from urllib3 import exceptions as u3e
 
+from components.common import ledger as contract
 from components.common.labels import image_key
 from components.download import fetch, ledger, logic, store
 from components.download.__main__ import main as download_main
@@ -198,11 +199,11 @@ def test_classify_status(status, cls):
 
 def test_transient_classes_follow_the_contract():
     for cls in ("http_5xx", "timeout", "connection_reset", "connection_refused", "network", "dns"):
-        assert ledger.is_transient(cls)
+        assert contract.is_transient(cls)
     for cls in ("ok", "http_404", "http_4xx", "redirect", "tls", "not_image", "too_large", "invalid_url"):
-        assert not ledger.is_transient(cls, 403)
-    assert ledger.is_transient("http_4xx", 429) and ledger.is_transient("http_4xx", 408)
-    assert set(ledger.ERROR_CLASSES) >= ledger.TRANSIENT_CLASSES
+        assert not contract.is_transient(cls, 403)
+    assert contract.is_transient("http_4xx", 429) and contract.is_transient("http_4xx", 408)
+    assert set(contract.ERROR_CLASSES) >= contract.TRANSIENT_CLASSES
 
 
 def test_parse_retry_after():
@@ -319,7 +320,7 @@ def test_compact_folds_journals_keeps_keys_and_verifies_files(tmp_path):
     s = ledger.compact(root, keep=keep, verify_files=True)
     assert (s["total"], s["ok"], s["counts"]["network"]) == (2, 1, 1)
     assert os.listdir(tmp_path / "journal") == []
-    assert ledger.read_ledger(os.path.join(root, "ledger.parquet")).to_pydict()["key"] == ["a", "c"]
+    assert contract.read_ledger(os.path.join(root, "ledger.parquet")).to_pydict()["key"] == ["a", "c"]
 
 
 def test_summary_counts_and_table():
@@ -328,7 +329,7 @@ def test_summary_counts_and_table():
     s = ledger.summarize(t)
     assert (s["total"], s["ok"], s["failed"], s["transient_failed"]) == (5, 2, 3, 2)
     assert s["counts"]["http_404"] == 1 and s["shares"]["ok"] == pytest.approx(0.4)
-    assert set(s["counts"]) == set(ledger.ERROR_CLASSES)
+    assert set(s["counts"]) == set(contract.ERROR_CLASSES)
     text = ledger.format_table(s)
     assert "error class" in text and "http_404" in text and "40.00%" in text and "total" in text
     assert "tls" not in text  # classes that never happened are left out of the table
@@ -470,7 +471,7 @@ def test_store_carries_images_across_outputs_and_a_grown_manifest(tmp_path, fake
         assert (tmp_path / "out2" / "images" / f"{k}.jpg").read_bytes() == JPEG
     assert summary["run"]["copied_from_store"] == 8
     # The store knows every key ever seen; a shrunk manifest's output holds only its own rows.
-    assert len(ledger.read_ledger(os.path.join(st, "ledger.parquet"))) == 13
+    assert len(contract.read_ledger(os.path.join(st, "ledger.parquet"))) == 13
     run(write_manifest(tmp_path / "m3", urls[:2]), tmp_path / "out3", store=st)
     assert len(read_ledger(tmp_path / "out3")) == 2 and len(os.listdir(tmp_path / "out3" / "images")) == 2
 
@@ -530,7 +531,7 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path, fake):
 def test_cli_exits_2_with_one_clear_line(tmp_path, capsys):
     assert download_main(["--manifest", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("download: manifest") and "ingest" in err and "Traceback" not in err
+    assert err.startswith("refused: download: manifest") and "ingest" in err and "Traceback" not in err
 
 
 def test_cli_runs_and_prints_the_summary_table(tmp_path, fake, capsys):
@@ -563,21 +564,37 @@ def test_a_journal_that_cannot_be_written_stops_the_workers_with_a_clear_error(t
     urls = [f"{U}/ok/{i}" for i in range(200)]
     m = write_manifest(tmp_path / "m", urls)
     real_write, calls = store.Journal.write, []
+    journalled = threading.Condition()
 
     def full_disk(self, rows):
-        calls.append(len(rows))
+        with journalled:
+            calls.append(len(rows))
+            journalled.notify_all()
         if len(calls) > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(self, rows)
 
     monkeypatch.setattr(store.Journal, "write", full_disk)
     monkeypatch.setattr(logic, "FLUSH_ROWS", 4)  # several writes, each of a few rows
-    real_fetch = fake.fetch
-    monkeypatch.setattr(fake, "fetch", lambda self, url: (time.sleep(0.01), real_fetch(self, url))[1])
+    real_fetch, started = fake.fetch, itertools.count(1)
+
+    def paced_fetch(self, url):
+        # The fake's fetches are instant: held to one journal write's worth of rows ahead of the journal,
+        # the workers are still busy when it fails (instead of a sleep per fetch).
+        n = next(started)
+        with journalled:
+            journalled.wait_for(lambda: n <= 4 * (len(calls) + 1) or len(calls) > 1, timeout=60)
+        return real_fetch(self, url)
+
+    monkeypatch.setattr(fake, "fetch", paced_fetch)
     with pytest.raises(logic.DownloadError, match=r"writing the ledger journal in .*No space left.*rerun to resume"):
         run(m, tmp_path / "out", workers=2)
     fetched = sum(fake.calls.values())
-    time.sleep(0.3)
+    # The run's threads end by themselves once it stopped: wait for them instead of sleeping.
+    for t in threading.enumerate():
+        if t.name.startswith("download-"):
+            t.join(timeout=60)
+            assert not t.is_alive(), f"thread {t.name} still runs after the download stopped"
     assert sum(fake.calls.values()) <= fetched + 2  # the workers stop: at most the fetches under way end
     assert fetched < 200
     monkeypatch.setattr(store.Journal, "write", real_write)

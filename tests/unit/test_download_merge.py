@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from components.common import ledger as contract
 from components.common.labels import image_key
 from components.download import ledger, logic, merge, store
 
@@ -113,7 +114,7 @@ def test_compaction_through_runs_gives_the_in_memory_fold(tmp_path, tiny):
     pq.write_table(pa.table({"key": kept}), keep)
 
     summary = ledger.compact(root, keep=keep, base=base, workdir=str(tmp_path))
-    got = ledger.read_ledger(os.path.join(root, "ledger.parquet"))
+    got = contract.read_ledger(os.path.join(root, "ledger.parquet"))
     # The in-memory fold, in the same order: what the store knew, the ledger, then the journals line by line.
     want = ledger.latest_per_key([ledger.rows_to_table(base_rows), old] + [ledger.rows_to_table(r) for r in journals])
     want = want.filter(pa.compute.is_in(want["key"], value_set=pa.array(kept)))
@@ -129,7 +130,7 @@ def test_a_damaged_ledger_is_named(tmp_path):
     os.makedirs(root / "journal")
     (root / "ledger.parquet").write_bytes(b"not parquet")
     (root / "journal" / "x.jsonl").write_bytes(ledger.journal_line(_row("a", "2024-01-01T00:00:00.000000Z")))
-    with pytest.raises(ledger.LedgerError, match=r"ledger\.parquet is not a readable ledger.*move it aside"):
+    with pytest.raises(contract.LedgerError, match=r"ledger\.parquet is not a readable ledger.*move it aside"):
         ledger.compact(str(root))
     assert os.listdir(root / "journal") == ["x.jsonl"]  # nothing lost
 
@@ -160,11 +161,11 @@ def test_a_store_folds_what_a_killed_run_left_before_the_run_reads_it(tmp_path):
     s.open()
     try:
         path = s.prepare(str(tmp_path))
-        assert ledger.read_ledger(path)["key"].to_pylist() == ["a"]
+        assert contract.read_ledger(path)["key"].to_pylist() == ["a"]
         s.append([_row("c", "2024-01-02T00:00:00.000000Z")])  # this run's journal is opened after the fold
     finally:
         s.close()
-    assert ledger.read_ledger(os.path.join(root, "ledger.parquet"))["key"].to_pylist() == ["a", "c"]
+    assert contract.read_ledger(os.path.join(root, "ledger.parquet"))["key"].to_pylist() == ["a", "c"]
 
 
 def test_a_ledger_half_written_by_a_killed_compaction_is_cleared(tmp_path):

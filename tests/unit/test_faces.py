@@ -12,9 +12,11 @@ from PIL import Image
 
 from components.common import examples
 from components.common import faces as contract
-from components.convert import imaging, parts
+from components.common import imaging
+from components.common.facefinder import align, detect
+from components.common.facefinder.crop import FaceImage, prepare
+from components.convert import parts
 from components.faces import __main__ as cli
-from components.faces import align, detect, logic
 
 CROP = contract.FaceSettings()
 WHOLE_IF_NONE = contract.FaceSettings(no_face="whole")
@@ -33,14 +35,14 @@ def _bytes(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
     return out.getvalue()
 
 
-def _landmarks_in_crop(result: logic.FaceImage) -> np.ndarray:
+def _landmarks_in_crop(result: FaceImage) -> np.ndarray:
     m = align.crop_matrix(result.face, result.width, CROP.margin, result.angle)
     pts = result.face.landmarks.astype(np.float64)
     return pts @ m[:, :2].T + m[:, 2]
 
 
 def test_real_photo_face_is_found_aligned_and_cropped(photo):
-    result = logic.prepare(_bytes(photo), CROP)
+    result = prepare(_bytes(photo), CROP)
     assert result.status == contract.CROPPED and result.reason is None and result.count == 1
     assert (result.width, result.height) == (CROP.size, CROP.size)
     x0, y0, x1, y1 = result.face.box
@@ -62,7 +64,7 @@ def test_real_photo_face_is_found_aligned_and_cropped(photo):
 @pytest.mark.parametrize("tilt", [-25, 18])
 def test_a_tilted_face_is_turned_so_the_eyes_are_level(photo, tilt):
     turned = photo.rotate(tilt, expand=True, fillcolor=(90, 90, 90), resample=Image.BICUBIC)
-    result = logic.prepare(_bytes(turned), CROP)
+    result = prepare(_bytes(turned), CROP)
     assert result.status == contract.CROPPED
     # PIL turns counter-clockwise, which lowers the eye on the image's left: the crop turns back.
     assert result.angle == pytest.approx(-tilt, abs=7)
@@ -89,24 +91,24 @@ def test_crop_matrix_maps_the_box_centre_to_the_crop_centre_and_levels_the_eyes(
 def test_no_face_is_skipped_or_kept_whole_with_its_reason():
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
-    skipped = logic.prepare(_bytes(noise, "PNG"), CROP)
+    skipped = prepare(_bytes(noise, "PNG"), CROP)
     assert skipped.jpeg is None and skipped.status is None and skipped.reason == contract.NO_FACE
     assert "no face found" in skipped.describe() and "skipped" in skipped.describe()
-    whole = logic.prepare(_bytes(noise, "PNG"), WHOLE_IF_NONE)
+    whole = prepare(_bytes(noise, "PNG"), WHOLE_IF_NONE)
     assert whole.status == contract.NO_FACE_WHOLE and whole.reason == contract.NO_FACE
     assert (whole.width, whole.height) == (320, 240)
     assert Image.open(io.BytesIO(whole.jpeg)).format == "JPEG"
 
 
 def test_a_tiny_image_is_too_small():
-    result = logic.prepare(_bytes(Image.new("RGB", (16, 12), (200, 150, 120))), WHOLE_IF_NONE)
+    result = prepare(_bytes(Image.new("RGB", (16, 12), (200, 150, 120))), WHOLE_IF_NONE)
     assert result.reason == contract.TOO_SMALL and result.status == contract.NO_FACE_WHOLE
 
 
 def test_a_huge_image_is_searched_shrunk_and_cropped_from_full_resolution(photo):
     big = Image.new("RGB", (4000, 3000), (40, 60, 50))
     big.paste(photo.resize((1536, 1800)), (2200, 900))
-    result = logic.prepare(_bytes(big, quality=80), CROP)
+    result = prepare(_bytes(big, quality=80), CROP)
     assert result.status == contract.CROPPED and (result.source_width, result.source_height) == (4000, 3000)
     x0, y0, x1, y1 = result.face.box  # in the huge image's own pixels
     assert 2200 + 3 * 120 < x0 < 2200 + 3 * 210 and 900 + 3 * 90 < y0 < 900 + 3 * 170
@@ -123,7 +125,7 @@ def test_grey_cmyk_transparent_and_palette_images_are_cropped(photo, mode):
         data = _bytes(photo.quantize(256), "PNG")
     else:
         data = _bytes(photo.convert(mode))
-    result = logic.prepare(data, CROP)
+    result = prepare(data, CROP)
     assert result.status == contract.CROPPED
     assert np.asarray(Image.open(io.BytesIO(result.jpeg))).shape == (CROP.size, CROP.size, 3)
 
@@ -132,7 +134,7 @@ def test_several_faces_the_largest_is_used(photo):
     scene = Image.new("RGB", (900, 600), (70, 80, 90))
     scene.paste(photo.resize((256, 300)), (20, 150))
     scene.paste(photo.resize((435, 510)), (440, 45))
-    result = logic.prepare(_bytes(scene), CROP)
+    result = prepare(_bytes(scene), CROP)
     assert result.count == 2 and result.status == contract.CROPPED
     assert result.face.box[0] > 440  # the larger face, on the right
     assert "2 faces (the largest used)" in result.describe()
@@ -140,19 +142,19 @@ def test_several_faces_the_largest_is_used(photo):
 
 def test_undecodable_bytes_raise(photo):
     with pytest.raises(imaging.UndecodableImage):
-        logic.prepare(_bytes(photo)[:2000], CROP)
+        prepare(_bytes(photo)[:2000], CROP)
     with pytest.raises(imaging.UndecodableImage):
-        logic.prepare(b"<html>not an image</html>", CROP)
+        prepare(b"<html>not an image</html>", CROP)
 
 
 def test_whole_mode_finds_nothing_and_keeps_convert_s_behaviour(photo):
     data = _bytes(photo)
-    result = logic.prepare(data, contract.FaceSettings(mode="whole"))
+    result = prepare(data, contract.FaceSettings(mode="whole"))
     assert result.status == contract.WHOLE and result.jpeg == data and result.face is None  # passed through
 
 
 def test_face_features_reach_the_example(photo):
-    result = logic.prepare(_bytes(photo), CROP)
+    result = prepare(_bytes(photo), CROP)
     record = examples.encode_example(result.jpeg, result.height, result.width, "k", [1, 2], [0, 1],
                                      face=result.features())
     d = examples.example_to_dict(record)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from components.common import labels
+from components.common.manifest import INGEST_SUMMARY_FILE, MANIFEST_FILE, REJECTS_FILE
 from components.ingest import logic
 from components.ingest.__main__ import main as ingest_main
 
@@ -36,9 +37,9 @@ def write_csv(path, rows, quoting=csv.QUOTE_MINIMAL):
 
 
 def read_outputs(out):
-    manifest = pd.read_parquet(os.path.join(out, logic.MANIFEST_FILE))
-    rejects = pd.read_csv(os.path.join(out, logic.REJECTS_FILE))
-    summary = json.loads(open(os.path.join(out, logic.SUMMARY_FILE)).read())
+    manifest = pd.read_parquet(os.path.join(out, MANIFEST_FILE))
+    rejects = pd.read_csv(os.path.join(out, REJECTS_FILE))
+    summary = json.loads(open(os.path.join(out, INGEST_SUMMARY_FILE)).read())
     return manifest, rejects, summary
 
 
@@ -247,4 +248,4 @@ def test_component_calls_logic(tmp_path):
     artifact = types.SimpleNamespace(path=str(tmp_path / "manifest"), metadata={})
     ingest.python_func(source=src, manifest=artifact)
     assert artifact.metadata == {"rows_read": 2, "kept": 1, "rejected": 1}
-    assert os.path.exists(tmp_path / "manifest" / logic.MANIFEST_FILE)
+    assert os.path.exists(tmp_path / "manifest" / MANIFEST_FILE)

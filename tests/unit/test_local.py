@@ -85,3 +85,49 @@ def test_a_bar_or_a_line_wider_than_the_terminal_is_cut_to_one_screen_line(tmp_p
     console.line("x" * 30 + "the end of a long line\n")
     shown = stream.getvalue().rsplit("\r\033[K", 1)[1]
     assert len(shown) == 39 and shown.endswith("the end of a long line")
+
+
+KFP_FAILURE = [
+    "2026-01-01 00:00:00,000 - INFO - Looking for component `download` in --component_module_path `x.py`\n",
+    "progress: download 300/300 URLs\n",
+]
+TASK_FAILED = "2026-01-01 00:00:02,000 - ERROR - Task 'download' finished with status FAILURE\n"
+
+
+def fail_step(stream, lines, tmp_path, verbose=False):
+    console = local._Console(str(tmp_path / "logs"), verbose, stream=stream, clock=Clock())
+    rec = local.StepRecord("download", "failed", 2.0, log=console.start("download"))
+    for line in lines:
+        console.line(line)
+    console.end(rec)
+    return rec
+
+
+def test_a_refused_step_shows_its_refusal_line_alone(tmp_path):
+    stream = io.StringIO()
+    refusal = "0 of 300 images downloaded (none): connection_refused 300 (100%). Is the image server running?"
+    rec = fail_step(stream, KFP_FAILURE + [f"refused: download: {refusal}\n", TASK_FAILED], tmp_path)
+    assert rec.refusal == refusal
+    assert stream.getvalue().splitlines() == [
+        "download         started", "download         failed        2.0s",
+        f"    | refused: download: {refusal}", f"    full log: {rec.log}"]
+    # run_summary.json keeps it, for the report and a sweep
+    assert local.step_json(rec)["refusal"] == refusal
+
+
+def test_a_crashed_step_shows_its_log_tail_with_the_traceback(tmp_path):
+    stream = io.StringIO()
+    crash = ["Traceback (most recent call last):\n", '  File "logic.py", line 9, in run\n',
+             "KeyError: 'ok'\n", TASK_FAILED]
+    rec = fail_step(stream, KFP_FAILURE + crash, tmp_path)
+    assert rec.refusal == ""
+    shown = stream.getvalue().splitlines()
+    assert "    | Traceback (most recent call last):" in shown and "    | KeyError: 'ok'" in shown
+    assert shown[-1] == f"    full log: {rec.log}"
+
+
+def test_verbose_still_finds_the_refusal(tmp_path):
+    stream = Terminal()
+    rec = fail_step(stream, KFP_FAILURE + ["refused: download: no image\n", TASK_FAILED], tmp_path, verbose=True)
+    assert rec.refusal == "no image"
+    assert stream.getvalue() == "".join(KFP_FAILURE + ["refused: download: no image\n", TASK_FAILED])

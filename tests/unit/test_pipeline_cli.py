@@ -3,6 +3,8 @@ import argparse
 
 import pytest
 
+from components.download.params import SPEC as DOWNLOAD
+from components.filter.params import SPEC as FILTER
 from pipeline import defaults
 from pipeline.dag import au_pipeline
 from pipeline.params import add_pipeline_parameter_flags, pipeline_arguments, pipeline_parameters
@@ -35,8 +37,8 @@ def test_only_given_flags_override_the_defaults():
 def test_defaults_come_from_the_defaults_module():
     params = {n: d for n, _, d, _ in pipeline_parameters(au_pipeline)}
     assert params["epochs"] == defaults.TRAIN_EPOCHS
-    assert params["aus"] == defaults.FILTER_AUS
-    assert params["download_workers"] == defaults.DOWNLOAD_WORKERS
+    assert params["aus"] == FILTER.defaults.aus
+    assert params["download_workers"] == DOWNLOAD.defaults.workers
 
 
 def test_a_wrong_flag_type_is_refused(capsys):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 
@@ -70,17 +69,6 @@ def test_errors_are_one_message_and_exit_2(pushed, tmp_path, capsys):
     assert "has no LATEST" in capsys.readouterr().err
     assert main(["--model", str(tmp_path / "nothing"), red]) == 2
     assert "is not a model" in capsys.readouterr().err
-
-
-def test_module_cli_runs_as_a_program(tmp_path):
-    import subprocess
-
-    help_text = subprocess.run([sys.executable, "-m", "components.predict", "--help"], capture_output=True, text=True,
-                               timeout=60, check=True).stdout
-    assert "--model" in help_text and "--json" in help_text
-    done = subprocess.run([sys.executable, "-m", "components.predict", "--model", str(tmp_path), str(tmp_path / "x.jpg")],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "x.jpg does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_model_trained_on_face_crops_gets_the_face_crop_and_says_which_box(tmp_path, capsys):

@@ -1,14 +1,10 @@
 """The publish step: a step's output copied to a URI chosen in advance (a cluster sweep's examples), its record last."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from components.common.registry import PUBLISHED_FILE
 from components.publish import logic
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_every_file_is_copied_and_the_record_written_last(tmp_path, monkeypatch):
@@ -23,13 +19,11 @@ def test_every_file_is_copied_and_the_record_written_last(tmp_path, monkeypatch)
     dst = tmp_path / "shared" / "examples"
     assert (dst / "train-00000-of-00001.tfrecord").read_bytes() == b"abc" and (dst / "sub" / "examples_summary.json").exists()
     assert record == {"source": str(src), "destination": str(dst), "files": 2}
-    assert json.loads((dst / logic.RECORD).read_text()) == record and written == [str(dst / logic.RECORD)]
+    assert json.loads((dst / PUBLISHED_FILE).read_text()) == record and written == [str(dst / PUBLISHED_FILE)]
 
 
 def test_nothing_to_publish_is_refused_with_the_folder_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(logic.PublishError, match=f"{tmp_path / 'empty'} has no file to publish"):
         logic.run(str(tmp_path / "empty"), str(tmp_path / "out"))
-    done = subprocess.run([sys.executable, "-m", "components.publish", "--source", str(tmp_path / "missing"),
-                           "--destination", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "has no file to publish" in done.stderr and "Traceback" not in done.stderr
+    # The CLI's exit 2 for the same: tests/integration/test_publish_cli.py.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common import storage
-from components.push import logic, registry
+from components.common import registry, storage
+from components.push import logic
 
 import tiny_model as tiny  # tests/conftest.py puts tests/data/evaluate on the path
 
@@ -53,9 +53,9 @@ def test_blessed_model_becomes_a_version_then_latest(setup):
     assert _latest(setup) == version and r["uri"] == os.path.join(setup["root"], version)
     v = Path(r["uri"])
     for rel in ("saved_model/saved_model.pb", "saved_model/variables/variables.index", "model_config.json",
-                "logs/events.out", "metrics.json", "blessing.json", "report.md", registry.MARKER):
+                "logs/events.out", "metrics.json", "blessing.json", "report.md", registry.PUSH_FILE):
         assert (v / rel).is_file(), rel
-    marker = json.loads((v / registry.MARKER).read_text())
+    marker = json.loads((v / registry.PUSH_FILE).read_text())
     assert marker["version"] == version and marker["blessed"] is True and marker["forced"] is False
     assert json.loads(Path(setup["out"], "push.json").read_text())["version"] == version
     assert registry.resolve_model(setup["root"]) == (r["uri"], version)
@@ -91,7 +91,7 @@ def test_unblessed_model_is_not_pushed_and_says_why(setup, capsys):
 def test_force_pushes_an_unblessed_model(setup):
     r = _push(setup, "unblessed", force=True)
     assert r["pushed"] and _latest(setup) == r["version"]
-    marker = json.loads(Path(r["uri"], registry.MARKER).read_text())
+    marker = json.loads(Path(r["uri"], registry.PUSH_FILE).read_text())
     assert marker["forced"] is True and marker["blessed"] is False
     assert "forced" in r["message"]
 
@@ -165,7 +165,7 @@ def test_keep_prunes_the_oldest_but_never_latest(setup):
     Path(setup["root"], "LATEST").write_text(names[3] + "\n")
     for name in ("20260106T000000Z-v6", "20260107T000000Z-v7"):
         os.makedirs(os.path.join(setup["root"], name))
-        Path(setup["root"], name, registry.MARKER).write_text("{}")
+        Path(setup["root"], name, registry.PUSH_FILE).write_text("{}")
     assert sorted(logic.prune(setup["root"], 1)) == [names[4], "20260106T000000Z-v6"]
     assert registry.list_versions(setup["root"]) == [names[3], "20260107T000000Z-v7"]
 
@@ -192,7 +192,7 @@ def test_component_and_cli(setup, tmp_path, capsys):
 def test_a_pushed_version_can_be_pushed_to_another_registry(setup, tmp_path):
     first = _push(setup)
     again = logic.run(first["uri"], first["uri"], None, destination=str(tmp_path / "other"), model_name="au")
-    marker = json.loads(Path(again["uri"], registry.MARKER).read_text())
+    marker = json.loads(Path(again["uri"], registry.PUSH_FILE).read_text())
     # The copy carries its own marker, written after its files, not the source's.
     assert marker["source_model"] == first["uri"] and marker["version"] == again["version"]
     assert Path(again["uri"], "saved_model", "saved_model.pb").read_bytes() == b"graph a"

@@ -1,14 +1,9 @@
-"""The report step: the run report from the step outputs' folders alone (the KFP UI's HTML artifact), and its CLI."""
-import os
-import subprocess
-import sys
-
+"""The report step: the run report from the step outputs' folders alone (the KFP UI's HTML artifact); its CLI as a program is in
+tests/integration/test_report_cli.py."""
 import pytest
 
 from components.report import logic
 from pipeline.dag import STEPS
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def folders(tmp_path) -> dict[str, str]:
@@ -43,15 +38,3 @@ def test_a_missing_output_is_named(tmp_path):
         logic.render_outputs(given, str(tmp_path))
 
 
-def test_the_cli_writes_the_page_and_refuses_a_folder_that_is_not_there(tmp_path):
-    given = folders(tmp_path)
-    args = [f"--{name}={folder}" for name, folder in given.items()]
-    done = subprocess.run([sys.executable, "-m", "components.report", *args, "--output", str(tmp_path / "r.html"),
-                           "--run-name", "nightly"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "<title>Run nightly: succeeded</title>" in (tmp_path / "r.html").read_text()
-    args[0] = f"--manifest={tmp_path / 'nowhere'}"
-    done = subprocess.run([sys.executable, "-m", "components.report", *args, "--output", str(tmp_path / "r.html")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert f"report: --manifest {tmp_path / 'nowhere'} is not a folder" in done.stderr and "Traceback" not in done.stderr

@@ -1,4 +1,4 @@
-"""Tests of pipeline/sweep.py without running a step: the grid and its errors, the parts of the DAG, the comparison,
+"""Tests of pipeline/sweep/ without running a step: the grid and its errors, the parts of the DAG, the comparison,
 the choice of the best run, the push of the best (or all) and sweep-pick on candidate registries in local folders."""
 from __future__ import annotations
 
@@ -10,11 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from components.common import registry
 from components.evaluate.logic import au_metrics
-from components.push import registry
-from pipeline import defaults, sweep
+from pipeline import defaults
 from pipeline.dag import STEPS
 from pipeline.params import pipeline_parameters
+from pipeline.sweep import SweepError, local
+from pipeline.sweep.cli import given_flags
+from pipeline.sweep.cluster import pick
+from pipeline.sweep.compare import (LOSS_CURVES, SWEEP_JSON, SWEEP_MD, choose_best, comparison_table, format_console,
+                                    load_point, write_comparison)
+from pipeline.sweep.dag import DATA_STEPS, POINT_STEPS, sub_pipeline
+from pipeline.sweep.grid import Point, grid_points, parse_grid, point_parameters, sweepable_parameters
+from pipeline.sweep.push import push_points
 
 AU_IDS = [1, 2, 4]
 
@@ -23,11 +31,11 @@ AU_IDS = [1, 2, 4]
 
 
 def test_grid_values_are_typed_as_the_dags_parameters_and_every_combination_is_a_point():
-    grid = sweep.parse_grid(["batch-size=32,64", "learning_rate=0.1,0.01", "augment=false,true", "backbone=compactcnn"])
+    grid = parse_grid(["batch-size=32,64", "learning_rate=0.1,0.01", "augment=false,true", "backbone=compactcnn"])
     assert grid == {"batch_size": [32, 64], "learning_rate": [0.1, 0.01], "augment": [False, True],
                     "backbone": ["compactcnn"]}
     assert type(grid["batch_size"][0]) is int and type(grid["learning_rate"][0]) is float
-    points = sweep.grid_points(grid)
+    points = grid_points(grid)
     assert len(points) == 8 and len({p.name for p in points}) == 8
     assert points[0].values == {"batch_size": 32, "learning_rate": 0.1, "augment": False, "backbone": "compactcnn"}
     assert points[1].values["augment"] is True  # the last key varies fastest
@@ -36,7 +44,7 @@ def test_grid_values_are_typed_as_the_dags_parameters_and_every_combination_is_a
 
 
 def test_only_train_and_evaluate_parameters_may_vary():
-    sweepable = sweep.sweepable_parameters()
+    sweepable = sweepable_parameters()
     assert {"batch_size", "learning_rate", "epochs", "backbone", "optimizer", "min_macro_f1"} <= set(sweepable)
     data_and_push = {"source", "aus", "policy", "faces", "beam_args", "download_store", "registry", "model_name",
                      "force_push", "keep_versions"}
@@ -61,21 +69,21 @@ def test_only_train_and_evaluate_parameters_may_vary():
     ([], {}, "give at least one --grid NAME=V1,V2"),
 ])
 def test_a_grid_that_cannot_run_is_refused_saying_what_to_change(texts, fixed, message):
-    with pytest.raises(sweep.SweepError) as e:
-        sweep.parse_grid(texts, fixed)
+    with pytest.raises(SweepError) as e:
+        parse_grid(texts, fixed)
     assert message in str(e.value)
 
 
 def test_a_grid_larger_than_max_points_is_refused():
-    with pytest.raises(sweep.SweepError, match="the grid has 9 points, more than --max-points 8"):
-        sweep.parse_grid(["epochs=1,2,3", "seed=1,2,3"], max_points=8)
-    assert len(sweep.grid_points(sweep.parse_grid(["epochs=1,2,3", "seed=1,2,3"], max_points=9))) == 9
+    with pytest.raises(SweepError, match="the grid has 9 points, more than --max-points 8"):
+        parse_grid(["epochs=1,2,3", "seed=1,2,3"], max_points=8)
+    assert len(grid_points(parse_grid(["epochs=1,2,3", "seed=1,2,3"], max_points=9))) == 9
 
 
 def test_each_point_gets_its_own_checkpoint_folder():
-    point = sweep.grid_points({"epochs": [1, 2]})[1]
-    assert sweep.point_parameters({"checkpoint_dir": "", "epochs": 5}, point) == {"checkpoint_dir": "", "epochs": 2}
-    p = sweep.point_parameters({"checkpoint_dir": "gs://b/ckpt", "epochs": 5}, point)
+    point = grid_points({"epochs": [1, 2]})[1]
+    assert point_parameters({"checkpoint_dir": "", "epochs": 5}, point) == {"checkpoint_dir": "", "epochs": 2}
+    p = point_parameters({"checkpoint_dir": "gs://b/ckpt", "epochs": 5}, point)
     assert p["checkpoint_dir"] == f"gs://b/ckpt/{point.name}"  # two points in one folder would resume each other
 
 
@@ -91,13 +99,13 @@ def test_the_data_part_and_the_point_part_together_run_every_step_but_push_as_th
 
     params = _defaults()
     params.update(source="/data/sheet.xlsx", policy="drop", epochs=3, batch_size=64)
-    data = sweep.sub_pipeline("d", sweep.DATA_STEPS, params).pipeline_spec.root.dag.tasks
-    point = sweep.sub_pipeline("p", sweep.POINT_STEPS, params, {("filter-examples", "filtered"): "/runs/f"})
+    data = sub_pipeline("d", DATA_STEPS, params).pipeline_spec.root.dag.tasks
+    point = sub_pipeline("p", POINT_STEPS, params, {("filter-examples", "filtered"): "/runs/f"})
     tasks = point.pipeline_spec.root.dag.tasks
-    assert set(data) == set(sweep.DATA_STEPS)
+    assert set(data) == set(DATA_STEPS)
     assert set(tasks) == {"importer", "train", "evaluate"}
     # push comes after the comparison, for the best run only; the run report is written beside each point's run
-    assert set(STEPS) - set(sweep.DATA_STEPS) - set(sweep.POINT_STEPS) == {"push", "report"}
+    assert set(STEPS) - set(DATA_STEPS) - set(POINT_STEPS) == {"push", "report"}
     # train and evaluate both read the imported filtered examples
     for step in ("train", "evaluate"):
         assert tasks[step].inputs.artifacts["examples"].task_output_artifact.producer_task == "importer"
@@ -134,9 +142,9 @@ def _metrics(seed: int, quality: float) -> dict:
 
 def _entry(tmp_path: Path, name: str, values: dict, quality: float | None, blessed=True, losses=(0.9, 0.7, 0.6)):
     """A point's model and evaluation folders as train and evaluate write them (stand-in bytes for the model)."""
-    point = sweep.Point(name, values)
+    point = Point(name, values)
     if quality is None:
-        return sweep.load_point(point, "failed", None, None, "step train failed; its log: /x/train.log")
+        return load_point(point, "failed", None, None, "step train failed; its log: /x/train.log")
     model, evaluation = tmp_path / name / "model", tmp_path / name / "evaluation"
     (model / "saved_model").mkdir(parents=True)
     (model / "saved_model" / "saved_model.pb").write_bytes(name.encode())
@@ -148,7 +156,7 @@ def _entry(tmp_path: Path, name: str, values: dict, quality: float | None, bless
     (evaluation / "metrics.json").write_text(json.dumps(_metrics(len(name), quality)))
     (evaluation / "blessing.json").write_text(json.dumps({"blessed": blessed, "reasons": [
         "pass: thresholds" if blessed else "fail: macro F1 0.1000 < minimum 0.5"]}))
-    return sweep.load_point(point, "succeeded", str(model), str(evaluation), seconds={"train": 30.0, "evaluate": 9.0})
+    return load_point(point, "succeeded", str(model), str(evaluation), seconds={"train": 30.0, "evaluate": 9.0})
 
 
 def test_the_best_run_has_the_highest_macro_f1_then_auc_and_failed_runs_never_win(tmp_path):
@@ -156,16 +164,16 @@ def test_the_best_run_has_the_highest_macro_f1_then_auc_and_failed_runs_never_wi
     strong = _entry(tmp_path, "02-lr=0.01", {"learning_rate": 0.01}, 0.9)
     failed = _entry(tmp_path, "03-lr=0.001", {"learning_rate": 0.001}, None)
     assert strong["measures"]["f1"] > weak["measures"]["f1"]
-    assert sweep.choose_best([weak, strong, failed]) is strong
-    assert sweep.choose_best([failed]) is None
+    assert choose_best([weak, strong, failed]) is strong
+    assert choose_best([failed]) is None
     # a tie on F1 goes to the higher AUC; a tie on both to the first in grid order
     a, b = dict(weak, measures=dict(weak["measures"])), dict(strong, measures=dict(weak["measures"]))
     b["measures"]["auc"] = a["measures"]["auc"] + 0.01
-    assert sweep.choose_best([a, b]) is b
+    assert choose_best([a, b]) is b
     b["measures"]["auc"] = a["measures"]["auc"]
-    assert sweep.choose_best([a, b]) is a
+    assert choose_best([a, b]) is a
     a["measures"]["f1"] = math.nan
-    assert sweep.choose_best([a, b]) is b
+    assert choose_best([a, b]) is b
 
 
 def test_the_comparison_has_one_row_per_run_with_the_studys_measures_and_one_plot_of_every_loss(tmp_path):
@@ -175,7 +183,7 @@ def test_the_comparison_has_one_row_per_run_with_the_studys_measures_and_one_plo
     record = {"grid": {"learning_rate": [0.1, 0.01, 0.001]}, "fixed": {"epochs": 3}, "best": "02-lr=0.01",
               "push_mode": "best", "points": entries, "pushed": [], "seconds": 100.0,
               "data": {"ok": True, "seconds": 40.0}, "error": "failed points: 03-lr=0.001"}
-    head, rows = sweep.comparison_table(record, entries)
+    head, rows = comparison_table(record, entries)
     for column in ("learning_rate", "accuracy", "partial acc", "P", "R", "F1", "AUC", "TP", "FP", "TN", "FN",
                    "epochs", "best val loss", "train s"):
         assert column in head
@@ -187,7 +195,7 @@ def test_the_comparison_has_one_row_per_run_with_the_studys_measures_and_one_plo
     assert row["epochs"] == "3" and row["train s"] == "30.0"
     assert dict(zip(head, rows[2]))["status"] == "failed" and dict(zip(head, rows[2]))["F1"] == "-"
 
-    paths = sweep.write_comparison(str(tmp_path / "sweep"), record, entries)
+    paths = write_comparison(str(tmp_path / "sweep"), record, entries)
     md = Path(paths["markdown"]).read_text()
     assert md.count("| 0") >= 2 and "02-lr=0.01 (best)" in md and "03-lr=0.001 failed: step train failed" in md
     saved = json.loads(Path(paths["json"]).read_text())
@@ -197,7 +205,7 @@ def test_the_comparison_has_one_row_per_run_with_the_studys_measures_and_one_plo
 
     with Image.open(paths["loss_curves"]) as im:
         assert im.format == "PNG" and im.size == (900, 600)
-    text = sweep.format_console(record, entries)
+    text = format_console(record, entries)
     assert "best: 02-lr=0.01, by macro F1 at threshold 0.5" in text and len(text.splitlines()) < 12
 
 
@@ -210,21 +218,21 @@ def _params(tmp_path, **kw) -> dict:
 
 def _pushed_models(tmp_path) -> list[str]:
     root = tmp_path / "registry" / "au"
-    return [json.loads((v / registry.MARKER).read_text())["source_model"] for v in sorted(root.iterdir()) if v.is_dir()]
+    return [json.loads((v / registry.PUSH_FILE).read_text())["source_model"] for v in sorted(root.iterdir()) if v.is_dir()]
 
 
 def test_only_the_best_is_pushed_unless_all_or_none_is_asked(tmp_path):
     entries = [_entry(tmp_path, "01-a", {"seed": 1}, 0.3), _entry(tmp_path, "02-b", {"seed": 2}, 0.9),
                _entry(tmp_path, "03-c", {"seed": 3}, 0.6)]
-    best = sweep.choose_best(entries)
+    best = choose_best(entries)
     out = lambda e: str(tmp_path / "out" / e["name"])  # noqa: E731
-    assert sweep.push_points(entries, best, "none", _params(tmp_path), out) == []
-    (record,) = sweep.push_points(entries, best, "best", _params(tmp_path), out)
+    assert push_points(entries, best, "none", _params(tmp_path), out) == []
+    (record,) = push_points(entries, best, "best", _params(tmp_path), out)
     assert record["name"] == "02-b" and record["pushed"] and _pushed_models(tmp_path) == [best["model"]]
     assert (tmp_path / "out" / "02-b" / "push.json").is_file()
 
     (tmp_path / "registry").rename(tmp_path / "registry-before")
-    records = sweep.push_points(entries, best, "all", _params(tmp_path), lambda e: str(tmp_path / "out-all" / e["name"]))
+    records = push_points(entries, best, "all", _params(tmp_path), lambda e: str(tmp_path / "out-all" / e["name"]))
     assert [r["name"] for r in records] == ["01-a", "03-c", "02-b"]  # the best last: LATEST names it
     latest = (tmp_path / "registry" / "au" / "LATEST").read_text().strip()
     assert records[-1]["version"] == latest
@@ -232,10 +240,10 @@ def test_only_the_best_is_pushed_unless_all_or_none_is_asked(tmp_path):
 
 def test_an_unblessed_best_is_not_pushed_and_says_why(tmp_path):
     entries = [_entry(tmp_path, "01-a", {"seed": 1}, 0.9, blessed=False)]
-    (record,) = sweep.push_points(entries, entries[0], "best", _params(tmp_path), lambda e: str(tmp_path / "o"))
+    (record,) = push_points(entries, entries[0], "best", _params(tmp_path), lambda e: str(tmp_path / "o"))
     assert not record["pushed"] and "fail: macro F1 0.1000 < minimum 0.5" in record["message"]
     assert not (tmp_path / "registry" / "au").exists()
-    (record,) = sweep.push_points(entries, entries[0], "best", _params(tmp_path, force_push=True),
+    (record,) = push_points(entries, entries[0], "best", _params(tmp_path, force_push=True),
                                   lambda e: str(tmp_path / "o"))
     assert record["pushed"]
 
@@ -254,7 +262,7 @@ def test_sweep_pick_compares_the_candidate_registries_and_pushes_the_best_to_the
         if quality is not None:  # what each cluster run's push step did (forced)
             push_logic.run(e["model"], e["evaluation"], None, destination=str(candidates / name), model_name="au",
                            force=True)
-    record = sweep.pick(plan, str(tmp_path / "pick"), say=lambda *a: None)
+    record = pick(plan, str(tmp_path / "pick"), say=lambda *a: None)
     assert record["best"] == "02-seed=2"
     states = {p["name"]: p["status"] for p in record["points"]}
     assert states == {"01-seed=1": "succeeded", "02-seed=2": "succeeded", "03-seed=3": "failed"}
@@ -263,10 +271,10 @@ def test_sweep_pick_compares_the_candidate_registries_and_pushes_the_best_to_the
     assert pushed["pushed"] and pushed["uri"].startswith(str(tmp_path / "registry" / "au"))
     assert (Path(pushed["uri"]) / "saved_model" / "saved_model.pb").read_bytes() == b"02-seed=2"
     assert record["points"][1]["seconds"] == {"train": 12.5} and record["points"][1]["epochs"] == 3
-    for name in (sweep.SWEEP_JSON, sweep.SWEEP_MD, sweep.LOSS_CURVES):
+    for name in (SWEEP_JSON, SWEEP_MD, LOSS_CURVES):
         assert (tmp_path / "pick" / name).is_file()
     assert not record["ok"] and "03-seed=3" in record["error"]
-    again = sweep.pick(plan, str(tmp_path / "pick"), say=lambda *a: None)  # picking again pushes nothing twice
+    again = pick(plan, str(tmp_path / "pick"), say=lambda *a: None)  # picking again pushes nothing twice
     assert again["pushed"][0]["message"] == f"already pushed as version {pushed['version']} ({pushed['uri']})"
     assert sorted(os.listdir(tmp_path / "registry" / "au")) == sorted(["LATEST", pushed["version"]])
 
@@ -279,13 +287,13 @@ def test_a_grid_may_vary_a_value_of_the_preset_but_not_a_flag_given_beside_it():
     parser = argparse.ArgumentParser()
     add_pipeline_parameter_flags(parser)
     args = parser.parse_args(["--preset", "study-11au", "--epochs", "4"])
-    assert sweep.given_flags(args) == {"epochs": 4}
-    grid = sweep.parse_grid(["learning_rate=0.01,0.001"], sweep.given_flags(args))
-    (point, _) = sweep.grid_points(grid)
-    run = sweep.point_parameters(pipeline_arguments(args), point)
+    assert given_flags(args) == {"epochs": 4}
+    grid = parse_grid(["learning_rate=0.01,0.001"], given_flags(args))
+    (point, _) = grid_points(grid)
+    run = point_parameters(pipeline_arguments(args), point)
     assert run["learning_rate"] == 0.01 and run["optimizer"] == "rmsprop" and run["epochs"] == 4
-    with pytest.raises(sweep.SweepError, match="epochs is given both as --epochs and in --grid"):
-        sweep.parse_grid(["epochs=1,2"], sweep.given_flags(args))
+    with pytest.raises(SweepError, match="epochs is given both as --epochs and in --grid"):
+        parse_grid(["epochs=1,2"], given_flags(args))
 
 
 # --- the local sweep's order of work, with the parts stood in for -------------------------------
@@ -299,7 +307,7 @@ def _fake_parts(tmp_path, monkeypatch, fail_data=False, fail_points=()):
 
     def run_part(pipeline_func, steps, run_dir, verbose):
         calls.append((tuple(steps), os.path.basename(run_dir)))
-        if steps == sweep.DATA_STEPS:
+        if steps == DATA_STEPS:
             recs = {s: StepRecord(s, "succeeded", 1.0, log=f"{run_dir}/logs/{s}.log") for s in steps}
             recs["filter-examples"].outputs = {"filtered": str(tmp_path / "filtered")}
             if fail_data:
@@ -314,17 +322,17 @@ def _fake_parts(tmp_path, monkeypatch, fail_data=False, fail_points=()):
         return True, "", {"train": StepRecord("train", "succeeded", 3.0, {"model": e["model"]}),
                           "evaluate": StepRecord("evaluate", "succeeded", 1.5, {"evaluation": e["evaluation"]})}
 
-    monkeypatch.setattr(sweep, "_run_part", run_part)
+    monkeypatch.setattr(local, "_run_part", run_part)
     return calls
 
 
 def test_a_local_sweep_runs_the_data_part_once_then_every_point_even_after_one_fails(tmp_path, monkeypatch):
     calls = _fake_parts(tmp_path, monkeypatch, fail_points=("02-seed=2",))
-    grid = sweep.parse_grid(["seed=1,2,3"])
-    record = sweep.run_local({"registry": str(tmp_path / "registry"), "min_macro_f1": 0.0}, grid,
+    grid = parse_grid(["seed=1,2,3"])
+    record = local.run_local({"registry": str(tmp_path / "registry"), "min_macro_f1": 0.0}, grid,
                              str(tmp_path / "sweep"), say=lambda *a: None)
-    assert calls == [(sweep.DATA_STEPS, defaults.SWEEP_DATA_DIR), (sweep.POINT_STEPS, "01-seed=1"),
-                     (sweep.POINT_STEPS, "02-seed=2"), (sweep.POINT_STEPS, "03-seed=3")]
+    assert calls == [(DATA_STEPS, defaults.SWEEP_DATA_DIR), (POINT_STEPS, "01-seed=1"),
+                     (POINT_STEPS, "02-seed=2"), (POINT_STEPS, "03-seed=3")]
     assert [p["status"] for p in record["points"]] == ["succeeded", "failed", "succeeded"]
     assert record["points"][1]["log"] == "t" and not record["ok"] and "02-seed=2" in record["error"]
     assert record["best"] == "03-seed=3" and [p["name"] for p in record["pushed"]] == ["03-seed=3"]
@@ -332,13 +340,13 @@ def test_a_local_sweep_runs_the_data_part_once_then_every_point_even_after_one_f
     assert [s["name"] for s in summary["steps"]] == list(STEPS)
     assert {s["name"]: s["status"] for s in summary["steps"]}["push"] == "succeeded"
     assert (tmp_path / "sweep" / "01-seed=1" / "report.html").is_file()
-    assert (tmp_path / "sweep" / sweep.SWEEP_MD).is_file()
+    assert (tmp_path / "sweep" / SWEEP_MD).is_file()
 
 
 def test_when_the_data_steps_fail_no_point_runs_and_the_sweep_says_so(tmp_path, monkeypatch):
     calls = _fake_parts(tmp_path, monkeypatch, fail_data=True)
-    record = sweep.run_local({"registry": str(tmp_path / "registry")}, sweep.parse_grid(["seed=1,2"]),
+    record = local.run_local({"registry": str(tmp_path / "registry")}, parse_grid(["seed=1,2"]),
                              str(tmp_path / "sweep"), say=lambda *a: None)
-    assert calls == [(sweep.DATA_STEPS, defaults.SWEEP_DATA_DIR)]
+    assert calls == [(DATA_STEPS, defaults.SWEEP_DATA_DIR)]
     assert not record["ok"] and record["error"] == "the data steps failed, so no point ran: step convert failed; its log: x"
-    assert json.loads((tmp_path / "sweep" / sweep.SWEEP_JSON).read_text())["points"] == []
+    assert json.loads((tmp_path / "sweep" / SWEEP_JSON).read_text())["points"] == []

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.common import labels
-from components.download import ledger as download_ledger
+from components.common import ledger as download_ledger
+from components.common import validation as contract
 from components.validate import __main__ as cli
 from components.validate import logic
 
@@ -87,7 +88,7 @@ def kept(first, tmp_path):
 def second_run_anomalies(tmp_path, kept, manifest, ledger):
     with pytest.raises(logic.AnomaliesFound) as err:
         validate(tmp_path / "run", manifest, ledger, kept)
-    found = json.loads((tmp_path / "run" / "out" / logic.ANOMALIES_JSON).read_text())
+    found = json.loads((tmp_path / "run" / "out" / contract.ANOMALIES_JSON_FILE).read_text())
     return {a["feature"]: a for a in found}, str(err.value)
 
 
@@ -105,7 +106,7 @@ def test_first_run_infers_and_keeps_the_schema(first):
     assert first.summary["anomaly_count"] == 0 and first.summary["passed"]
     assert (first.schema_dir / "schema.statistics.pb").exists()
     kept = text_format.Parse((first.schema_dir / "schema.pbtxt").read_text(), schema_pb2.Schema())
-    assert kept == text_format.Parse((first.out / logic.SCHEMA_FILE).read_text(), schema_pb2.Schema())
+    assert kept == text_format.Parse((first.out / contract.SCHEMA_FILE).read_text(), schema_pb2.Schema())
     features = {f.name: f for f in kept.feature}
     assert set(labels.AU_COLUMNS) <= set(features)
     au = features["AU12"]
@@ -123,19 +124,20 @@ def test_first_run_infers_and_keeps_the_schema(first):
 def test_first_run_writes_every_output(first):
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
-    for name in (logic.STATISTICS_FILE, logic.SCHEMA_FILE, logic.ANOMALIES_FILE, logic.ANOMALIES_JSON,
-                 logic.SUMMARY_FILE, logic.HTML_FILE):
+    for name in (contract.STATISTICS_FILE, contract.SCHEMA_FILE, contract.ANOMALIES_FILE,
+                 contract.ANOMALIES_JSON_FILE, contract.VALIDATION_SUMMARY_FILE, contract.STATISTICS_HTML_FILE):
         assert (first.out / name).stat().st_size > 0, name
-    stats = statistics_pb2.DatasetFeatureStatisticsList.FromString((first.out / logic.STATISTICS_FILE).read_bytes())
+    stats_bytes = (first.out / contract.STATISTICS_FILE).read_bytes()
+    stats = statistics_pb2.DatasetFeatureStatisticsList.FromString(stats_bytes)
     assert stats.datasets[0].num_examples == N
-    assert json.loads((first.out / logic.ANOMALIES_JSON).read_text()) == []
-    page = (first.out / logic.HTML_FILE).read_text()
+    assert json.loads((first.out / contract.ANOMALIES_JSON_FILE).read_text()) == []
+    page = (first.out / contract.STATISTICS_HTML_FILE).read_text()
     assert "facets-overview" in page and "0 anomalies" in page
 
 
 def test_summary_numbers(first):
     s = first.summary
-    assert json.loads((first.out / logic.SUMMARY_FILE).read_text()) == s
+    assert json.loads((first.out / contract.VALIDATION_SUMMARY_FILE).read_text()) == s
     assert (s["images"], s["ledger_rows"], s["ok"], s["failed"]) == (N, N, 180, 20)
     assert s["failure_rate"] == pytest.approx(0.1)
     assert (s["not_in_ledger"], s["ledger_only"], s["duplicate_ledger_keys"]) == (0, 0, 0)
@@ -227,7 +229,7 @@ def test_a_stopped_run_keeps_the_previous_baseline(first, kept, tmp_path):
     before = open(stats_file, "rb").read()
     second_run_anomalies(tmp_path, kept, first.manifest.drop(columns=["AU7"]), first.ledger)
     assert open(stats_file, "rb").read() == before
-    summary = json.loads((tmp_path / "run" / "out" / logic.SUMMARY_FILE).read_text())
+    summary = json.loads((tmp_path / "run" / "out" / contract.VALIDATION_SUMMARY_FILE).read_text())
     assert summary["passed"] is False and summary["anomaly_count"] == 1
 
 
@@ -241,7 +243,7 @@ def test_without_schema_uri_nothing_is_kept_and_contract_checks_still_apply(firs
     ledger.loc[0, "error_class"] = "gremlins"
     with pytest.raises(logic.AnomaliesFound):
         validate(tmp_path / "run", manifest, ledger, "")
-    summary = json.loads((tmp_path / "run" / "out" / logic.SUMMARY_FILE).read_text())
+    summary = json.loads((tmp_path / "run" / "out" / contract.VALIDATION_SUMMARY_FILE).read_text())
     assert summary["schema"]["uri"] == "" and summary["schema"]["kept"] is False
     assert {a["feature"] for a in summary["anomalies"]} == {"AU26", "error_class"}
     assert list(tmp_path.glob("**/*.statistics.pb")) == []
@@ -296,7 +298,7 @@ def test_cli_missing_ledger_exits_2_with_a_message(first, tmp_path, capsys):
     m, _ = write_inputs(tmp_path, first.manifest, first.ledger)
     assert cli.main(["--manifest", m, "--downloads", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("validate: downloads: ") and "ledger.parquet does not exist" in err
+    assert err.startswith("refused: validate: downloads: ") and "ledger.parquet does not exist" in err
 
 
 def test_cli_stops_on_anomalies_and_passes_with_a_higher_threshold(first, kept, tmp_path, capsys):
@@ -318,7 +320,7 @@ def test_component_writes_the_folder_and_the_html_artifact(first, tmp_path):
     validation, view = art(tmp_path / "validation"), art(tmp_path / "html" / "statistics_view")
     component.python_func(manifest=art(m), downloads=art(d), validation=validation, statistics_view=view,
                           schema_uri=str(tmp_path / "schema"), max_anomalies=0)
-    assert json.loads((tmp_path / "validation" / logic.SUMMARY_FILE).read_text())["passed"] is True
+    assert json.loads((tmp_path / "validation" / contract.VALIDATION_SUMMARY_FILE).read_text())["passed"] is True
     assert (tmp_path / "html" / "statistics_view").is_file()
     assert (tmp_path / "schema" / "schema.pbtxt").exists()
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline import defaults
+from components.common.faces import DETECT_MAX_SIDE, FaceSettings
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ class Detector:
     be shared across threads or forked processes, so each worker makes its own (see get()).
     """
 
-    def __init__(self, min_score: float = defaults.FACES_MIN_SCORE,
-                 max_side: int = defaults.FACES_DETECT_MAX_SIDE):
+    def __init__(self, min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE):
         face_detection = _import_face_detection()
         self.min_score = float(min_score)
         self.max_side = int(max_side)
@@ -129,7 +128,7 @@ def running_here() -> bool:
     return bool(_DETECTORS)
 
 
-def get(min_score: float = defaults.FACES_MIN_SCORE, max_side: int = defaults.FACES_DETECT_MAX_SIDE) -> Detector:
+def get(min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE) -> Detector:
     """This process's detector for these settings, made on first use (a forked child makes its own)."""
     pid = os.getpid()
     if any(k[0] != pid for k in _DETECTORS):

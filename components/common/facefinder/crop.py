@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from components.common import faces as contract
-from components.convert import imaging
-from components.faces import align, detect
-from pipeline import defaults
+from components.common import imaging
+from components.common.facefinder import align, detect
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def _encode(rgb: np.ndarray, quality: int) -> bytes:
 
 
 def prepare(data: bytes, settings: contract.FaceSettings, max_side: int = 0,
-            quality: int = defaults.CONVERT_JPEG_QUALITY, detector: detect.Detector | None = None) -> FaceImage:
+            quality: int = imaging.JPEG_QUALITY, detector: detect.Detector | None = None) -> FaceImage:
     """The model's input for one image's bytes under `settings`; raises imaging.UndecodableImage on bad bytes.
 
     crop: the largest face found, turned so its eyes are level, cut with settings.margin of its

@@ -1,10 +1,13 @@
-"""Turns the bytes of one downloaded image into the RGB JPEG of contract 3 (Pillow only, no TensorFlow)."""
+"""Decodes any image's bytes to RGB and makes the RGB JPEG of contract 3 (Pillow only, no TensorFlow); convert, the
+face finder and predict use it."""
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
 
-from pipeline import defaults
+# The quality of every JPEG convert encodes (a re-encoded image, a face crop); predict and the server encode with it
+# too, so the model sees inputs as compressed as its training crops. RGB JPEGs that need no resize pass untouched.
+JPEG_QUALITY = 95
 
 # What happened to an image; each is a counter of the convert step.
 PASSED_THROUGH = "passed_through"  # RGB JPEG kept byte for byte
@@ -111,7 +114,7 @@ def decode_rgb(data: bytes, max_side: int = 0):
     return _rgb(im, size), source_format
 
 
-def to_rgb_jpeg(data: bytes, max_side: int = 0, quality: int = defaults.CONVERT_JPEG_QUALITY) -> ConvertedImage:
+def to_rgb_jpeg(data: bytes, max_side: int = 0, quality: int = JPEG_QUALITY) -> ConvertedImage:
     """The image as RGB JPEG: an RGB JPEG that needs no resize is passed through byte for byte; anything else
     (PNG, GIF's first frame, WebP, BMP, CMYK, palette, grayscale, alpha) is decoded, made RGB and encoded.
 

@@ -1,22 +1,24 @@
-"""The model registry layout (contract 6): versions, LATEST, the completion marker, and resolving a model URI."""
+"""The model registry (contract 6): versions, LATEST, the push record, resolving a model URI; and publish's record."""
 from __future__ import annotations
 
 import os
 import posixpath
 
 from components.common import storage
+from components.common.errors import StepRefusal
+from components.common.evaluation import BLESSING_FILE, METRICS_FILE
+from components.common.model import MODEL_CONFIG_FILE, SAVED_MODEL_DIR
 
 LATEST = "LATEST"
-# Written inside a version after every other file of it: a version without it is a push that
-# was interrupted, and nothing ever treats it as a model.
-MARKER = "push.json"
-SAVED_MODEL = "saved_model"
-MODEL_CONFIG = "model_config.json"
-METRICS = "metrics.json"
-BLESSING = "blessing.json"
+# The push record: push's output (what it did) and, inside a version, the completion marker, written
+# after every other file of it: a version without it is a push that was interrupted, and nothing
+# ever treats it as a model.
+PUSH_FILE = "push.json"
+# Written by publish after every file it copied: a reader that finds it knows the copy is whole.
+PUBLISHED_FILE = "published.json"
 
 
-class RegistryError(Exception):
+class RegistryError(StepRefusal):
     """A registry or model URI that cannot be used; the message says what was found and what to do."""
 
 
@@ -44,7 +46,7 @@ def read_latest(root: str) -> str | None:
 
 
 def is_complete(version_uri: str) -> bool:
-    return storage.exists(storage.join(version_uri, MARKER))
+    return storage.exists(storage.join(version_uri, PUSH_FILE))
 
 
 def list_versions(root: str) -> list[str]:
@@ -60,7 +62,7 @@ def live_version(root: str) -> tuple[str, str] | None:
     uri = storage.join(root, version)
     if not is_complete(uri):
         raise RegistryError(
-            f"{storage.join(root, LATEST)} names version {version}, but {uri} has no {MARKER}: "
+            f"{storage.join(root, LATEST)} names version {version}, but {uri} has no {PUSH_FILE}: "
             "the registry was changed by hand; point LATEST at a complete version"
         )
     return version, uri
@@ -77,10 +79,10 @@ def resolve_model(uri: str) -> tuple[str, str | None]:
     parent = uri.rsplit("/", 1)[0] if storage.is_gcs(uri) else os.path.dirname(uri)
     if parent and parent != uri and storage.exists(storage.join(parent, LATEST)):
         raise RegistryError(
-            f"{uri} is a version whose push did not finish (no {MARKER}); use the model root "
+            f"{uri} is a version whose push did not finish (no {PUSH_FILE}); use the model root "
             f"{parent} (it follows {LATEST}) or a complete version"
         )
-    if storage.exists(storage.join(uri, SAVED_MODEL, "saved_model.pb")):
+    if storage.exists(storage.join(uri, SAVED_MODEL_DIR, "saved_model.pb")):
         return uri, None
     if list_versions(uri):
         raise RegistryError(
@@ -88,7 +90,7 @@ def resolve_model(uri: str) -> tuple[str, str | None]:
         )
     raise RegistryError(
         f"{uri} is not a model: expected a registry model root with {LATEST} (<destination>/<model_name>), "
-        f"a pushed version folder, or a model folder with {SAVED_MODEL}/saved_model.pb"
+        f"a pushed version folder, or a model folder with {SAVED_MODEL_DIR}/saved_model.pb"
     )
 
 
@@ -101,6 +103,6 @@ def fetch_local(model_uri: str, workdir: str) -> str:
     for f in storage.list_files(model_uri):
         rel = f[len(prefix):]
         # TensorBoard logs and the Keras file are not needed to serve.
-        if rel.startswith(SAVED_MODEL + "/") or rel in (MODEL_CONFIG, METRICS, BLESSING, MARKER):
+        if rel.startswith(SAVED_MODEL_DIR + "/") or rel in (MODEL_CONFIG_FILE, METRICS_FILE, BLESSING_FILE, PUSH_FILE):
             storage.download_file(f, os.path.join(local, *rel.split("/")))
     return local

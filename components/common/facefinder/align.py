@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from components.faces.detect import Face
+from components.common.facefinder.detect import Face
 
 
 def eye_angle(face: Face) -> float:

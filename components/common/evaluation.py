@@ -1,0 +1,43 @@
+"""The evaluation folder (contract 5): its file names and the readers of metrics.json and blessing.json."""
+from __future__ import annotations
+
+import json
+
+from components.common import storage
+from components.common.errors import StepRefusal
+
+METRICS_FILE = "metrics.json"
+BLESSING_FILE = "blessing.json"  # written last: its presence means the folder is whole
+EVALUATION_REPORT_FILE = "report.md"
+ROC_FILE = "roc.png"
+PR_FILE = "pr.png"
+VA_FILE = "va.png"
+# The evaluation files a registry version carries beside the model (push copies those present).
+EVALUATION_FILES = (METRICS_FILE, BLESSING_FILE, EVALUATION_REPORT_FILE, ROC_FILE, PR_FILE, VA_FILE)
+
+
+class EvaluationError(StepRefusal):
+    """An evaluation folder whose file is missing or unreadable; the message says which and what to do."""
+
+
+def _read_json(evaluation_dir: str, name: str) -> dict:
+    path = storage.join(evaluation_dir, name)
+    if not storage.exists(path):
+        raise EvaluationError(f"{path} is missing: {evaluation_dir} is not an evaluation folder written by evaluate")
+    try:
+        return json.loads(storage.read_text(path))
+    except ValueError as e:
+        raise EvaluationError(f"{path} is not valid JSON ({e}); re-run evaluate") from e
+
+
+def read_blessing(evaluation_dir: str) -> dict:
+    """blessing.json of an evaluation folder (local or gs://), checked to hold a true/false `blessed`."""
+    blessing = _read_json(evaluation_dir, BLESSING_FILE)
+    if not isinstance(blessing, dict) or not isinstance(blessing.get("blessed"), bool):
+        raise EvaluationError(f"{storage.join(evaluation_dir, BLESSING_FILE)} has no true/false 'blessed'; re-run evaluate")
+    return blessing
+
+
+def read_metrics(evaluation_dir: str) -> dict:
+    """metrics.json of an evaluation folder, or of a registry version, which carries it (local or gs://)."""
+    return _read_json(evaluation_dir, METRICS_FILE)

@@ -1,0 +1,1 @@
+"""Face finding shared by convert, predict and the faces CLI: detect (MediaPipe BlazeFace), align (level the eyes), crop."""

@@ -1,0 +1,405 @@
+"""The shared scorer: a trained or pushed model on images or video frames, every face's AU probabilities (predict, serve, annotate)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import warnings
+
+import numpy as np
+
+from components.common import faces as contract
+from components.common import evaluation, imaging, labels, model, registry, storage
+
+# Why an image was not scored: the "reason" of a result whose "error" says what to do.
+NOT_IMAGE = "not_image"  # bytes no image decoder recognises (text, a video, an empty file)
+CORRUPT = "corrupt"  # an image format whose data is truncated or damaged
+TOO_LARGE = "too_large"  # more than MAX_PIXELS pixels: decoding it would take gigabytes
+TOO_SMALL = contract.TOO_SMALL  # shorter side below contract.MIN_IMAGE_SIDE px: no face fits in it
+MODEL_FAILED = "model_failed"  # the model raised on this image's input
+ERROR_REASONS = (NOT_IMAGE, CORRUPT, TOO_LARGE, TOO_SMALL, MODEL_FAILED)
+# Why an image that is fine has no faces (its "error" stays None): contract.NO_FACE or contract.TINY_FACE.
+
+WHICH_FACES = ("all", "largest")
+# 64 million pixels (8000 x 8000) decode to ~200 MB of RGB; Pillow itself warns at ~89 million.
+MAX_PIXELS = 64_000_000
+# convert's JPEG quality (re-encoded images, face crops): the model sees a crop as compressed as its training crops.
+JPEG_QUALITY = imaging.JPEG_QUALITY
+DEFAULT_THRESHOLD = 0.5  # the threshold of a model pushed without tuned ones (evaluate's default)
+
+# EXIF orientation -> the Pillow transpose that shows the picture upright, as a viewer does.
+_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+                7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+# A model URI that cannot be scored with (also a registry without LATEST); the message says what to do.
+ModelError = model.ModelError
+
+
+def au_key(au: int) -> str:
+    """The name of an AU in results: AU1, AU12 (the "labels" of model_config.json's outputs)."""
+    return f"AU{int(au)}"
+
+
+# Lines TensorFlow, TFLite and MediaPipe write straight to the stderr file descriptor while they load, whatever
+# the log level (some at ERROR level, e.g. the CUDA plugin registrations of a CPU-only run): never a fault of
+# the user's, so library_noise() drops them and replays every other line.
+_NOISE = re.compile(
+    r"Unable to register cu(FFT|DNN|BLAS) factory|TF-TRT Warning|This TensorFlow binary is optimized"
+    r"|rebuild TensorFlow with the appropriate compiler flags|oneDNN custom operations are on"
+    r"|Created TensorFlow Lite XNNPACK delegate|All log messages before absl::InitializeLog"
+    r"|Feedback manager requires a model with a single signature|Could not find cuda drivers"
+    r"|failed call to cuInit|Skipping registering GPU devices|NUMA node|computation placer already registered"
+    r"|gl_context|GL version|OpenGL|Attempting to fetch value instead of handling error"
+)
+_quiet = False  # set by quiet_libraries()
+
+
+@contextlib.contextmanager
+def library_noise():
+    """Around loading TensorFlow, the model or the face detector: their banners are dropped and any other line they
+    write to stderr (a real error) is shown, after quiet_libraries(); does nothing otherwise."""
+    if not _quiet:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", "replace").splitlines():
+                if line.strip() and not _NOISE.search(line):
+                    print(line, file=sys.stderr)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Keeps TensorFlow, TFLite/MediaPipe, absl, protobuf and google-api-core banners and warnings off the console.
+
+    Call it before TensorFlow or MediaPipe is imported (their C++ logging reads the environment
+    once). Errors still show: TF_CPP_MIN_LOG_LEVEL 2 hides INFO and WARNING only, and only
+    Python warnings of those libraries are filtered. verbose=True leaves everything as it is.
+    """
+    global _quiet
+    if verbose:
+        return
+    _quiet = True
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's and TFLite's C++ INFO and WARNING lines
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    # FFmpeg's own lines ("moov atom not found"): a video that cannot be read gets predict's message instead.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    for module in ("google", "google.api_core", "google.auth", "google.protobuf", "tensorflow", "keras", "absl",
+                   "mediapipe", "tf_keras"):
+        warnings.filterwarnings("ignore", module=module + r"(\..*)?$")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*Python version.*")
+    warnings.filterwarnings("ignore", message=r".*(protobuf|Protobuf|SymbolDatabase|RepeatedCompositeContainer).*")
+    import logging
+
+    for name in ("tensorflow", "absl", "h5py", "jax"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+        absl_logging.set_stderrthreshold("error")
+    except ImportError:  # absl comes with TensorFlow; without it there is nothing to quiet
+        pass
+
+
+def read_thresholds(model_dir: str, au_ids: list[int], override: float | None = None) -> tuple[dict, str]:
+    """({"AU1": t, ...}, where they came from): the per-AU thresholds tuned on validation that push stores in
+    metrics.json beside the model, one given threshold for all, or DEFAULT_THRESHOLD when there are none."""
+    if override is not None:
+        if not 0.0 <= float(override) <= 1.0:
+            raise ModelError(f"threshold {override} is not a probability; give one between 0 and 1")
+        return {au_key(a): float(override) for a in au_ids}, f"{float(override)} for every AU (given)"
+    path = storage.join(model_dir, evaluation.METRICS_FILE)
+    tuned = {}
+    if storage.exists(path):
+        try:
+            tuned = (json.loads(storage.read_text(path)).get("thresholds") or {}).get("tuned") or {}
+        except (ValueError, AttributeError):
+            tuned = {}
+    if au_ids and all(str(a) in tuned for a in au_ids):
+        return ({au_key(a): float(tuned[str(a)]) for a in au_ids},
+                f"per AU, tuned on the validation split ({evaluation.METRICS_FILE})")
+    return ({au_key(a): DEFAULT_THRESHOLD for a in au_ids},
+            f"{DEFAULT_THRESHOLD} for every AU (no tuned thresholds with the model)")
+
+
+def _error(name: str, width: int, height: int, reason: str, message: str) -> dict:
+    return {"image": name, "width": width, "height": height, "faces": [], "faces_found": 0, "error": message,
+            "reason": reason}
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def decode(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, dict | None]:
+    """(H x W x 3 uint8 RGB, None) of an image's bytes, turned upright by its EXIF orientation; or (None, the
+    result of an image that cannot be scored, with its error and reason). Never raises on bad bytes."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        return None, _error(name, 0, 0, NOT_IMAGE, f"{name} is empty (0 bytes): pass an image file (JPEG, PNG, ...)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") else 1
+    except Image.DecompressionBombError as e:
+        return None, _error(name, 0, 0, TOO_LARGE, f"{name} is too large to decode ({e}); shrink it below "
+                            f"{max_pixels // 1_000_000} megapixels and pass it again")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        why = "no image format recognised" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+        return None, _error(name, 0, 0, NOT_IMAGE, f"{name} is not an image that can be read ({why}); pass a JPEG, "
+                            "PNG, GIF, WebP, BMP or TIFF file, or a video (mp4, avi, mov, webm)")
+    if width * height > max_pixels:
+        return None, _error(name, width, height, TOO_LARGE,
+                            f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels), over the "
+                            f"{max_pixels // 1_000_000}-megapixel limit; shrink it (a face needs far fewer pixels) "
+                            "and pass it again")
+    if min(width, height) < contract.MIN_IMAGE_SIDE:
+        return None, _error(name, width, height, TOO_SMALL,
+                            f"{name} is {width}x{height} px: too small to hold a face (the shorter side must be at "
+                            f"least {contract.MIN_IMAGE_SIDE} px); pass a bigger picture")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            rgb_image, _ = imaging.decode_rgb(data)
+    except imaging.UndecodableImage as e:
+        return None, _error(name, width, height, CORRUPT,
+                            f"{name} is a damaged or truncated image ({e}); copy or download it again")
+    transpose = _ORIENTATION.get(int(orientation or 1))
+    if transpose:
+        rgb_image = rgb_image.transpose(getattr(Image.Transpose, transpose))
+    return np.asarray(rgb_image), None
+
+
+class Scorer:
+    """A model loaded once; score() and score_frames() find each picture's faces as convert did for the model's
+    training images (model_config.json's "faces"), batch them through the model and return JSON-able results.
+
+    model_uri: a model folder (train's output), a registry version folder, or a registry model root
+    (<destination>/<model_name>, whose LATEST is followed; or the destination with model_name=);
+    local or gs://. Raises ModelError when it is none of these. One call at a time per Scorer
+    (a lock: MediaPipe's graph is not thread-safe); run processes for parallel work.
+    """
+
+    def __init__(self, model_uri: str, *, which_faces: str = "all", batch_size: int = 32,
+                 threshold: float | None = None, model_name: str | None = None):
+        if which_faces not in WHICH_FACES:
+            raise ValueError(f"which_faces is {which_faces!r}; expected one of {', '.join(WHICH_FACES)}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size is {batch_size}; expected 1 or more")
+        self.which_faces, self.batch_size = which_faces, int(batch_size)
+        self._lock = threading.Lock()
+        uri = registry.model_root(model_uri, model_name) if model_name else model_uri
+        try:
+            self.model_dir, self.version = registry.resolve_model(uri)
+        except registry.RegistryError as e:
+            raise ModelError(str(e)) from e
+        self._load(threshold)
+
+    def _load(self, threshold: float | None) -> None:
+        workdir = tempfile.mkdtemp(prefix="scorer-") if storage.is_gcs(self.model_dir) else None
+        try:
+            local = registry.fetch_local(self.model_dir, workdir) if workdir else self.model_dir
+            self.config = model.read_model_config(local)
+            with library_noise():
+                self._signature = model.load_signature(local)
+        finally:
+            if workdir:  # the loaded SavedModel holds its variables in memory
+                shutil.rmtree(workdir, ignore_errors=True)
+        self.task = self.config["task"]
+        self.au_ids = list(self.config["au_ids"])
+        try:
+            self.settings = contract.FaceSettings.from_dict(self.config.get("faces"))
+        except (TypeError, ValueError) as e:
+            raise ModelError(f"{storage.join(self.model_dir, model.MODEL_CONFIG_FILE)}: its faces settings cannot be "
+                             f"used ({e}); re-run train") from e
+        if self.task == "au":
+            self.thresholds, self.threshold_source = read_thresholds(self.model_dir, self.au_ids, threshold)
+        else:
+            self.thresholds, self.threshold_source = {}, ""
+
+    def describe(self) -> dict:
+        """What the results were made with: model, version, task, AUs, thresholds and face settings."""
+        return {"model": self.model_dir, "version": self.version, "task": self.task, "au_ids": self.au_ids,
+                "thresholds": self.thresholds, "threshold_source": self.threshold_source,
+                "faces": self.settings.to_dict(), "which_faces": self.which_faces}
+
+    def warmup(self) -> None:
+        """Starts the face detector and runs the model once, so the first real request is not the slow one."""
+        with self._lock, library_noise():
+            rgb = np.full((64, 64, 3), 128, np.uint8)
+            if self.settings.mode == "crop":
+                self._detector().detect(rgb)
+            self._run([_jpeg(rgb)])
+
+    def score(self, images: list[bytes], names: list[str]) -> list[dict]:
+        """One result per image's bytes (see the module's contract); a bad image's result has error and reason."""
+        if len(images) != len(names):
+            raise ValueError(f"{len(images)} images but {len(names)} names")
+        with self._lock:
+            return self._score([(data, name) for data, name in zip(images, names)], decoded=False)
+
+    def score_frames(self, rgb_arrays, names: list[str]) -> list[dict]:
+        """score() for decoded pictures (video frames): H x W x 3 uint8 RGB arrays."""
+        rgb_arrays = list(rgb_arrays)
+        if len(rgb_arrays) != len(names):
+            raise ValueError(f"{len(rgb_arrays)} frames but {len(names)} names")
+        with self._lock:
+            return self._score(list(zip(rgb_arrays, names)), decoded=True)
+
+    # -- the work --------------------------------------------------------------------------------------------
+
+    def _detector(self):
+        from components.common.facefinder import detect
+
+        with library_noise():
+            return detect.get(self.settings.min_score)
+
+    def _score(self, items: list, decoded: bool) -> list[dict]:
+        results: list[dict] = []
+        inputs: list[tuple[int, int, bytes]] = []  # (result index, face index, the model's input)
+        for data, name in items:
+            rgb, bad = _frame(data, name) if decoded else decode(data, name)
+            if bad is not None:
+                results.append(bad)
+                continue
+            result, crops = self._faces(rgb, name, None if decoded else data)
+            inputs.extend((len(results), i, crop) for i, crop in enumerate(crops))
+            results.append(result)
+        outputs = self._run_batches(inputs, results)
+        for (index, face, _), out in zip(inputs, outputs):
+            if results[index]["error"] is None:  # else the model failed on it: _run_batches recorded why
+                self._fill(results[index]["faces"][face], out)
+        return results
+
+    def _faces(self, rgb: np.ndarray, name: str, data: bytes | None) -> tuple[dict, list[bytes]]:
+        """The result of one decoded picture (faces without scores yet) and the model's input of each face."""
+        h, w = rgb.shape[:2]
+        result = {"image": name, "width": int(w), "height": int(h), "faces": [], "faces_found": 0, "error": None,
+                  "reason": None}
+        settings = self.settings
+        if settings.mode == "whole":
+            return self._whole(result, rgb, data, contract.WHOLE)
+        found = self._detector().detect(rgb)
+        result["faces_found"] = len(found)
+        usable = [f for f in found if f.side >= contract.MIN_FACE_SIDE]
+        if self.which_faces == "largest":
+            usable = usable[:1]
+        if not usable:
+            result["reason"] = contract.TINY_FACE if found else contract.NO_FACE
+            if settings.no_face == "whole":  # the model was trained on such whole pictures too
+                return self._whole(result, rgb, data, contract.NO_FACE_WHOLE)
+            return result, []
+        from components.common.facefinder import align
+
+        crops = []
+        for i, face in enumerate(usable):
+            crop, angle = align.align_crop(rgb, face, int(settings.size), float(settings.margin))
+            x0, y0, x1, y1 = (float(v) for v in face.box)
+            result["faces"].append({
+                "face": i, "status": contract.CROPPED,
+                "box": [round(x0, 1), round(y0, 1), round(x1 - x0, 1), round(y1 - y0, 1)],
+                "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks],
+                "score": round(float(face.score), 4), "angle": round(float(angle), 2)})
+            crops.append(_jpeg(crop))
+        return result, crops
+
+    def _whole(self, result: dict, rgb: np.ndarray, data: bytes | None, status: str) -> tuple[dict, list[bytes]]:
+        """The whole picture as the one "face": what a model trained on whole pictures saw."""
+        result["faces"].append({"face": 0, "status": status, "box": [0.0, 0.0, float(result["width"]),
+                                                                     float(result["height"])],
+                                "landmarks": [], "score": None, "angle": 0.0})
+        jpeg = None
+        if data is not None:
+            try:  # convert passed an upright RGB JPEG through byte for byte: the model saw exactly those bytes
+                converted = imaging.to_rgb_jpeg(data, 0, JPEG_QUALITY)
+                if (converted.width, converted.height) == (result["width"], result["height"]):
+                    jpeg = converted.jpeg
+            except imaging.UndecodableImage:
+                jpeg = None
+        return result, [jpeg if jpeg is not None else _jpeg(rgb)]
+
+    def _fill(self, face: dict, out) -> None:
+        values = [float(v) for v in np.asarray(out).reshape(-1)]
+        if self.task == "va":
+            face.update({name: round(v, 4) for name, v in zip(labels.VA_COLUMNS, values)})
+            face["probabilities"], face["active"] = {}, []
+            return
+        probs = {au_key(a): round(p, 4) for a, p in zip(self.au_ids, values)}
+        face["probabilities"] = probs
+        face["active"] = [k for k, p in probs.items() if p >= self.thresholds[k]]
+
+    def _run(self, jpegs: list[bytes]) -> np.ndarray:
+        return model.run_signature(self._signature, jpegs, self.task)
+
+    def _run_batches(self, inputs: list[tuple[int, int, bytes]], results: list[dict]) -> list:
+        """The model's output for each input, batch_size at a time; None for an input of an image the model
+        failed on (that image's result then carries the error), so one bad input never fails the others."""
+        outputs: list = []
+        for start in range(0, len(inputs), self.batch_size):
+            batch = inputs[start:start + self.batch_size]
+            try:
+                outputs.extend(self._run([jpeg for _, _, jpeg in batch]))
+                continue
+            except Exception:  # noqa: BLE001 - TF's errors vary; each input is retried alone below
+                if len(batch) == 1:
+                    outputs.extend(self._run_alone(batch, results))
+                    continue
+            for item in batch:
+                outputs.extend(self._run_alone([item], results))
+        return outputs
+
+    def _run_alone(self, batch: list[tuple[int, int, bytes]], results: list[dict]) -> list:
+        index, _, jpeg = batch[0]
+        try:
+            return list(self._run([jpeg]))
+        except Exception as e:  # noqa: BLE001 - reported on the image's result, never raised
+            result = results[index]
+            message = getattr(e, "message", None) or str(e)
+            result.update(faces=[], reason=MODEL_FAILED,
+                          error=f"the model could not score {result['image']} ({type(e).__name__}: "
+                                f"{message.strip().splitlines()[0] if message.strip() else ''}); "
+                                "check that the model folder is complete, or report the image")
+            return [None]
+
+
+def _frame(rgb, name: str) -> tuple[np.ndarray | None, dict | None]:
+    """A decoded frame checked to be H x W x 3 uint8 of a usable size (as decode() checks bytes)."""
+    a = np.asarray(rgb)
+    if a.ndim != 3 or a.shape[2] != 3:
+        return None, _error(name, 0, 0, NOT_IMAGE, f"{name} is an array of shape {a.shape}, not an H x W x 3 RGB "
+                                                   "picture; pass RGB frames (OpenCV gives BGR: convert them)")
+    h, w = a.shape[:2]
+    if a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    if h * w > MAX_PIXELS:
+        return None, _error(name, w, h, TOO_LARGE, f"{name} is {w}x{h}, over {MAX_PIXELS // 1_000_000} megapixels; "
+                                                   "shrink the frames")
+    if min(h, w) < contract.MIN_IMAGE_SIDE:
+        return None, _error(name, w, h, TOO_SMALL, f"{name} is {w}x{h} px: too small to hold a face (the shorter "
+                                                   f"side must be at least {contract.MIN_IMAGE_SIDE} px)")
+    return np.ascontiguousarray(a), None

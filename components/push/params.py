@@ -1,0 +1,22 @@
+"""The push step's one declaration: what it reads and writes, and its parameters."""
+import dataclasses
+
+from components.common.params import MODEL_NAME, REGISTRY, Artifact, Param, StepSpec
+
+SPEC = StepSpec(
+    name="push",
+    description="Copies a blessed model with its metrics and blessing to the registry, then moves LATEST.",
+    inputs=(
+        Artifact("model", "Folder written by train."),
+        Artifact("evaluation", "Folder written by evaluate (blessing.json, metrics.json)."),
+    ),
+    outputs=(Artifact("pushed", "Folder to write push.json to, the record of what was pushed and where.",
+                      flag="--output", required=False),),
+    params=(
+        # The CLI names the registry it writes: a push to a default folder by mistake is not undone by a rerun.
+        dataclasses.replace(REGISTRY.renamed("destination", pipeline="registry"), required=True),
+        MODEL_NAME,
+        Param("force", bool, False, "Push even when the model is not blessed.", pipeline="force_push"),
+        Param("keep", int, 0, "Versions kept in the registry (0 keeps all).", pipeline="keep_versions"),
+    ),
+)

@@ -1,0 +1,18 @@
+"""The report step's one declaration: what it reads and writes."""
+from components.common.params import Artifact, Param, StepSpec
+
+# The report's inputs: each the output of one step of the DAG (the artifact's name, the step that wrote it).
+REPORT_INPUTS = (("manifest", "ingest"), ("downloads", "download"), ("validation", "validate"),
+                 ("examples", "convert"), ("filtered", "filter"), ("model", "train"), ("evaluation", "evaluate"),
+                 ("pushed", "push"))
+
+SPEC = StepSpec(
+    name="report",
+    description="Writes the run report: one self-contained HTML page of the run's outputs, shown in the KFP UI.",
+    inputs=tuple(Artifact(name, f"Folder written by {step}.") for name, step in REPORT_INPUTS),
+    outputs=(Artifact("page", "The run report (HTML, images inlined).", flag="--output"),),
+    params=(
+        Param("run_name", str, "", "The run's name on the page (default: the output's grandparent folder).",
+              pipeline=None),
+    ),
+)
