@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed
 # Quiet TensorFlow's C++ info and warning lines (end-of-sequence notices every epoch); errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test test-fast lock venv compile images clean help
+.PHONY: run test test-fast lint-imports lock venv compile images clean help
 
 help:
 	@echo "make run        set up .venv if needed, then run the whole pipeline locally on the demo data"
 	@echo "make test       set up .venv if needed, then run every test (unit, integration, e2e)"
 	@echo "make test-fast  the same without the slow tests"
+	@echo "make lint-imports  check the import rules of docs/architecture.md (make test runs it first)"
 	@echo "make compile    write pipeline.yaml (the KFP / Vertex AI pipeline spec)"
 	@echo "make images     build the CPU and GPU images (docker/); then make run ARGS='--runner docker'"
 	@echo "make lock       re-resolve requirements.in into the exact requirements.lock"
@@ -35,10 +36,14 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VPY) pipeline.py run $(ARGS)
 
-test: $(STAMP)
+# The layers (docs/architecture.md): a step imports only itself and components/common, components/ never pipeline/.
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports --config .importlinter
+
+test: lint-imports
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: lint-imports
 	$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 compile: $(STAMP)

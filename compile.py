@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from pipeline.cluster import ClusterError, cli
-from pipeline.cluster.compile import compile_spec
+from pipeline.cluster.compile import PIPELINES, compile_spec
 
 
 def main(argv=None) -> int:
@@ -22,6 +22,9 @@ def main(argv=None) -> int:
         prog="python compile.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output", default="pipeline.yaml", help="Where the spec goes (default: %(default)s)")
+    parser.add_argument("--pipeline", choices=PIPELINES, default="training",
+                        help="Which DAG: training (ingest ... push -> report) or annotate (ingest -> download -> "
+                             "annotate, a whole dataset annotated by a pushed model) (default: %(default)s)")
     cli.add_platform_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -30,7 +33,7 @@ def main(argv=None) -> int:
         print(f"compile.py: {e}", file=sys.stderr)
         return 2
     try:
-        compile_spec(platform, args.output)
+        compile_spec(platform, args.output, args.pipeline)
     except OSError as e:
         print(f"compile.py: cannot write {args.output}: {e.strerror}", file=sys.stderr)
         return 2

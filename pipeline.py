@@ -48,8 +48,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def _local_arguments(args: argparse.Namespace, command: str) -> dict | None:
     """The pipeline arguments of a local run or sweep: the registry under --runs-dir unless given, local paths made
-    absolute; None (the reason printed) when --source names a file that is not there."""
+    absolute; without --source (the demo set) the demo preset under any other preset and the flags; None (the reason
+    printed) when --source names a file that is not there."""
     arguments = pipeline_arguments(args)
+    if not arguments.get("source"):
+        # The pipeline's own defaults are the recipe for real photos on a GPU; the demo world has 2 cores, no internet.
+        arguments = {**defaults.PRESETS[defaults.DEMO_PRESET], **arguments}
     arguments.setdefault("registry", os.path.join(args.runs_dir, "registry"))
     for name in PATH_PARAMETERS:
         if name in arguments:
@@ -94,7 +98,7 @@ def command_run(args: argparse.Namespace) -> int:
     print(format_summary(result))
     write_summary(result)
     _print_outcome(result)
-    from pipeline.report import write_report
+    from pipeline.local import write_report
 
     print(f"\nrun report: {write_report(result)}")
     if containers is not None:
@@ -147,7 +151,7 @@ def _print_outcome(result) -> None:
             print("\nfaces: " + format_counters(json.load(f)["counters"]))
     evaluation = result.output_path("evaluate", "evaluation")
     if evaluation and os.path.exists(os.path.join(evaluation, METRICS_FILE)):
-        from components.evaluate.logic import format_table
+        from components.common.metric_tables import format_table
 
         with open(os.path.join(evaluation, METRICS_FILE)) as f:
             print("\n" + format_table(json.load(f)))
@@ -267,7 +271,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     parser = argparse.ArgumentParser(prog="python pipeline.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="Run the whole DAG on this machine (kfp.local); without --source, on the demo set.")
+    p_run = sub.add_parser("run", help="Run the whole DAG on this machine (kfp.local); without --source, on the demo set "
+                           "with the demo's recipe (--preset demo).")
     add_run_arguments(p_run)
     p_sweep = sub.add_parser("sweep", help="Run the data steps once, then train and evaluate each point of a "
                              "grid here, compare them and push the best.")
@@ -286,7 +291,25 @@ def main(argv=None) -> int:
     add_sweep_pick_arguments(p_sweep_pick)
     p_images = sub.add_parser("images", help="Build the CPU and GPU images (docker/) that steps run in.")
     add_images_arguments(p_images)
+    from pipeline import annotate_cli
+
+    p_annotate = sub.add_parser("annotate", help="Annotate every image of a sheet (ingest -> download -> annotate) "
+                                "or a folder with a pushed model, here (kfp.local).")
+    annotate_cli.add_arguments(p_annotate)
+    from components.serve import __main__ as serve_cli
+
+    p_serve = sub.add_parser("serve", help="Serve a pushed model over HTTP (python -m components.serve).")
+    serve_cli.add_arguments(p_serve, os.environ)
+    from pipeline import deploy
+
+    p_deploy = sub.add_parser("deploy", help="Serve a pushed version: a KServe InferenceService manifest and/or "
+                              "Vertex AI (Model Registry upload, endpoint).")
+    deploy.add_arguments(p_deploy)
     args = parser.parse_args(argv)
+    if args.command == "deploy":
+        return deploy.command(args)
+    if args.command == "serve":
+        return serve_cli.run(args)
     if args.command == "run":
         return command_run(args)
     if args.command == "sweep":
@@ -295,6 +318,8 @@ def main(argv=None) -> int:
         return sweep_cli.submit_sweep(args)
     if args.command == "sweep-pick":
         return command_sweep_pick(args)
+    if args.command == "annotate":
+        return annotate_cli.command(args)
     if args.command == "images":
         return command_images(args)
     if args.command == "submit":

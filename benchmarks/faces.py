@@ -10,7 +10,7 @@ Recall counts a face found when the largest detection overlaps the generator's t
 IoU >= 0.5. Throughput decodes each 640x480 JPEG, finds the face, levels the eyes, crops and
 encodes it (components.common.facefinder.crop.prepare, what convert does per image), in one process and in
 one process per core. Training runs the step CLIs (convert, filter, train, evaluate) one after
-another with the demo defaults; the held-out set is converted with --no-face whole for crop, so
+another with the demo's recipe (pipeline/defaults.py PRESETS["demo"]); the held-out set is converted with --no-face whole for crop, so
 both modes are scored on every image of it. Datasets are generated once under benchmarks/.cache/faces/.
 """
 from __future__ import annotations
@@ -213,12 +213,22 @@ def _cli(*args, timeout=3600) -> None:
         raise SystemExit(f"{' '.join(args[:1])} failed:\n{done.stderr[-3000:]}")
 
 
+def _demo_flags(spec) -> list[str]:
+    """The demo preset's values (pipeline/defaults.py) that are parameters of this step, as its CLI's flags."""
+    from pipeline.defaults import DEMO_PRESET, PRESETS
+
+    preset = PRESETS[DEMO_PRESET]
+    return [a for p in spec.params if p.in_dag and p.dag_name in preset for a in (p.cli_flag, str(preset[p.dag_name]))]
+
+
 def training(train_size: int, test_size: int, epochs: int | None) -> None:
     """Macro F1 on a held-out in-the-wild set of another seed, --faces crop vs --faces whole, same budget."""
     import convert as convert_benchmark  # benchmarks/convert.py: a demo set laid out as ingest and download leave it
 
     from components.common.evaluation import METRICS_FILE
     from components.common.examples import EXAMPLES_SUMMARY_FILE
+    from components.convert.params import SPEC as CONVERT
+    from components.train.params import SPEC as TRAIN
 
     train_data = convert_benchmark.dataset(train_size, 128, seed=0, scene="wild", cache=CACHE)
     test_data = convert_benchmark.dataset(test_size, 128, seed=1, scene="wild", cache=CACHE)
@@ -233,13 +243,13 @@ def training(train_size: int, test_size: int, epochs: int | None) -> None:
             _cli("components.convert", "--manifest", os.path.join(data, "manifest"), "--downloads",
                  os.path.join(data, "downloads"), "--output", os.path.join(work, f"{name}-examples"),
                  "--faces", mode, "--no-face", no_face, "--validation-fraction", fractions[0],
-                 "--test-fraction", fractions[1])
+                 "--test-fraction", fractions[1], *_demo_flags(CONVERT))
             _cli("components.filter", "--examples", os.path.join(work, f"{name}-examples"),
                  "--output", os.path.join(work, f"{name}-filtered"))
         converted = time.perf_counter() - started
         train_args = ["--epochs", str(epochs)] if epochs else []
         _cli("components.train", "--examples", os.path.join(work, "train-filtered"), "--output",
-             os.path.join(work, "model"), *train_args)
+             os.path.join(work, "model"), *_demo_flags(TRAIN), *train_args)
         trained = time.perf_counter() - started - converted
         result = {}
         for name in ("train", "heldout"):
@@ -251,7 +261,7 @@ def training(train_size: int, test_size: int, epochs: int | None) -> None:
         with open(os.path.join(work, "train-examples", EXAMPLES_SUMMARY_FILE)) as f:
             counters = json.load(f)["counters"]
         rows.append((mode, result, counters, converted, trained))
-    print(f"\nTraining on {train_size} in-the-wild scenes (seed 0), demo defaults"
+    print(f"\nTraining on {train_size} in-the-wild scenes (seed 0), the demo's recipe"
           + (f", {epochs} epochs" if epochs else "") + f"; held-out set: {test_size} scenes of seed 1")
     header = (f"{'faces':<6} {'train ex.':>9} {'same-seed F1':>13} {'held-out F1@0.5':>16} {'F1 tuned':>9} "
               f"{'AUC':>6} {'convert s':>10} {'train s':>8}")
@@ -272,7 +282,7 @@ def main(argv=None) -> int:
     parser.add_argument("--throughput-size", type=int, default=300, help="Scenes the crop throughput is timed on (0: skip).")
     parser.add_argument("--train-size", type=int, default=2000, help="Scenes trained on (the make run demo size).")
     parser.add_argument("--test-size", type=int, default=600, help="Scenes of the held-out set (another seed).")
-    parser.add_argument("--epochs", type=int, default=0, help="Training epochs (0: the demo default).")
+    parser.add_argument("--epochs", type=int, default=0, help="Training epochs (0: the demo preset's).")
     parser.add_argument("--skip-training", action="store_true", help="Only recall and throughput.")
     args = parser.parse_args(argv)
     os.makedirs(CACHE, exist_ok=True)

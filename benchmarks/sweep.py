@@ -45,8 +45,8 @@ def measure(runs_dir: str, demo_size: int, epochs: int, grid: list[str]) -> dict
 
     demo.generate_demo(os.path.join(runs_dir, "demo", f"size{demo_size}-seed{defaults.DEMO_SEED}-wild"), demo_size,
                        defaults.DEMO_SEED, scene="wild")
-    common = ["--runs-dir", runs_dir, "--demo-size", str(demo_size), "--epochs", str(epochs),
-              "--min-macro-f1", "0", "--min-macro-auc", "0"]
+    common = ["--runs-dir", runs_dir, "--preset", defaults.DEMO_PRESET, "--demo-size", str(demo_size),
+              "--epochs", str(epochs), "--min-macro-f1", "0", "--min-macro-auc", "0"]
     one_dir, sweep_dir = os.path.join(runs_dir, "one"), os.path.join(runs_dir, "sweep")
     one_wall = _cli(["run", "--run-dir", one_dir, *common])
     sweep_wall = _cli(["sweep", "--run-dir", sweep_dir, *common, *[a for g in grid for a in ("--grid", g)]])

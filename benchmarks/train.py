@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline import defaults  # noqa: E402
+from components.train.params import SCRATCH_BN_MOMENTUM, SPEC as TRAIN  # noqa: E402
 
 
 def _pipeline_rate(files, size, batch, augment, cache, passes=1) -> float:
@@ -38,11 +38,11 @@ def _compiled_model(backbone: str, size: int, weights=None):
 
     spec = backbones.get(backbone)
     net = model_lib.build_model(spec, task="au", num_outputs=11, image_size=size, weights=weights,
-                                dropout=defaults.TRAIN_DROPOUT, l2=defaults.TRAIN_L2,
-                                bn_momentum=defaults.TRAIN_SCRATCH_BN_MOMENTUM)
+                                dropout=TRAIN.defaults.dropout, l2=TRAIN.defaults.l2,
+                                bn_momentum=SCRATCH_BN_MOMENTUM)
     slow = model_lib.apply_fine_tune(net, "full")
     net.compile(
-        optimizer=losses.make_optimizer(defaults.TRAIN_OPTIMIZER, defaults.TRAIN_LEARNING_RATE,
+        optimizer=losses.make_optimizer(TRAIN.defaults.optimizer, TRAIN.defaults.learning_rate,
                                         backbone_variables=slow, backbone_multiplier=1.0),
         loss=losses.MaskedBinaryCrossentropy(),
         metrics=[losses.MaskedAUC(multi_label=True, num_labels=11, name="auc")],
@@ -78,9 +78,9 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default=defaults.TRAIN_BACKBONE)
-    p.add_argument("--image-size", type=int, default=defaults.TRAIN_IMAGE_SIZE, help="0 follows the backbone")
-    p.add_argument("--batch-size", type=int, default=defaults.TRAIN_BATCH_SIZE, help="0 follows the backbone")
+    p.add_argument("--backbone", default=TRAIN.defaults.backbone)
+    p.add_argument("--image-size", type=int, default=TRAIN.defaults.image_size, help="0 follows the backbone")
+    p.add_argument("--batch-size", type=int, default=TRAIN.defaults.batch_size, help="0 follows the backbone")
     p.add_argument("--examples", type=int, default=1024, help="synthetic 128 px JPEG examples in the train split")
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
     p.add_argument("--gpu-steps", type=int, default=50, help="timed steps per GPU backbone")

@@ -3,8 +3,8 @@ whichever Keras 3 backend KERAS_BACKEND names (jax, torch or tensorflow). Prints
 
 The network, loss, metrics and optimizer are the train step's own (components/train: backbones.py, model.py,
 losses.py; RMSprop with rho 0.9 and momentum 0.9, the staircase learning-rate decay, the backbone at a tenth of
-the head's rate, L2 and dropout as pipeline/defaults.py sets them), none of which needs TensorFlow, so it runs on
-a machine that has JAX or PyTorch and no TensorFlow. Weights are random (nothing is downloaded; the arithmetic is
+the head's rate, L2 and dropout as components/train/params.py declares them), none of which needs TensorFlow, so it
+runs on a machine that has JAX or PyTorch and no TensorFlow. Weights are random (nothing is downloaded; the arithmetic is
 the same as from ImageNet weights). The batches are synthetic uint8 images and 0/1/999 labels held in memory:
 this measures the training steps alone; benchmarks/train.py measures the tf.data input pipeline that feeds them.
 Each backbone and policy runs in a process of its own (a clean policy and compile cache, and the backend's own
@@ -29,7 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline import defaults  # noqa: E402
+from components.train.params import SPEC as TRAIN  # noqa: E402
 
 # The train step's policy: mixed_float16 wherever a GPU is visible (components/train/logic.py), so "auto"
 # measures what train does today. On Hopper (H100/H200) bfloat16 and float16 run the tensor cores at the
@@ -93,24 +93,24 @@ def _compiled_model(backbone: str, size: int, num_aus: int, fine_tune: str):
     """The network, loss, metrics and optimizer exactly as components/train/logic.py builds and compiles them."""
     from components.train import backbones, losses
     from components.train import model as model_lib
-    from components.train.logic import _lr_schedule
+    from components.train.fit import lr_schedule
 
     spec = backbones.get(backbone)
     ft = model_lib.parse_fine_tune(fine_tune)
     if ft.policy == "two-stage":
         raise ValueError("--fine-tune two-stage is two runs: measure head and full instead")
     net = model_lib.build_model(spec, task="au", num_outputs=num_aus, image_size=size, weights=None,
-                                dropout=defaults.TRAIN_DROPOUT, l2=defaults.TRAIN_L2, bn_momentum=None)
+                                dropout=TRAIN.defaults.dropout, l2=TRAIN.defaults.l2, bn_momentum=None)
     backbone_vars = model_lib.apply_fine_tune(net, ft.policy, ft.last_n)
     net.compile(
         optimizer=losses.make_optimizer(
             "rmsprop",  # the study's
-            _lr_schedule(0.001, defaults.TRAIN_LR_DECAY, defaults.TRAIN_LR_DECAY_EPOCHS, NOMINAL_STEPS_PER_EPOCH, 0),
+            lr_schedule(0.001, TRAIN.defaults.lr_decay, TRAIN.defaults.lr_decay_epochs, NOMINAL_STEPS_PER_EPOCH, 0),
             backbone_variables=backbone_vars,
-            backbone_multiplier=defaults.TRAIN_BACKBONE_LR_MULTIPLIER,  # as with pretrained weights
-            rho=defaults.TRAIN_RMSPROP_RHO,
-            momentum=defaults.TRAIN_RMSPROP_MOMENTUM,
-            epsilon=defaults.TRAIN_EPSILON,
+            backbone_multiplier=TRAIN.defaults.backbone_lr_multiplier,  # as with pretrained weights
+            rho=TRAIN.defaults.rmsprop_rho,
+            momentum=TRAIN.defaults.rmsprop_momentum,
+            epsilon=TRAIN.defaults.epsilon,
         ),
         loss=losses.MaskedBinaryCrossentropy([2.0] * num_aus),  # per-AU positive weights: their values cost nothing
         metrics=[

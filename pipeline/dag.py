@@ -70,18 +70,22 @@ def dag_parameters(specs=None) -> dict[str, Param]:
     return out
 
 
-def _docstring(params: dict[str, Param]) -> str:
-    lines = ["Trains, evaluates and pushes a facial Action Unit detector from an EmotioNet-format sheet.", "", "Args:"]
+SUMMARY = "Trains, evaluates and pushes a facial Action Unit detector from an EmotioNet-format sheet."
+
+
+def _docstring(params: dict[str, Param], summary: str = SUMMARY) -> str:
+    lines = [summary, "", "Args:"]
     lines += [f"    {name}: {p.help}" for name, p in params.items()]
     return "\n".join(lines) + "\n"
 
 
-def _with_declared_signature(fn, params: dict[str, Param]):
-    """fn(*values) gets the DAG parameters' signature and docstring: kfp reads both to make the pipeline's inputs."""
+def with_declared_signature(fn, params: dict[str, Param], summary: str = SUMMARY):
+    """fn(*values) gets the DAG parameters' signature and docstring: kfp reads both to make the pipeline's inputs
+    (pipeline/annotate_dag.py declares its DAG the same way)."""
     fn.__signature__ = inspect.Signature([
         inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default, annotation=p.type)
         for name, p in params.items()])
-    fn.__doc__ = _docstring(params)
+    fn.__doc__ = _docstring(params, summary)
     return fn
 
 
@@ -142,7 +146,7 @@ def build_pipeline(platform: "Platform | None" = None):
         for step, t in tasks.items():
             platform.configure(step, t)
 
-    _with_declared_signature(au_pipeline, params)
+    with_declared_signature(au_pipeline, params)
     return dsl.pipeline(name=defaults.PIPELINE_NAME, description=defaults.PIPELINE_DESCRIPTION)(au_pipeline)
 
 

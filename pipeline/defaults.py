@@ -12,6 +12,9 @@ PIPELINE_DESCRIPTION = (
     "EmotioNet sheet -> downloaded faces -> validated, converted and filtered TFRecords -> "
     "fine-tuned Keras Action Unit detector -> evaluation and blessing -> versioned push."
 )
+# The annotate DAG (pipeline/annotate_dag.py): a whole dataset annotated with a pushed model.
+ANNOTATE_PIPELINE_NAME = "emotionet-au-annotate"
+ANNOTATE_PIPELINE_DESCRIPTION = "EmotioNet sheet -> downloaded images -> every face's Action Units by a pushed model."
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where local runs keep their pipeline roots; runs/<run-id>/ per run.
 RUNS_DIR = "runs"
@@ -35,63 +38,8 @@ DEMO_PORT = 47321
 # convert, its face settings and filter: components/convert/params.py, components/common/faces.py (FACE_PARAMS,
 # DETECTOR, DETECT_MAX_SIDE), components/common/imaging.py (JPEG_QUALITY), components/filter/params.py.
 
-# --- train --------------------------------------------------------------------------------
-# The demo defaults: they train on the face crops of `make run`'s in-the-wild scenes (about
-# 1,400 train images) on 2 CPU cores in about 2 minutes and reach macro F1 0.88 at threshold 0.5
-# on its test split, 0.895 on a held-out set of another seed (benchmarks/faces.py; the whole
-# pictures instead of the crops: 0.10, chance). On the older portrait faces: 0.88 / 0.90. They differ from the study's recipe where a CPU and no ImageNet
-# weights (no internet) need it:
-# - compactcnn, a small separable CNN built to learn from scratch (BatchNorm momentum 0.9),
-#   at its default 128 px; keras.applications' MobileNetV3Small from scratch, with the same
-#   settings and its BatchNorm momentum set to 0.9 (0.999 barely moves), reached 0.69 in 255 s;
-# - Adam at 0.002: the study's RMSprop at 0.001 reached macro F1 0.75 in the same 16 epochs.
-# A cluster run names the study's: --backbone inceptionv3 --weights imagenet --fine-tune head
-# --optimizer rmsprop --learning-rate 0.001 (or vgg16 with --fine-tune last:3).
-TRAIN_TASK = "au"
-TRAIN_BACKBONE = "compactcnn"
-TRAIN_IMAGE_SIZE = 0  # 0 follows the backbone (compactcnn 128, inceptionv3 299, others 224)
-TRAIN_WEIGHTS = "none"
-TRAIN_FINE_TUNE = "full"
-TRAIN_EPOCHS = 16
-TRAIN_BATCH_SIZE = 0  # per GPU replica; 0 follows the backbone (the study: 128, 32 for VGG16; compactcnn 32)
-TRAIN_OPTIMIZER = "adam"
-TRAIN_LEARNING_RATE = 0.002
-TRAIN_SEED = 0
-TRAIN_CHECKPOINT_DIR = ""  # "" = checkpoints/ inside the model folder; a gs:// URI survives a lost node
-TRAIN_AUGMENT = True  # without it the demo overfits: macro F1 0.63 instead of 0.76 (96 px, 20 epochs)
-# The study's recipe, for the flags the DAG does not expose.
-TRAIN_LR_DECAY = 0.94  # x0.94 ...
-TRAIN_LR_DECAY_EPOCHS = 2  # ... every 2 epochs
-TRAIN_L2 = 4e-5
-TRAIN_RMSPROP_RHO = 0.9
-TRAIN_RMSPROP_MOMENTUM = 0.9
-TRAIN_EPSILON = 1e-7
-TRAIN_DROPOUT = 0.2
-# full and two-stage: the backbone learns 10x slower than the head (pretrained weights only: a
-# backbone trained from scratch has nothing to protect and learns at the head's rate).
-TRAIN_BACKBONE_LR_MULTIPLIER = 0.1
-TRAIN_PATIENCE = 5  # epochs without a better validation loss before training stops
-# Weight of a positive label per AU from the train split's counts: sqrt(negatives/positives),
-# capped. "balanced" (the full ratio) over-predicts at the 0.5 threshold evaluate uses: on the
-# demo the best threshold moved to 0.8 and macro F1 at 0.5 fell by 0.05.
-TRAIN_POS_WEIGHT = "sqrt"
-TRAIN_MAX_POS_WEIGHT = 10.0
-TRAIN_SCRATCH_BN_MOMENTUM = 0.9  # BatchNorm momentum of a backbone trained from scratch (weights none)
-TRAIN_CACHE_MB = 2048  # a split whose resized images fit is cached in memory
-TRAIN_SHUFFLE_BUFFER = 2048
-TRAIN_MIXED_PRECISION = True  # on GPU only
-
-# --- evaluate -----------------------------------------------------------------------------
-EVALUATE_BATCH_SIZE = 64  # images per call of the model's serving signature (CLI / logic only)
-EVALUATE_MIN_MACRO_F1 = 0.5
-EVALUATE_MIN_MACRO_AUC = 0.7
-EVALUATE_TOLERANCE = 0.01
-
-# --- push ---------------------------------------------------------------------------------
-REGISTRY = "runs/registry"
-MODEL_NAME = "au-detector"
-PUSH_FORCE = False
-PUSH_KEEP = 0  # 0 keeps every version
+# train, evaluate and push: components/train/params.py (SCRATCH_BN_MOMENTUM too), components/evaluate/params.py,
+# components/push/params.py; the registry and model name they share: components/common/params.py.
 
 # --- cluster ------------------------------------------------------------------------------
 # compile.py / pipeline.py submit|schedule. The images default to components/common/images.py.
@@ -108,6 +56,7 @@ CLUSTER_RESOURCES = {
     "evaluate": ("2", "4", "8Gi", "16Gi"),
     "push": ("500m", "1", "1Gi", "2Gi"),
     "report": ("500m", "1", "1Gi", "2Gi"),
+    "annotate": ("4", "8", "8Gi", "16Gi"),  # the annotate DAG's (pipeline/annotate_dag.py): a model per core
 }
 # Steps that talk to the network or to a Beam runner fail for passing reasons (a 503, a
 # preempted node); KFP reruns them with backoff. Their work resumes, so a retry repeats nothing.
@@ -160,7 +109,18 @@ RUNNERS = ("local", "docker")
 
 
 # --- presets: the study's experiments, a flag away (`--preset NAME`; flags given beside it win) --------
+# The demo's recipe: `pipeline.py run` and `sweep` apply it to the demo set (without --source), under any other preset
+# and the flags given; the pipeline's own defaults (the compiled spec, the KFP UI, `run --source`) are the recipe for
+# real photos on a GPU (components/train/params.py). On the face crops of `make run`'s in-the-wild scenes (about 1,400
+# train images) it trains on 2 CPU cores in about 2 minutes and reaches macro F1 0.88 at threshold 0.5 on the test
+# split, 0.895 on a held-out set of another seed (benchmarks/faces.py). It differs from the study's where a CPU and no
+# ImageNet weights (no internet) need it: compactcnn, a small separable CNN built to learn from scratch, at 128 px
+# (image_size 0) and batch 32 (batch_size 0) from 160 px crops (keras.applications' MobileNetV3Small from scratch with
+# the same settings reached 0.69 in 255 s); Adam at 0.002 (the study's RMSprop at 0.001 reached 0.75 in 16 epochs).
+DEMO_PRESET = "demo"
 PRESETS: dict[str, dict] = {
+    DEMO_PRESET: {"backbone": "compactcnn", "weights": "none", "image_size": 0, "fine_tune": "full", "epochs": 16,
+                  "batch_size": 0, "optimizer": "adam", "learning_rate": 0.002, "face_size": 160},
     # Its Table 3: all 60 AUs with 999 read as 0. Accuracy looks high because almost every label is
     # a 0 that was never annotated; F1 on the rare positives is near zero.
     "study-60au": {"aus": ",".join(str(a) for a in range(1, 61)), "policy": "zero"},

@@ -9,39 +9,15 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 
 from components.common import errors, progress
+from components.report.records import RunResult, StepRecord, step_figures
+from components.report.render import render
 
 LOGS_DIR = "logs"  # <run_dir>/logs/<step>.log: every step's full output (the KFP executor's included)
+REPORT_FILE = "report.html"  # <run_dir>/report.html: the run report, with the step times
 # Lines of a failed step's log shown on the console under its name.
 FAILED_LOG_TAIL = 15
-
-
-@dataclass
-class StepRecord:
-    name: str
-    status: str = "not run"
-    seconds: float | None = 0.0  # None where it is not known (the report step on a cluster)
-    outputs: dict = field(default_factory=dict)  # output name -> local path or value
-    log: str = ""  # the step's full output
-    figures: str = ""  # its key figures, one line for a person
-    refusal: str = ""  # why the step refused its input (its `refused: <step>: <message>` line); "" when it did not
-
-
-@dataclass
-class RunResult:
-    run_dir: str
-    ok: bool
-    steps: list[StepRecord]
-    error: str = ""
-
-    def step(self, name: str) -> StepRecord | None:
-        return next((s for s in self.steps if s.name == name), None)
-
-    def output_path(self, step: str, output: str) -> str | None:
-        s = self.step(step)
-        return s.outputs.get(output) if s else None
 
 
 def _describe(value):
@@ -49,61 +25,6 @@ def _describe(value):
     if path is not None:
         return path
     return value
-
-
-def read_json(folder, name: str) -> dict:
-    """A step output's JSON file as a dict; {} when the folder or file is missing or unreadable."""
-    try:
-        with open(os.path.join(str(folder), name)) as f:
-            return json.load(f)
-    except (OSError, ValueError, TypeError):
-        return {}
-
-
-def step_figures(step: str, outputs: dict) -> str:
-    """The few numbers a person wants from a finished step, read from its outputs (contracts 1-6)."""
-    from components.common import evaluation, examples, ledger, manifest, model, registry, validation
-
-    if step == "ingest":
-        s = read_json(outputs.get("manifest"), manifest.INGEST_SUMMARY_FILE)
-        return f"{s['kept']} rows kept, {s['rejected']} rejected" if s else ""
-    if step == "download":
-        s = read_json(outputs.get("downloads"), ledger.DOWNLOAD_SUMMARY_FILE)
-        return f"{s['ok']} images ok, {s['failed']} failed" if s else ""
-    if step == "validate":
-        s = read_json(outputs.get("validation"), validation.VALIDATION_SUMMARY_FILE)
-        return f"{s.get('anomaly_count', 0)} anomalies, failure rate {s.get('failure_rate', 0):.1%}" if s else ""
-    if step in ("convert", "filter-examples"):
-        s = read_json(outputs.get("examples") or outputs.get("filtered"), examples.EXAMPLES_SUMMARY_FILE)
-        if not s:
-            return ""
-        splits = " / ".join(str(s["splits"].get(name, {}).get("examples", 0)) for name in examples.SPLITS)
-        out = f"{splits} train/validation/test examples"
-        if step == "convert":
-            from components.common.faces import face_counters
-
-            c = face_counters(s["counters"])
-            out += f"; {c['faces_cropped']} face crops, {c['faces_skipped']} skipped without a face"
-        return out
-    if step == "train":
-        h = read_json(outputs.get("model"), model.HISTORY_FILE)
-        if not h:
-            return ""
-        epochs = len(h["epochs"]) if isinstance(h.get("epochs"), list) else h.get("epochs")
-        loss = h.get("best_val_loss")
-        return (f"{epochs} epochs, best validation loss {loss:.3f} (epoch {h.get('best_epoch')})" if loss is not None
-                else f"{epochs} epochs")
-    if step == "evaluate":
-        m = read_json(outputs.get("evaluation"), evaluation.METRICS_FILE)
-        b = read_json(outputs.get("evaluation"), evaluation.BLESSING_FILE)
-        if not m or "at_default" not in m:
-            return ""
-        d = m["at_default"]["macro"]
-        return f"macro F1 {d['f1']:.3f}, AUC {d['auc']:.3f}; {'blessed' if b.get('blessed') else 'not blessed'}"
-    if step == "push":
-        p = read_json(outputs.get("pushed"), registry.PUSH_FILE)
-        return (f"pushed version {p['version']}" if p.get("pushed") else "not pushed") if p else ""
-    return ""
 
 
 BAR_WIDTH = 20  # characters of a progress bar on the console
@@ -292,10 +213,11 @@ class _LogWriter:
 
 
 def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: bool = False,
-                 containers=None) -> RunResult:
+                 containers=None, steps=None) -> RunResult:
     """Runs the DAG with kfp.local, pipeline root run_dir: each step a subprocess in this Python environment
     (SubprocessRunner), or, given `containers` (a pipeline.containers.ContainerRun), each step in a container of its
-    image (DockerRunner), as a cluster runs it.
+    image (DockerRunner), as a cluster runs it. steps: the step names of pipeline_func, in order, when it is another
+    DAG than pipeline.dag's (e.g. pipeline/annotate_dag.py's).
 
     The console gets a line as each step starts and ends; each step's full output is kept in
     run_dir/logs/<step>.log (verbose also streams it to the console, as kfp.local does).
@@ -304,6 +226,7 @@ def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: boo
 
     from pipeline.dag import STEPS
 
+    names = tuple(steps or STEPS)
     os.makedirs(run_dir, exist_ok=True)
     console = _Console(os.path.join(run_dir, LOGS_DIR), verbose)
     if containers is None:
@@ -322,7 +245,7 @@ def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: boo
         runner = local.DockerRunner()
         in_containers = run_tasks_in_containers(settings, lambda: console.step, console.line)
     local.init(runner=runner, pipeline_root=os.path.abspath(run_dir), raise_on_error=False)
-    records: dict[str, StepRecord] = {name: StepRecord(name) for name in STEPS}
+    records: dict[str, StepRecord] = {name: StepRecord(name) for name in names}
     error = ""
     with warnings.catch_warnings():
         # kfp.local warns that our cluster images are not python images; they are not used here.
@@ -332,7 +255,7 @@ def run_pipeline(arguments: dict, run_dir: str, pipeline_func=None, verbose: boo
                 pipeline_func(**arguments)
             except Exception as e:  # kfp.local raises when the pipeline fails even with raise_on_error=False
                 error = f"{type(e).__name__}: {e}"
-    steps = [records[n] for n in STEPS]
+    steps = [records[n] for n in names]
     ok = all(s.status == "succeeded" for s in steps)
     refused = next((s for s in steps if s.refusal), None)
     if refused is not None:  # the cause in the step's words, whatever kfp.local raised about it
@@ -384,3 +307,12 @@ def load_result(run_dir: str) -> RunResult:
     steps = [StepRecord(s["name"], s["status"], s["seconds"], dict(s.get("outputs") or {}), s.get("log", ""),
                         s.get("figures", ""), s.get("refusal", "")) for s in d["steps"]]
     return RunResult(run_dir=os.path.abspath(run_dir), ok=d["ok"], steps=steps, error=d.get("error", ""))
+
+
+def write_report(result: RunResult) -> str:
+    """Writes <run_dir>/report.html, the report package's page of this run with its step times; returns its path."""
+    path = os.path.join(result.run_dir, REPORT_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(render(result))
+    os.replace(path + ".tmp", path)
+    return path

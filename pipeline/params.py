@@ -19,17 +19,15 @@ def pipeline_parameters(pipeline_func=None) -> list[tuple[str, type, object, str
     return out
 
 
-def add_pipeline_parameter_flags(parser: argparse.ArgumentParser, pipeline_func=None, skip=()) -> None:
-    """Adds --NAME-WITH-DASHES for each pipeline parameter (bools get --x / --no-x)."""
-    group = parser.add_argument_group("pipeline parameters")
+def add_pipeline_parameter_flags(parser: argparse.ArgumentParser, pipeline_func=None, skip=(), presets: bool = True,
+                                 title: str = "pipeline parameters") -> None:
+    """Adds --NAME-WITH-DASHES for each pipeline parameter (bools get --x / --no-x); presets: --preset too (the
+    training DAG's)."""
+    group = parser.add_argument_group(title)
     from pipeline import defaults
 
-    group.add_argument("--preset", choices=sorted(defaults.PRESETS), default=None,
-                       help="One of the study's experiments: " + "; ".join(
-                           f"{name}: " + ", ".join(f"{k}={v if len(str(v)) < 30 else str(v)[:12] + '...'}"
-                                                   for k, v in values.items())
-                           for name, values in sorted(defaults.PRESETS.items()))
-                       + ". Flags given beside it win.")
+    if presets:
+        _add_preset_flag(group, defaults)
     for name, typ, default, doc in pipeline_parameters(pipeline_func):
         if name in skip:
             continue
@@ -39,6 +37,16 @@ def add_pipeline_parameter_flags(parser: argparse.ArgumentParser, pipeline_func=
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             group.add_argument(flag, dest=name, type=typ, default=None, metavar=typ.__name__.upper(), help=help_text)
+
+
+def _add_preset_flag(group, defaults) -> None:
+    group.add_argument("--preset", choices=sorted(defaults.PRESETS), default=None,
+                       help="A recipe (demo: the demo set's, applied without --source; the others: the study's "
+                            "experiments): " + "; ".join(
+                           f"{name}: " + ", ".join(f"{k}={v if len(str(v)) < 30 else str(v)[:12] + '...'}"
+                                                   for k, v in values.items())
+                           for name, values in sorted(defaults.PRESETS.items()))
+                       + ". Flags given beside it win.")
 
 
 def pipeline_arguments(args: argparse.Namespace, pipeline_func=None) -> dict:

@@ -12,8 +12,25 @@ EVALUATION_REPORT_FILE = "report.md"
 ROC_FILE = "roc.png"
 PR_FILE = "pr.png"
 VA_FILE = "va.png"
+SLICES_FILE = "slices.png"  # macro F1 per slice (metrics.json's "slices")
+# A few test-split faces (their encoded bytes, keys) and a picture without a face, with what the shared scorer
+# (components.common.inference) answered for each: push's infra validation sends them to the candidate's server.
+CANONICAL_REQUESTS_FILE = "canonical_requests.json"
+NO_FACE_KEY = "no-face.png"  # the canonical picture without a face
+
+
+def no_face_png() -> bytes:
+    """A flat grey picture: no face in it, so an answer to it must say so (the contract's no-face path)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(buf, "PNG")
+    return buf.getvalue()
+
 # The evaluation files a registry version carries beside the model (push copies those present).
-EVALUATION_FILES = (METRICS_FILE, BLESSING_FILE, EVALUATION_REPORT_FILE, ROC_FILE, PR_FILE, VA_FILE)
+EVALUATION_FILES = (METRICS_FILE, BLESSING_FILE, EVALUATION_REPORT_FILE, ROC_FILE, PR_FILE, VA_FILE, SLICES_FILE)
 
 
 class EvaluationError(StepRefusal):

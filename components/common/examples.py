@@ -12,7 +12,7 @@ EXAMPLES_SUMMARY_FILE = "examples_summary.json"  # written last by convert and f
 SHARD_PATTERN = "{split}-{index:05d}-of-{count:05d}.tfrecord"
 _SHARD_RE = re.compile(r"^(train|validation|test)-(\d{5})-of-(\d{5})\.tfrecord$")
 
-# Feature keys, exactly as in DESIGN.md contract 3.
+# Feature keys, exactly as in docs/architecture.md, contract 3.
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"
 IMAGE_HEIGHT = "image/height"
@@ -99,6 +99,8 @@ def example_to_dict(example) -> dict:
 
     if faces.FACE_STATUS in f:
         out["face_status"] = f[faces.FACE_STATUS].bytes_list.value[0].decode()
+    if faces.FACE_SCALE in f:
+        out["face_scale"] = f[faces.FACE_SCALE].bytes_list.value[0].decode()
     for name, field in ((faces.FACE_BOX, "face_box"), (faces.FACE_LANDMARKS, "face_landmarks"),
                         (faces.FACE_SCORE, "face_score"), (faces.FACE_ANGLE, "face_angle")):
         if name in f:

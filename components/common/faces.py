@@ -27,16 +27,23 @@ FACE_LANDMARKS = "face/landmarks"  # float[12]: x, y of right eye, left eye, nos
 FACE_SCORE = "face/score"  # float[1]: the detector's confidence
 FACE_ANGLE = "face/angle"  # float[1]: degrees the crop was rotated so the eyes are level
 FACE_COUNT = "face/count"  # int64[1]: faces found in the image (the largest is cropped)
+FACE_SCALE = "face/scale"  # bytes: which pass of the face finder found the face cropped: one of SCALES
+SOURCE_SIZE = "face/source_size"  # int64[2]: width, height of the source image (the frame of box and landmarks)
 # The landmarks' order, as MediaPipe's BlazeFace gives them ("right" is the person's right).
 LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
 
 MODES = ("crop", "whole")
 NO_FACE_POLICIES = ("skip", "whole")
 # MediaPipe's BlazeFace, shipped inside its wheel: the full-range model (faces small in the frame), then the
-# short-range one when the first finds nothing.
-DETECTOR = "blazeface-full+short"
+# short-range one when the first finds nothing; then, where the picture is larger than a tile and no face was
+# found, the full-range model on overlapping tiles (components/common/facefinder/tiles.py).
+DETECTOR = "blazeface-full+short+tiles"
 # Larger images are shrunk to this longest side for detection only (the crop uses every pixel).
 DETECT_MAX_SIDE = 1280
+# The scales a face is found at: the whole picture in the detector's 192 px view, or a tile of it.
+SCALE_PICTURE = "picture"
+SCALE_TILES = "tiles"
+SCALES = (SCALE_PICTURE, SCALE_TILES)
 
 # The face settings as parameters: convert's (and so the DAG's), the faces CLI's; FaceSettings' defaults.
 FACE_PARAMS = (
@@ -44,7 +51,8 @@ FACE_PARAMS = (
           "picture).", choices=MODES),
     Param("no_face", str, "skip", "What to do with an image in which no face is found: skip or whole.",
           choices=NO_FACE_POLICIES),
-    Param("face_size", int, 160, "Side of the square face crop, in pixels (train resizes to its --image-size)."),
+    # 224: ResNet-50's input, train's default (the demo preset keeps 160).
+    Param("face_size", int, 224, "Side of the square face crop, in pixels (train resizes to its --image-size)."),
     Param("face_margin", float, 0.25, "Added on each side of the face box, as a share of its side."),
     Param("face_min_score", float, 0.5, "Detector confidence needed to call it a face (0..1)."),
 )
@@ -91,8 +99,15 @@ def counter_name(reason: str) -> str:
     return f"faces_{reason}"
 
 
+def found_counter(scale: str) -> str:
+    """The convert counter of the faces a scale found: faces_found_picture, faces_found_tiles."""
+    return f"faces_found_{scale}"
+
+
+# faces_tiled: images whose tiles were searched (the whole picture gave no face).
+TILED = "faces_tiled"
 COUNTERS = tuple(counter_name(r) for r in (CROPPED, NO_FACE_WHOLE, WHOLE) + REASONS) + (
-    "faces_multiple", "faces_skipped")
+    "faces_multiple", "faces_skipped") + tuple(found_counter(s) for s in SCALES) + (TILED,)
 
 
 def face_counters(counters: dict) -> dict:
@@ -115,6 +130,9 @@ def format_counters(counters: dict) -> str:
         parts.append("reasons: " + ", ".join(why))
     if c["faces_multiple"]:
         parts.append(f"{c['faces_multiple']} with several faces (the largest used)")
+    if any(c[found_counter(s)] for s in SCALES) or c[TILED]:
+        parts.append(f"faces found: {c[found_counter(SCALE_PICTURE)]} in the whole picture, "
+                     f"{c[found_counter(SCALE_TILES)]} in tiles (searched in {c[TILED]} images)")
     return "; ".join(parts)
 
 

@@ -1,4 +1,10 @@
-"""The shared scorer: a trained or pushed model on images or video frames, every face's AU probabilities (predict, serve, annotate)."""
+"""The shared scorer (predict, serve, annotate): a model on images or video frames, every face's AU probabilities.
+
+Interface kept stable for its users: Scorer(model_uri, which_faces=, batch_size=, threshold=) with .version,
+.model_dir, .config, .au_ids, .thresholds; score(images, names) and score_frames(rgb_arrays, names), one dict per
+picture {"image", "width", "height", "faces": [{"face", "box": [x, y, w, h], "landmarks", "score", "angle",
+"probabilities", "active"}], "error", "reason"}; warmup(). A bad picture never raises: its error says what to do.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -59,29 +65,44 @@ _NOISE = re.compile(
     r"|gl_context|GL version|OpenGL|Attempting to fetch value instead of handling error"
 )
 _quiet = False  # set by quiet_libraries()
+# The stderr descriptor is the process's: one redirection at a time (loads in several threads of a Beam worker or
+# a server wait here), and a nested use inside it changes nothing.
+_noise_lock = threading.RLock()
+_noise_depth = 0
 
 
 @contextlib.contextmanager
 def library_noise():
     """Around loading TensorFlow, the model or the face detector: their banners are dropped and any other line they
     write to stderr (a real error) is shown, after quiet_libraries(); does nothing otherwise."""
+    global _noise_depth
     if not _quiet:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode("utf-8", "replace").splitlines():
-                if line.strip() and not _NOISE.search(line):
-                    print(line, file=sys.stderr)
+    with _noise_lock:
+        if _noise_depth:
+            _noise_depth += 1
+            try:
+                yield
+            finally:
+                _noise_depth -= 1
+            return
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            _noise_depth = 1
+            try:
+                yield
+            finally:
+                _noise_depth = 0
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                for line in captured.read().decode("utf-8", "replace").splitlines():
+                    if line.strip() and not _NOISE.search(line):
+                        print(line, file=sys.stderr)
 
 
 def quiet_libraries(verbose: bool = False) -> None:
@@ -117,6 +138,24 @@ def quiet_libraries(verbose: bool = False) -> None:
         absl_logging.set_stderrthreshold("error")
     except ImportError:  # absl comes with TensorFlow; without it there is nothing to quiet
         pass
+
+
+def import_tensorflow():
+    """TensorFlow, imported without the Keras it loads eagerly: a SavedModel's signature needs no Keras, and
+    TensorFlow 2.16's `import keras.src.optimizers` (all of Keras) is most of its import time (measured: 25 s
+    of a 2-core machine's start-up cut to 8). Keras still imports normally afterwards, when asked for."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    stub = "keras" not in sys.modules
+    if stub:
+        sys.modules["keras.src.optimizers"] = None  # TensorFlow's __init__ catches the ImportError this raises
+    try:
+        with library_noise():
+            import tensorflow as tf
+    finally:
+        if stub and sys.modules.get("keras.src.optimizers", 0) is None:
+            del sys.modules["keras.src.optimizers"]
+    return tf
 
 
 def read_thresholds(model_dir: str, au_ids: list[int], override: float | None = None) -> tuple[dict, str]:
@@ -156,10 +195,17 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 def decode(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, dict | None]:
     """(H x W x 3 uint8 RGB, None) of an image's bytes, turned upright by its EXIF orientation; or (None, the
     result of an image that cannot be scored, with its error and reason). Never raises on bad bytes."""
+    rgb, bad, _ = _decode(data, name, max_pixels)
+    return rgb, bad
+
+
+def _decode(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, dict | None, bool]:
+    """decode(), and whether the picture was turned (its bytes then are not what the model must see)."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
-        return None, _error(name, 0, 0, NOT_IMAGE, f"{name} is empty (0 bytes): pass an image file (JPEG, PNG, ...)")
+        return None, _error(name, 0, 0, NOT_IMAGE, f"{name} is empty (0 bytes); pass an image file (JPEG, PNG, "
+                            "...)"), False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
@@ -168,31 +214,31 @@ def decode(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.nda
             orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") else 1
     except Image.DecompressionBombError as e:
         return None, _error(name, 0, 0, TOO_LARGE, f"{name} is too large to decode ({e}); shrink it below "
-                            f"{max_pixels // 1_000_000} megapixels and pass it again")
+                            f"{max_pixels // 1_000_000} megapixels and pass it again"), False
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         why = "no image format recognised" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
         return None, _error(name, 0, 0, NOT_IMAGE, f"{name} is not an image that can be read ({why}); pass a JPEG, "
-                            "PNG, GIF, WebP, BMP or TIFF file, or a video (mp4, avi, mov, webm)")
+                            "PNG, GIF, WebP, BMP or TIFF file, or a video (mp4, avi, mov, webm)"), False
     if width * height > max_pixels:
         return None, _error(name, width, height, TOO_LARGE,
                             f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels), over the "
                             f"{max_pixels // 1_000_000}-megapixel limit; shrink it (a face needs far fewer pixels) "
-                            "and pass it again")
+                            "and pass it again"), False
     if min(width, height) < contract.MIN_IMAGE_SIDE:
         return None, _error(name, width, height, TOO_SMALL,
                             f"{name} is {width}x{height} px: too small to hold a face (the shorter side must be at "
-                            f"least {contract.MIN_IMAGE_SIDE} px); pass a bigger picture")
+                            f"least {contract.MIN_IMAGE_SIDE} px); pass a bigger picture"), False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             rgb_image, _ = imaging.decode_rgb(data)
     except imaging.UndecodableImage as e:
         return None, _error(name, width, height, CORRUPT,
-                            f"{name} is a damaged or truncated image ({e}); copy or download it again")
+                            f"{name} is a damaged or truncated image ({e}); copy or download it again"), False
     transpose = _ORIENTATION.get(int(orientation or 1))
     if transpose:
         rgb_image = rgb_image.transpose(getattr(Image.Transpose, transpose))
-    return np.asarray(rgb_image), None
+    return np.asarray(rgb_image), None, bool(transpose)
 
 
 class Scorer:
@@ -225,6 +271,7 @@ class Scorer:
         try:
             local = registry.fetch_local(self.model_dir, workdir) if workdir else self.model_dir
             self.config = model.read_model_config(local)
+            import_tensorflow()
             with library_noise():
                 self._signature = model.load_signature(local)
         finally:
@@ -283,11 +330,12 @@ class Scorer:
         results: list[dict] = []
         inputs: list[tuple[int, int, bytes]] = []  # (result index, face index, the model's input)
         for data, name in items:
-            rgb, bad = _frame(data, name) if decoded else decode(data, name)
+            rgb, bad, turned = (*_frame(data, name), True) if decoded else _decode(data, name)
             if bad is not None:
                 results.append(bad)
                 continue
-            result, crops = self._faces(rgb, name, None if decoded else data)
+            # A picture's own bytes go to a whole-picture model as convert passed them, unless it was turned upright.
+            result, crops = self._faces(rgb, name, None if turned else data)
             inputs.extend((len(results), i, crop) for i, crop in enumerate(crops))
             results.append(result)
         outputs = self._run_batches(inputs, results)

@@ -211,7 +211,8 @@ def add_param_flag(parser, p: Param, default: Any = dataclasses.MISSING, help_su
 # --- parameters two steps share: declared once here, so the DAG and both steps describe them alike ------------------
 BEAM_ARGS = Param(
     "beam_args", str, "",
-    'Apache Beam pipeline options for convert and filter, e.g. --beam-args="--runner=DataflowRunner --project=P '
-    '--region=R --temp_location=gs://B/tmp" ("" = the local FnApiRunner).')
+    'Apache Beam pipeline options of the Beam steps (convert, filter, annotate), e.g. '
+    '--beam-args="--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp" ("" = the local '
+    'FnApiRunner).')
 REGISTRY = Param("registry", str, "runs/registry", "Model registry root, a local folder or gs:// prefix.")
 MODEL_NAME = Param("model_name", str, "au-detector", "Name of the model in the registry.")

@@ -209,7 +209,8 @@ def run(
         raise ConvertError(_why_no_example(counters, stats["counters"], downloads_dir, faces))
     summary = beamio.write_summary(output_dir, au_ids, stats, plan, has_va=has_va, policy=None,
                                    counters={**counters, **stats["counters"]},
-                                   parameters={"validation_fraction": validation_fraction,
+                                   # The manifest read: evaluate's slices by the URL's host follow it.
+                                   parameters={"manifest": manifest_dir, "validation_fraction": validation_fraction,
                                                "test_fraction": test_fraction, "max_side": int(max_side),
                                                "faces": faces.to_dict()})
     storage.delete(staging)

@@ -77,6 +77,10 @@ def convert_part(task: dict) -> dict:
                 counters[face_contract.counter_name(image.reason)] += 1
             if image.count > 1:
                 counters["faces_multiple"] += 1
+            for scale in image.scales:  # how many faces each scale of the face finder found
+                counters[face_contract.found_counter(scale)] += 1
+            if image.tiles:
+                counters[face_contract.TILED] += 1
             if image.jpeg is None:
                 counters["faces_skipped"] += 1
                 continue

@@ -270,7 +270,7 @@ def compact(root: str, keep: str | None = None, verify_files: bool = False, base
             sources.append(ledger_source(base, 0))
         if storage.is_gcs(uri):
             # Written back only over the generation read here (a store's lock guards it too).
-            local = os.path.join(tmp, "ledger.parquet")
+            local = os.path.join(tmp, LEDGER_FILE)
             generation = storage.download_versioned(uri, local)
             if generation:
                 sources.append(ledger_source(local, 1))

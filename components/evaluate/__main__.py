@@ -18,18 +18,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.common.errors import refuse
     from components.common.registry import RegistryError
+    from components.common.metric_tables import format_table
     from components.evaluate import logic
+    from components.evaluate.scoring import EvaluateError
 
     try:
         result = logic.run(args.examples, args.model, args.evaluation, **SPEC.values(args))
-    except (logic.EvaluateError, RegistryError) as e:
+    except (EvaluateError, RegistryError) as e:
         return refuse("evaluate", e)
     except OSError as e:
         return refuse("evaluate", f"{e.filename or ''} {e.strerror or e}".strip())
     except gcs_errors.GoogleAPICallError as e:
         return refuse("evaluate", f"Cloud Storage refused: {e.message}")
     blessing = result["blessing"]
-    print(logic.format_table(result["metrics"]))
+    print(format_table(result["metrics"]))
     print()
     print(("BLESSED" if blessing["blessed"] else "NOT BLESSED") + f" (evaluation in {args.evaluation})")
     for reason in blessing["reasons"]:

@@ -19,6 +19,10 @@ def evaluate(
     min_macro_f1: float,
     min_macro_auc: float,
     tolerance: float,
+    min_slice_size: int,
+    min_slice_macro_f1: float,
+    slice_tolerance: float,
+    slice_by: str,
 ):
     import os
 
@@ -36,6 +40,10 @@ def evaluate(
             min_macro_f1=min_macro_f1,
             min_macro_auc=min_macro_auc,
             tolerance=tolerance,
+            min_slice_size=min_slice_size,
+            min_slice_macro_f1=min_slice_macro_f1,
+            slice_tolerance=slice_tolerance,
+            slice_by=slice_by,
             kfp_metrics=metrics,
             kfp_classification_metrics=classification_metrics,
             report_path=report.path,

@@ -22,5 +22,19 @@ SPEC = StepSpec(
         Param("tolerance", float, 0.01, "How much lower than the live model's a blessed model's macro F1 and AUC (AU "
               "task) or mean CCC (valence/arousal) may be."),
         Param("batch_size", int, 64, "Images per call of the model's serving signature.", pipeline=None),
+        # Slices (components/evaluate/slices.py). 30 examples: fewer hold a handful of positives per AU, whose F1
+        # swings by more than any floor is worth. No floor by default: the demo's test split is small and a floor
+        # is a deployment's choice. A slice may fall 0.1 below the live model's: ten times the whole split's
+        # tolerance, as a slice of 30 is that much noisier; a larger fall is worth a look before it goes live.
+        Param("min_slice_size", int, 30, "Examples a slice needs to be measured and judged; smaller ones are listed "
+              "as too small."),
+        Param("min_slice_macro_f1", float, 0.0, "Lowest macro F1 (at 0.5) the worst slice may have to be blessed "
+              "(0 turns the floor off)."),
+        Param("slice_tolerance", float, 0.1, "How much lower than the live model's a slice's macro F1 (at 0.5) may "
+              "be before the model is refused."),
+        Param("slice_by", str, "", "Manifest columns to slice by as well, comma-separated (e.g. AU43); the URL's "
+              "host is always a slice where the manifest can be read."),
+        Param("manifest", str, "", "The manifest the examples came from (the URL's host, --slice-by columns); "
+              "default: the one convert recorded in examples_summary.json.", pipeline=None),
     ),
 )

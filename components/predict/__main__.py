@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "detector score and each Action Unit's probability and active flag.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="Image or video files, folders or globs (local or gs://).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="Image or video files, folders or globs (local or gs://).")
     p.add_argument("--model", default=f"{REGISTRY.default}/{MODEL_NAME.default}",
                    help="Registry model root (<registry>/<model_name>, follows LATEST), a version folder, or a model "
                         "folder with saved_model/; local or gs://. Default: %(default)s.")

@@ -1,5 +1,4 @@
-"""Predict with a trained or pushed model: every face of images and videos (files, folders, globs), its box,
-landmarks and each AU's probability and active flag, as a table on the console, JSON, CSV or Parquet."""
+"""The predict step: every face of images and videos (files, folders, globs) scored by a trained or pushed model."""
 from __future__ import annotations
 
 import glob

@@ -1,5 +1,4 @@
-"""predict's table, in OpenFace's spirit: one row per image (or sampled video frame) and face, a column per AU
-(AU01_r, the probability; AU01_c, 1 when active at the model's threshold); and its CSV and Parquet writers."""
+"""predict's table in OpenFace's spirit (a row per image or frame and face, AU01_r/AU01_c per AU) and its writers."""
 from __future__ import annotations
 
 import csv
@@ -44,8 +43,8 @@ def _face_values(face: dict, task: str, au_ids: list[int]) -> dict:
     return row
 
 
-def result_rows(result: dict, task: str, au_ids: list[int], frame: int | None = None,
-                timestamp: float | None = None, face_ids: list[int] | None = None, file: str | None = None) -> list[dict]:
+def result_rows(result: dict, task: str, au_ids: list[int], frame: int | None = None, timestamp: float | None = None,
+                face_ids: list[int] | None = None, file: str | None = None) -> list[dict]:
     """The rows of one scored picture (a Scorer result): one per face, or one saying why there is none.
     A video frame's rows name the video (file), the frame and its time, and the face ids kept across frames."""
     base = {FILE: file or result["image"], FRAME: frame, TIMESTAMP: None if timestamp is None else round(timestamp, 3)}

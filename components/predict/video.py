@@ -1,5 +1,4 @@
-"""A video through the scorer: sampled frames streamed in batches, a face id kept across frames by box overlap,
-one row per frame and face, and a PNG of each AU's probability over time."""
+"""A video through the scorer: sampled frames in batches, face ids kept by box overlap, rows, and a plot over time."""
 from __future__ import annotations
 
 import math
@@ -17,6 +16,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v", ".mpg", ".m
 NOT_VIDEO = "not_video"  # OpenCV cannot open it or read a frame: truncated, damaged, or a codec it lacks
 MIN_IOU = 0.3  # boxes overlapping this much in consecutive sampled frames are the same face
 MAX_GAP = 15  # sampled frames a face may be unseen (turned away, occluded) and keep its id
+# Decoded frames held at once, in pixels (~150 MB of RGB): 24 frames of 1080p, 6 of 4K, at most the batch size.
+BATCH_PIXELS = 50_000_000
 
 
 def is_video(name: str) -> bool:
@@ -135,6 +136,8 @@ def score_video(scorer: inference.Scorer, path: str, name: str, writer: table.Ro
         summary.update(fps=round(video_fps, 3), width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0),
                        height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0))
         step = sample_step(video_fps, every, fps)
+        frame_pixels = max(1, summary["width"] * summary["height"])
+        batch_frames = max(1, min(scorer.batch_size, BATCH_PIXELS // frame_pixels))
         series = list(scorer.thresholds) if scorer.task == "au" else ["valence", "arousal"]
         curves, tracker = Curves(series), Tracker()
         active = {s: 0 for s in scorer.thresholds}
@@ -173,7 +176,7 @@ def score_video(scorer: inference.Scorer, path: str, name: str, writer: table.Ro
                 batch.append((index, t))
                 frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 next_sample += step
-                if len(batch) >= scorer.batch_size:
+                if len(batch) >= batch_frames:
                     flush()
             elif not cap.grab():  # skipped frames are not decoded
                 break
@@ -195,9 +198,9 @@ def score_video(scorer: inference.Scorer, path: str, name: str, writer: table.Ro
         summary["warning"] = (f"{name} ended after {index} of the {total} frames its header announces: it may be "
                               "truncated; the frames read are scored")
     if plot_path and summary["with_face"]:
+        what = "AU probabilities" if scorer.task == "au" else "valence and arousal"
         summary["plot"] = plot(curves, scorer.thresholds,
-                               f"{os.path.basename(name)}: largest face" + (" AU probabilities" if scorer.task == "au"
-                                                                            else " valence and arousal"), plot_path)
+                               f"{os.path.basename(name)}: {what} of the largest face of each frame", plot_path)
     if summary["with_face"] == 0:
         summary.update(reason=contract.NO_FACE,
                        error=f"no face found in any of the {summary['sampled']} sampled frames of {name}; check that "

@@ -15,6 +15,7 @@ def push(
     model_name: str,
     force: bool,
     keep: int,
+    infra_validate: bool,
 ):
     import os
 
@@ -31,5 +32,6 @@ def push(
             model_name=model_name,
             force=force,
             keep=keep,
+            infra_validate=infra_validate,
         )
     print(logic.describe(record))

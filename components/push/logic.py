@@ -118,11 +118,14 @@ def run(
     model_name: str = SPEC.defaults.model_name,
     force: bool = SPEC.defaults.force,
     keep: int = SPEC.defaults.keep,
+    infra_validate: bool = SPEC.defaults.infra_validate,
     version: str | None = None,
 ) -> dict:
     """Pushes a blessed model (or any, with force) as a new version; writes push.json to output_dir.
 
-    An unblessed model is not pushed and is no error: the record says why. Returns the record.
+    An unblessed model is not pushed and is no error: the record says why. Nor is one that fails infra validation
+    (components.push.infra: started in the serving code, it must answer evaluate's canonical requests as evaluate's
+    scorer did); LATEST then stays where it was. Returns the record.
     """
     if keep < 0:
         raise PushError(f"keep {keep} must be 0 (keep every version) or more")
@@ -149,6 +152,17 @@ def run(
         record["message"] = "not pushed: the model is not blessed (push with force to override)"
         _write_record(output_dir, record)
         return record
+
+    if infra_validate:
+        from components.push import infra
+
+        check = infra.validate(model_dir, evaluation_dir)
+        record["infra_validation"] = check
+        if not check["passed"]:
+            record["reasons"].append(f"infra validation failed: {check['reason']}")
+            record["message"] = f"not pushed: the model failed infra validation ({check['reason']})"
+            _write_record(output_dir, record)
+            return record
 
     previous = registry.read_latest(root)
     version = version or new_version(model_digest(model_dir))

@@ -18,5 +18,7 @@ SPEC = StepSpec(
         MODEL_NAME,
         Param("force", bool, False, "Push even when the model is not blessed.", pipeline="force_push"),
         Param("keep", int, 0, "Versions kept in the registry (0 keeps all).", pipeline="keep_versions"),
+        Param("infra_validate", bool, True, "Before moving LATEST, start the model in the serving code (a fresh "
+              "process) and check its answers to evaluate's canonical requests; a model that fails is not pushed."),
     ),
 )

@@ -1,10 +1,11 @@
 """The report step's one declaration: what it reads and writes."""
 from components.common.params import Artifact, Param, StepSpec
 
-# The report's inputs: each the output of one step of the DAG (the artifact's name, the step that wrote it).
+# The report's inputs, in DAG order: each the output of one step (the artifact's name, the DAG's task that wrote it;
+# the page names each step by its task, as a local run's report does).
 REPORT_INPUTS = (("manifest", "ingest"), ("downloads", "download"), ("validation", "validate"),
-                 ("examples", "convert"), ("filtered", "filter"), ("model", "train"), ("evaluation", "evaluate"),
-                 ("pushed", "push"))
+                 ("examples", "convert"), ("filtered", "filter-examples"), ("model", "train"),
+                 ("evaluation", "evaluate"), ("pushed", "push"))
 
 SPEC = StepSpec(
     name="report",

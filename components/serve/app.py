@@ -9,6 +9,7 @@ Routes (the Vertex AI two follow AIP_PREDICT_ROUTE and AIP_HEALTH_ROUTE through 
   POST /v2/models/NAME/infer            KServe V2 (Open Inference Protocol), JSON or binary tensor data
   POST /v1/faces                        raw image bytes (Content-Type image/*) -> the model and the image's faces
   GET  /model-card                      the version's model_card.json (404 when it has none)
+  GET  /metrics                         Prometheus counters: batches, images scored, queue, swaps
 Every answer from the model carries the version that answered, in the body and in the X-Model-Version header.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from components.common import registry
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 VERSION_HEADER = "X-Model-Version"
 RAW_ROUTE = "/v1/faces"
 CARD_ROUTE = "/model-card"
+METRICS_ROUTE = "/metrics"
 
 
 def default_model_name(model_uri: str) -> str:
@@ -115,11 +117,16 @@ class Server:
                                     + (f" (or {', '.join(also)})" if also else ""))
 
     async def _score(self, model: Loaded, images: list[bytes], names: list[str]) -> list[dict]:
-        for data, name in zip(images, names):
-            protocols.check_image(data, name, self.settings.max_pixels)
+        """One result per image: those that fail the header check get their error here, the rest the model's."""
+        results = [protocols.check_image(data, name, self.settings.max_pixels) for data, name in zip(images, names)]
+        todo = [i for i, r in enumerate(results) if r is None]
         try:
-            results = await asyncio.wait_for(self.batcher.submit(model.scorer, images, names),
-                                             self.settings.deadline_s)
+            if todo:
+                scored = await asyncio.wait_for(
+                    self.batcher.submit(model.scorer, [images[i] for i in todo], [names[i] for i in todo]),
+                    self.settings.deadline_s)
+                for i, r in zip(todo, scored):
+                    results[i] = r
         except QueueFull as e:
             raise RequestError(503, f"the server is busy ({e}); retry shortly", {"Retry-After": "1"}) from e
         except TimeoutError as e:
@@ -164,6 +171,24 @@ class Server:
         model = self._model()
         return self._answer(protocols.v2_metadata(self.model_name, model.version,
                                                   getattr(model.scorer, "task", "au")), model)
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' text format: what the batcher did, and the live version."""
+        b, current = self.batcher, self.live.current
+        version = current.version if current is not None and current.version else ""
+        lines = [
+            "# HELP serve_batches_total Batches the model scored.", "# TYPE serve_batches_total counter",
+            f"serve_batches_total {b.batches}",
+            "# HELP serve_images_scored_total Images the model scored.", "# TYPE serve_images_scored_total counter",
+            f"serve_images_scored_total {b.scored}",
+            "# HELP serve_queue_images Images waiting for the model.", "# TYPE serve_queue_images gauge",
+            f"serve_queue_images {b.queued}",
+            "# HELP serve_model_swaps_total New versions swapped in.", "# TYPE serve_model_swaps_total counter",
+            f"serve_model_swaps_total {self.live.swaps}",
+            "# HELP serve_model_ready Whether a model is loaded and warmed.", "# TYPE serve_model_ready gauge",
+            f'serve_model_ready{{version="{version}"}} {int(current is not None)}',
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     async def card(self, request: Request) -> Response:
         model = self._model()
@@ -222,6 +247,7 @@ class Server:
             Route("/v2/models/{name}", self.v2_metadata, methods=["GET"]),
             Route(RAW_ROUTE, self.faces, methods=["POST"]),
             Route(CARD_ROUTE, self.card, methods=["GET"]),
+            Route(METRICS_ROUTE, self.metrics, methods=["GET"]),
         ]
 
 

@@ -59,7 +59,8 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        """Images waiting for a batch (those of requests that gave up included until the collector drops them)."""
+        """Images waiting for a batch (those of requests that gave up are dropped first)."""
+        self._drop_abandoned()
         return len(self._pending)
 
     def _drop_abandoned(self) -> None:

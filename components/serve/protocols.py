@@ -12,7 +12,9 @@ RequestError with the status and a message that says what was expected.
 - Raw bytes: the body is the image; Content-Type image/*.
 
 An image result is components.common.inference's: {image, width, height, faces: [{face, box, landmarks, score,
-angle, probabilities, active}], faces_found, error, reason}.
+angle, probabilities, active}], faces_found, error, reason}. An image that cannot be scored (not an image, too many
+pixels, too small, ...) has error and reason set; a request none of whose images could be scored fails with the
+status of the first one's reason (REASON_STATUS).
 """
 from __future__ import annotations
 
@@ -69,32 +71,47 @@ def decode_base64(value: object, where: str) -> bytes:
         raise RequestError(400, f"{where} is not valid base64 ({e}); encode the image's bytes with base64") from e
 
 
-def check_image(data: bytes, where: str, max_pixels: int) -> None:
-    """Refuses what is not an image, or has more pixels than max_pixels, from its header alone (no decoding)."""
+def _failed(name: str, width: int, height: int, reason: str, message: str) -> dict:
+    """An image result that says why the image was not scored (the Scorer's shape for such a result)."""
+    return {"image": name, "width": width, "height": height, "faces": [], "faces_found": 0, "error": message,
+            "reason": reason}
+
+
+def check_image(data: bytes, name: str, max_pixels: int) -> dict | None:
+    """None for bytes that are an image of at most max_pixels pixels, else the image's failed result. Reads the
+    header alone: a decompression bomb is refused before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
-        raise RequestError(400, f"{where} is empty; expected the bytes of a {IMAGE_FORMATS} image")
+        return _failed(name, 0, 0, "not_image", f"{name} is empty; expected the bytes of a {IMAGE_FORMATS} image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
     except Image.DecompressionBombError as e:
-        raise RequestError(413, f"{where} is too large to decode ({e}); send at most {max_pixels:,} pixels") from e
+        return _failed(name, 0, 0, "too_large", f"{name} is too large to decode ({e}); send at most "
+                                                f"{max_pixels:,} pixels")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise RequestError(400, f"{where} is not an image that can be read ({type(e).__name__}); expected the bytes "
-                                f"of a {IMAGE_FORMATS} image") from e
+        return _failed(name, 0, 0, "not_image", f"{name} is not an image that can be read ({type(e).__name__}); "
+                                                f"expected the bytes of a {IMAGE_FORMATS} image")
     if width * height > max_pixels:
-        raise RequestError(413, f"{where} is {width}x{height} = {width * height:,} pixels, more than this server's "
-                                f"{max_pixels:,}; shrink it (a face needs far fewer pixels) and send it again")
+        return _failed(name, width, height, "too_large",
+                       f"{name} is {width}x{height} = {width * height:,} pixels, more than this server's "
+                       f"{max_pixels:,}; shrink it (a face needs far fewer pixels) and send it again")
+    return None
 
 
 def check_results(results: list[dict]) -> None:
-    """Raises the RequestError of the first image the model could not score (a request succeeds or fails whole)."""
-    for r in results:
-        if r.get("error"):
-            raise RequestError(REASON_STATUS.get(r.get("reason") or "", 422), r["error"])
+    """Raises the RequestError of the first failed image when no image of the request could be scored.
+
+    A request with some images scored succeeds: each failed image's result carries its error and reason, as the
+    Scorer's results do (one bad picture in a batch does not cost the others their answers).
+    """
+    if results and all(r.get("error") for r in results):
+        first = results[0]
+        more = f" (and the request's {len(results) - 1} other images failed too)" if len(results) > 1 else ""
+        raise RequestError(REASON_STATUS.get(first.get("reason") or "", 422), first["error"] + more)
 
 
 # --- Vertex AI and KServe V1 ------------------------------------------------------------------------------------

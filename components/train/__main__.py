@@ -14,10 +14,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from components.common.errors import refuse
     from components.train import logic
+    from components.train.plan import TrainError
 
     try:
         result = logic.run(args.examples, args.model, **SPEC.values(args))
-    except (logic.TrainError, FileNotFoundError) as e:
+    except (TrainError, FileNotFoundError) as e:
         return refuse("train", e)
     print(
         f"train: {result['epochs_run']} epochs, best epoch {result['best_epoch']}; model in {result['output_dir']}"

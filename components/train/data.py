@@ -5,6 +5,7 @@ import math
 
 from components.common import examples as ex
 from components.common import labels
+from components.train.params import POS_WEIGHTS, SPEC
 
 AUTOTUNE = -1  # tf.data.AUTOTUNE's value: this module imports TensorFlow only when it runs
 
@@ -122,7 +123,7 @@ def make_dataset(
     training: bool,
     augment: bool = False,
     cache: bool = False,
-    shuffle_buffer: int = 2048,
+    shuffle_buffer: int = SPEC.defaults.shuffle_buffer,
     seed: int = 0,
     repeat: bool = False,
 ):
@@ -173,7 +174,7 @@ def split_count(summary: dict, split: str, files: list[str]) -> int:
         return sum(1 for _ in ex.iter_examples(files))
 
 
-POS_WEIGHT_MODES = ("none", "sqrt", "balanced")
+POS_WEIGHT_MODES = POS_WEIGHTS
 
 
 def positive_weights(

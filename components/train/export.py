@@ -1,13 +1,21 @@
 """Writes contract 4 (components.common.model): a SavedModel serving encoded image bytes, model.keras,
-model_config.json, history.json, curves."""
+model_config.json, history.json, curves; and the end of a run, which exports its best weights there."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
+import time
 
+from components.common import storage
+from components.common.faces import FaceSettings
 from components.common.model import (CURVES_FILE, HISTORY_FILE, KERAS_FILE, MODEL_CONFIG_FILE, OUTPUT_NAMES,
                                      SAVED_MODEL_DIR, SIGNATURE, SIGNATURE_INPUT)
 from components.train import data
+from components.train import model as model_lib
+from components.train.plan import Plan, log
+from components.train.session import Session
 
 
 def copy_weights(src, dst) -> None:
@@ -113,3 +121,135 @@ def write_model_folder(
         stages=history_doc.get("stages"),
     )
     write_json(os.path.join(out_dir, MODEL_CONFIG_FILE), config)
+
+
+def local_folder(plan: Plan, workdir: str) -> str:
+    """Where the model folder is written during the run (TensorBoard's logs/ from the first epoch): the output folder
+    itself, or for gs:// a folder in workdir that export_run copies there at the end."""
+    out_dir = os.path.join(workdir, "model") if storage.is_gcs(plan.output_dir) else plan.output_dir
+    os.makedirs(out_dir, exist_ok=True)
+    return out_dir
+
+
+def versions() -> dict:
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def model_config(p: Plan, run_facts: dict) -> dict:
+    """model_config.json: what evaluate, predict and push need to use the model, and how it was trained."""
+    head = OUTPUT_NAMES[p.task]
+    return {
+        "task": p.task,
+        "backbone": p.spec.name,
+        "image_size": p.image_size,
+        "au_ids": p.au_ids if p.task == "au" else [],
+        "outputs": {
+            "name": head,
+            "size": p.num_outputs,
+            "activation": "sigmoid" if p.task == "au" else "linear",
+            "labels": [f"AU{a}" for a in p.au_ids] if p.task == "au" else ["valence", "arousal"],
+        },
+        "threshold": 0.5 if p.task == "au" else None,
+        # What a new image goes through before the signature (components.common.facefinder.crop.prepare): the
+        # settings convert cut the training images with, so predict and any server do the same.
+        "faces": FaceSettings.from_dict((p.summary.get("parameters") or {}).get("faces")).to_dict(),
+        "signature": {"name": SIGNATURE, "input": SIGNATURE_INPUT, "output": head},
+        "preprocessing": {
+            "decode": "tf.io.decode_image(channels=3, expand_animations=False): JPEG, PNG, GIF (first frame) "
+            "or BMP; not WebP",
+            "resize": f"bilinear with antialiasing to {p.image_size}x{p.image_size}, aspect ratio not kept",
+            "model_input": "RGB float32 in 0..255, [N, image_size, image_size, 3]",
+            "backbone_preprocessing": f"{p.spec.preprocessing} (inside the model)",
+        },
+        "training": {
+            "examples": p.examples_dir,
+            "weights": p.weights,
+            "fine_tune": str(p.fine_tune),
+            "epochs": p.epochs,
+            "head_epochs": p.head_epochs or None,
+            "batch_size_per_replica": p.batch_per_replica,
+            "optimizer": p.optimizer,
+            "learning_rate": p.learning_rate,
+            "lr_decay": p.lr_decay,
+            "lr_decay_epochs": p.lr_decay_epochs,
+            "backbone_lr_multiplier": p.backbone_lr_multiplier if p.fine_tune.policy in ("full", "two-stage") else None,
+            "l2": p.l2,
+            "dropout": p.dropout,
+            "bn_momentum": p.bn_momentum,
+            "augment": p.augment,
+            "seed": p.seed,
+            "train_examples": p.n_train,
+            "validation_examples": p.n_val,
+            **run_facts,
+        },
+        "versions": versions(),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def export_run(net, plan: Plan, session: Session, store, state: dict, out_dir: str, *, pos_weight, resumed_from: int,
+               started: float) -> dict:
+    """Exports the best epoch's weights (the last epoch's without validation) as contract 4 to the plan's output
+    folder, then drops the run's checkpoints. Returns the run's summary (logic.run's result)."""
+    import keras
+
+    if store.load_best(net, state):
+        log(f"best validation loss {state['best']:.4f} at epoch {state['best_epoch']}: exporting those weights")
+    keras.mixed_precision.set_global_policy("float32")
+    # A float32 twin without optimizer, regularisers or compile state: model.keras loads with
+    # plain Keras and the SavedModel runs on a CPU as well as a GPU.
+    export_model = model_lib.build_model(
+        plan.spec, task=plan.task, num_outputs=plan.num_outputs, image_size=plan.image_size, weights=None,
+        dropout=plan.dropout, l2=0.0, bn_momentum=plan.bn_momentum,
+    )
+    copy_weights(net, export_model)
+    train_seconds = round(time.time() - started, 1)
+    history_doc = {
+        "epochs": state["epochs"],
+        "stages": state["stages"],
+        "metrics": state["history"],
+        "best_epoch": state["best_epoch"] or None,
+        "best_val_loss": state["best"],
+        "stopped_early": state["stopped_early"],
+        "resumed_from_epoch": resumed_from or None,
+    }
+    run_facts = {
+        "epochs_run": len(state["epochs"]),
+        "best_epoch": state["best_epoch"] or None,
+        "stopped_early": state["stopped_early"],
+        "global_batch_size": session.global_batch,
+        "replicas": session.replicas,
+        "device": session.device,
+        "mixed_precision": session.mixed_precision,
+        "pos_weight": pos_weight,
+        "pos_weight_mode": plan.pos_weight,
+        "train_seconds": train_seconds,
+    }
+    write_model_folder(
+        export_model, out_dir, image_size=plan.image_size, task=plan.task,
+        config=model_config(plan, run_facts), history_doc=history_doc,
+    )
+    if storage.is_gcs(plan.output_dir):  # written in workdir (local_folder)
+        storage.copy_tree(out_dir, plan.output_dir)
+    store.delete_all(state)
+    log(f"model written to {plan.output_dir} after {len(state['epochs'])} epochs ({train_seconds:.0f} s)")
+    return {
+        "output_dir": plan.output_dir,
+        "epochs_run": len(state["epochs"]),
+        "best_epoch": state["best_epoch"] or None,
+        "stopped_early": state["stopped_early"],
+        "resumed_from_epoch": resumed_from,
+        "history": history_doc,
+        "train_seconds": train_seconds,
+        "image_size": plan.image_size,
+        "au_ids": plan.au_ids,
+    }

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from components.common import labels
+from components.train.params import OPTIMIZERS
 
 _PACKAGE = "emotionet_au_train"
 
@@ -157,9 +158,6 @@ class Adam(_BackboneLearningRate, keras.optimizers.Adam):
 
 class AdamW(_BackboneLearningRate, keras.optimizers.AdamW):
     pass
-
-
-OPTIMIZERS = ("rmsprop", "adam", "adamw")
 
 
 def make_optimizer(

@@ -17,6 +17,8 @@ from pipeline.platform import GPU_COUNTS, ClusterPlatform, Resources, SecretEnv,
 # Pipeline parameters that name storage: a pod sees neither this machine's disk nor the other
 # pods', so on a cluster they must be gs:// URIs (or empty where the step allows it).
 URI_PARAMETERS = {"source": False, "download_store": True, "schema_uri": True, "registry": False}  # name: may be ""
+# The same for the annotate DAG (pipeline/annotate_dag.py): its sheet, its store and the model it scores with.
+ANNOTATE_URI_PARAMETERS = {"source": False, "download_store": True, "model": False}
 
 
 # --- the cluster platform as flags ----------------------------------------------------------
@@ -43,9 +45,10 @@ def add_platform_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _steps() -> tuple[str, ...]:
+    from pipeline.annotate_dag import STEPS as ANNOTATE_STEPS
     from pipeline.dag import STEPS
 
-    return tuple(STEPS)
+    return tuple(STEPS) + tuple(s for s in ANNOTATE_STEPS if s not in STEPS)
 
 
 def _request_limit(text: str, what: str) -> tuple[str, str, str]:
@@ -123,9 +126,18 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `pipeline.py submit`."""
+    """Flags of `pipeline.py submit`: those of the training DAG, and --pipeline annotate with the annotate DAG's."""
+    from pipeline.annotate_dag import annotate_pipeline
+    from pipeline.cluster.compile import PIPELINES
+
     add_target_arguments(parser)
     parser.add_argument("--run-name", help="Name of the run (default: pipeline name + UTC time)")
+    parser.add_argument("--pipeline", choices=PIPELINES, default="training",
+                        help="Which DAG to run: training, or annotate (ingest -> download -> annotate with --model) "
+                             "(default: %(default)s)")
+    training = {name for name, _, _, _ in pipeline_parameters()}
+    add_pipeline_parameter_flags(parser, annotate_pipeline, skip=training, presets=False,
+                                 title="annotate parameters (--pipeline annotate)")
 
 
 def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,6 +161,8 @@ def _main(args: argparse.Namespace, scheduled: bool) -> int:
     try:
         where = check_target(args)
         params = cluster_parameters(args, scheduled)
+        if getattr(args, "pipeline", "training") == "annotate" and args.pipeline_name == defaults.PIPELINE_NAME:
+            args.pipeline_name = defaults.ANNOTATE_PIPELINE_NAME  # a pipeline of its own in the KFP UI
         when = None
         if scheduled:
             when = cron.kfp_cron(args.cron) if where == "kfp" else cron.vertex_cron(args.cron)
@@ -210,19 +224,41 @@ def vertex_target(args: argparse.Namespace) -> vertex.VertexTarget:
                                service_account=args.service_account, disable_caching=args.disable_caching)
 
 
+def _pipeline_func(args: argparse.Namespace):
+    """The @dsl.pipeline --pipeline names (the training DAG when the command has no --pipeline)."""
+    if getattr(args, "pipeline", "training") == "annotate":
+        from pipeline.annotate_dag import annotate_pipeline
+
+        return annotate_pipeline
+    from pipeline.dag import au_pipeline
+
+    return au_pipeline
+
+
 def cluster_parameters(args: argparse.Namespace, scheduled: bool) -> dict:
     """The pipeline arguments given as flags, as a cluster run gets them, checked (check_parameters)."""
-    params = pipeline_arguments(args)
+    pipeline_func = _pipeline_func(args)
+    params = pipeline_arguments(args, pipeline_func)
+    if getattr(args, "pipeline", "training") == "annotate":
+        # The training DAG's parameters (and --preset) are not the annotate DAG's.
+        names = {name for name, _, _, _ in pipeline_parameters(pipeline_func)}
+        extra = sorted(set(pipeline_arguments(args)) - names)
+        if extra:
+            raise ClusterError(f"--pipeline annotate takes no {', '.join('--' + n.replace('_', '-') for n in extra)}: "
+                               "those are the training DAG's")
+        params.setdefault("download_allow_private", False)
+        check_parameters(params, scheduled, pipeline_func, ANNOTATE_URI_PARAMETERS)
+        return params
     # On a cluster the download step faces the internet and the cloud's metadata server.
     params.setdefault("download_allow_private", False)
     check_parameters(params, scheduled)
     return params
 
 
-def check_parameters(params: dict, scheduled: bool) -> None:
+def check_parameters(params: dict, scheduled: bool, pipeline_func=None, uri_parameters=None) -> None:
     """The values the run will see (given here, or the spec's defaults) name storage every pod can reach."""
-    spec_defaults = {name: default for name, _, default, _ in pipeline_parameters()}
-    for name, may_be_empty in URI_PARAMETERS.items():
+    spec_defaults = {name: default for name, _, default, _ in pipeline_parameters(pipeline_func)}
+    for name, may_be_empty in (uri_parameters or URI_PARAMETERS).items():
         value = params.get(name, spec_defaults.get(name, ""))
         flag = "--" + name.replace("_", "-")
         if not value:
@@ -271,4 +307,4 @@ def _package(args: argparse.Namespace, where: str, tmp: str) -> str:
     platform = platform_from_args(args)
     if where == "vertex":
         vertex.check_platform(platform)
-    return compile_spec(platform, os.path.join(tmp, "pipeline.yaml"))
+    return compile_spec(platform, os.path.join(tmp, "pipeline.yaml"), getattr(args, "pipeline", "training"))

@@ -15,8 +15,19 @@ def compile_pipeline(pipeline_func, output: str) -> str:
     return output
 
 
-def compile_spec(platform: ClusterPlatform, output: str) -> str:
-    """Writes the pipeline spec (KFP IR YAML, with the kfp-kubernetes platform spec) for `platform` to `output`."""
+# The DAGs a cluster runs: the training DAG (pipeline/dag.py) and the annotate DAG (pipeline/annotate_dag.py).
+PIPELINES = ("training", "annotate")
+
+
+def compile_spec(platform: ClusterPlatform, output: str, pipeline: str = "training") -> str:
+    """Writes the spec of a DAG of PIPELINES (KFP IR YAML, with the kfp-kubernetes platform spec) for `platform` to
+    `output`."""
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline {pipeline!r}: expected one of {', '.join(PIPELINES)}")
+    if pipeline == "annotate":
+        from pipeline.annotate_dag import build_annotate_pipeline
+
+        return compile_pipeline(build_annotate_pipeline(platform), output)
     from pipeline.dag import build_pipeline
 
     return compile_pipeline(build_pipeline(platform), output)

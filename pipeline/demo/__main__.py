@@ -29,7 +29,9 @@ parks, stripes, shapes, lights), the face 15-45% of the shorter side; ~25% tilte
 ~10% grey, ~10% low-quality JPEG (quality 8-25), ~12% partly hidden (sunglasses, cap, scarf,
 hand, mug: the AUs they hide are 999, as EmotioNet marks occluded AUs), ~3% with a smaller
 bystander, ~1% with no face at all (its box is NaN). --scene portrait draws the face filling a
---image-size square, as the demo did before.
+--image-size square, as the demo did before. --scene small-faces draws the wild conditions in
+pictures of 480..1024 px each way whose face is 10-22% of the shorter side (48-225 px): group
+photos and half-body shots, where the face finder needs its tiles.
 
 serve binds 127.0.0.1 only and writes the sheet (no header: URL, AU1..AU60, valence, arousal)
 whose URLs point at it, plus SHEET.faults.csv: each row's route and the error_class the download
@@ -97,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=defaults.DEMO_SEED, help="Seed: the same seed and size give the same bytes.")
     g.add_argument("--scene", choices=SCENES, default=DEFAULT_SCENE,
                    help="wild: the face small in a cluttered web photo, some tilted, grey, low-quality, partly hidden "
-                        "(default); portrait: the face fills a square image.")
+                        "(default); portrait: the face fills a square image; small-faces: wild scenes of "
+                        "480..1024 px whose face is 10-22%% of the shorter side (group photos, half-body shots).")
     g.add_argument("--image-size", type=int, default=defaults.DEMO_IMAGE_SIZE,
                    help="Side of most portraits, in px (wild scenes are 320..640 px each way).")
     g.add_argument("--workers", type=int, default=0, help="Processes drawing faces (0: one per core).")

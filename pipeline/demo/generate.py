@@ -22,8 +22,9 @@ IMAGES_DIR = "images"
 # Bump when the drawing or the label model changes: a cached set of another version is redrawn.
 GENERATOR_VERSION = 2
 # wild: web photos, the face small in a cluttered scene (pipeline/demo/scenes.py); portrait: the
-# face fills an image_size square, as in GENERATOR_VERSION 1.
-SCENES = ("wild", "portrait")
+# face fills an image_size square, as in GENERATOR_VERSION 1; small-faces: wild scenes of 480..1024 px
+# whose face is 10-22% of the shorter side (group photos, half-body shots: scenes.SMALL_FACES).
+SCENES = ("wild", "portrait", "small-faces")
 DEFAULT_SCENE = "wild"
 # Portraits: a few come at other sizes, as web images do; the rest are image_size square.
 OTHER_SIZES = (96, 160, 192)
@@ -57,7 +58,7 @@ def _render_chunk(args) -> list[tuple]:
                                       hidden_aus=(), faces_in_scene=1)
             data = faces.encode(img, fmt, rng)
         else:
-            img, truth = scenes.render_scene(np.asarray(inten), rng, plan)
+            img, truth = scenes.render_scene(np.asarray(inten), rng, plan, scenes.SIZES[scene])
             data = scenes.encode_scene(img, truth, fmt, rng)
         path = os.path.join(images_dir, image_name(index, fmt))
         tmp = path + ".tmp"
@@ -99,6 +100,8 @@ def generate_demo(out_dir: str, size: int = defaults.DEMO_SIZE, seed: int = defa
     the shorter side, some tilted, grey, low-quality JPEG, partly hidden (the AUs hidden are 999
     in labels.parquet), with a bystander or with no face (see pipeline/demo/scenes.py).
     scene="portrait": the face fills an image_size square (a few come at other sizes).
+    scene="small-faces": the wild conditions in pictures of 480..1024 px each way whose face is
+    10-22% of the shorter side (48-225 px), as in group photos and half-body shots.
 
     Deterministic: the same size, seed, image_size and scene give the same bytes. A folder that
     already holds that set is returned at once (summary["cached"] is True). workers=0 uses every
@@ -125,7 +128,7 @@ def generate_demo(out_dir: str, size: int = defaults.DEMO_SIZE, seed: int = defa
 
     truth = faces.sample_labels(size, seed)
     formats = faces.assign_formats(size, seed)
-    plans = scenes.plan_scenes(size, seed, formats) if scene == "wild" else [None] * size
+    plans = scenes.plan_scenes(size, seed, formats) if scene in scenes.SIZES else [None] * size
     items = [(i, formats[i], truth.intensity[i].tolist(), plans[i]) for i in range(size)]
     chunks = [(images_dir, seed, image_size, scene, items[k:k + CHUNK]) for k in range(0, size, CHUNK)]
     workers = workers or (os.cpu_count() or 1)

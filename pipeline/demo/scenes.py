@@ -68,6 +68,26 @@ class SceneTruth:
     other_boxes: tuple[tuple[float, float, float, float], ...] = ()  # bystanders' boxes
 
 
+@dataclass(frozen=True)
+class SceneSize:
+    """How large a scene is drawn and how large its labelled face is in it."""
+
+    min_side: int  # px, each of the scene's width and height, both ends included
+    max_side: int
+    face_min: float  # the labelled face's box, its larger side as a share of the scene's shorter side
+    face_max: float
+    bystander_face: tuple[float, float]  # the labelled face's range when a bystander shares the scene (it is larger)
+
+
+# The default world (`make run`): web photos in which the face is small but BlazeFace sees it in the whole picture.
+WILD = SceneSize(MIN_SIDE, MAX_SIDE, FACE_MIN, FACE_MAX, (0.22, 0.36))
+# Group photos and half-body shots: larger pictures in which the face is 10-22% of the shorter side, 48-225 px,
+# too small for the detector's 192 px view of the whole picture (the face finder's tiles are for these).
+SMALL_FACES = SceneSize(480, 1024, 0.10, 0.22, (0.14, 0.20))
+# generate.SCENES' names of the drawn worlds (the third, portrait, is drawn by faces.render_portrait).
+SIZES = {"wild": WILD, "small-faces": SMALL_FACES}
+
+
 def sample_plan(rng: np.random.Generator) -> ScenePlan:
     """One scene's conditions drawn at their shares (render_scene's default)."""
     if rng.random() < NO_FACE_SHARE:
@@ -442,16 +462,18 @@ def _overlaps(a, b, margin: float = 0.0) -> bool:
     return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
-def render_scene(inten: np.ndarray, rng: np.random.Generator, plan: ScenePlan | None = None
-                 ) -> tuple[Image.Image, SceneTruth]:
-    """An RGB web photo of 320..640 px each way in which the face showing `inten` (FACE_AU_IDS order) is small.
+def render_scene(inten: np.ndarray, rng: np.random.Generator, plan: ScenePlan | None = None,
+                 size: SceneSize = WILD) -> tuple[Image.Image, SceneTruth]:
+    """An RGB web photo in which the face showing `inten` (FACE_AU_IDS order) is small.
 
-    The conditions come from `plan`, or are drawn from rng at their shares. The image has its
-    grey and JPEG degradation baked in; SceneTruth says where the face is and what hides it.
+    size: the picture's sides and the face's share of the shorter one (WILD: 320..640 px each
+    way, the face 15-45%; SMALL_FACES: 480..1024 px, 10-22%). The conditions come from `plan`,
+    or are drawn from rng at their shares. The image has its grey and JPEG degradation baked in;
+    SceneTruth says where the face is and what hides it.
     """
     if plan is None:
         plan = sample_plan(rng)
-    W, H = int(rng.integers(MIN_SIDE, MAX_SIDE + 1)), int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
+    W, H = int(rng.integers(size.min_side, size.max_side + 1)), int(rng.integers(size.min_side, size.max_side + 1))
     short = min(W, H)
     scene = _scene_background(rng, W, H)
     box: tuple = (math.nan,) * 4
@@ -459,7 +481,7 @@ def render_scene(inten: np.ndarray, rng: np.random.Generator, plan: ScenePlan | 
     others: list[tuple] = []
     if plan.face:
         # with a bystander, the labelled face is mid-sized and to one side, leaving the bystander room
-        lo, hi = (0.22, 0.36) if plan.bystander else (FACE_MIN, FACE_MAX)
+        lo, hi = size.bystander_face if plan.bystander else (size.face_min, size.face_max)
         target = rng.uniform(lo, hi) * short
         if plan.tilted:
             tilt = float(rng.uniform(TILT_MIN, TILT_MAX) * (1 if rng.random() < 0.5 else -1))

@@ -7,6 +7,8 @@ import os
 import sys
 import tempfile
 
+from components.common.model import MODEL_CONFIG_FILE
+from components.push.params import SPEC as PUSH
 from pipeline import defaults
 from pipeline.cluster import ClusterError, RemoteError, kfp, utc_stamp
 from pipeline.cluster.compile import compile_pipeline
@@ -101,6 +103,7 @@ def submit(target: kfp.KfpTarget, platform: ClusterPlatform, params: dict, grid:
         "model_name": params.get("model_name", spec_defaults["model_name"]),
         "force_push": params.get("force_push", spec_defaults["force_push"]),
         "keep_versions": params.get("keep_versions", spec_defaults["keep_versions"]),
+        "infra_validate": params.get("infra_validate", spec_defaults["infra_validate"]),
         "data_run": data_run,
         "examples_uri": examples_uri,
         "points": started,
@@ -169,7 +172,7 @@ def pick(plan: dict, out_dir: str, push: str = defaults.SWEEP_PUSH, force: bool 
             continue
         folder = storage.join(root, version)
         entry = load_point(point, "succeeded", folder, folder)
-        entry["seconds"] = {"train": read_json(folder, "model_config.json").get("train_seconds")}
+        entry["seconds"] = {"train": read_json(folder, MODEL_CONFIG_FILE).get("train_seconds")}
         entry["seconds"] = {k: v for k, v in entry["seconds"].items() if v is not None}
         entries.append(entry)
     record = {
@@ -185,8 +188,9 @@ def pick(plan: dict, out_dir: str, push: str = defaults.SWEEP_PUSH, force: bool 
     best = choose_best(entries)
     record["best"] = best["name"] if best else None
     params = {"registry": plan["registry"], "model_name": plan["model_name"],
-              "force_push": plan.get("force_push", False) if force is None else force,
-              "keep_versions": plan.get("keep_versions", defaults.PUSH_KEEP)}
+              "force_push": plan.get("force_push", PUSH.defaults.force) if force is None else force,
+              "keep_versions": plan.get("keep_versions", PUSH.defaults.keep),
+              "infra_validate": plan.get("infra_validate", PUSH.defaults.infra_validate)}
     record["pushed"] = push_points(entries, best, push, params, lambda e: os.path.join(out_dir, e["name"], "push"))
     for e in entries:
         e.pop("_push", None)

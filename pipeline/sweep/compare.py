@@ -5,6 +5,8 @@ import json
 import math
 import os
 
+from components.common.evaluation import BLESSING_FILE, METRICS_FILE
+from components.common.model import HISTORY_FILE
 from pipeline.sweep.grid import Point
 
 SWEEP_JSON = "sweep.json"
@@ -28,9 +30,9 @@ def read_json(folder, name: str) -> dict:
 def load_point(point: Point, status: str, model: str | None, evaluation: str | None, error: str = "",
                seconds: dict | None = None) -> dict:
     """A point's entry of sweep.json, with its measures (from metrics.json) and losses (from history.json)."""
-    metrics = read_json(evaluation, "metrics.json")
-    history = read_json(model, "history.json")
-    blessing = read_json(evaluation, "blessing.json")
+    metrics = read_json(evaluation, METRICS_FILE)
+    history = read_json(model, HISTORY_FILE)
+    blessing = read_json(evaluation, BLESSING_FILE)
     if status == "succeeded" and "at_default" not in metrics:
         status, error = "failed", error or f"no metrics.json in {evaluation}"
     entry = {
@@ -82,7 +84,7 @@ def choose_best(entries: list[dict]) -> dict | None:
 
 def comparison_table(record: dict, entries: list[dict]) -> tuple[list[str], list[list[str]]]:
     """(head, rows): each point's varied parameters and the study's measures, formatted as evaluate formats them."""
-    from components.evaluate.logic import format_number, table_rows
+    from components.common.metric_tables import format_number, table_rows
 
     keys = list(record["grid"])
     head = (["run"] + keys + ["status", "accuracy", "partial acc", "P", "R", "F1", "AUC", "TP", "FP", "TN", "FN",

@@ -6,6 +6,7 @@ import itertools
 import math
 import re
 
+from components.train.params import SPEC as TRAIN
 from pipeline import defaults
 from pipeline.sweep import SweepError
 from pipeline.sweep.dag import DATA_STEPS, POINT_STEPS, parameters_of
@@ -93,7 +94,7 @@ def parse_grid(texts: list[str], fixed: dict | None = None, max_points: int = de
         if len(set(parsed)) != len(parsed):
             raise SweepError(f"--grid {text!r}: a value is repeated; each point must differ")
         grid[name] = parsed
-    if fixed.get("task", defaults.TRAIN_TASK) != "au" or "va" in grid.get("task", []):
+    if fixed.get("task", TRAIN.defaults.task) != "au" or "va" in grid.get("task", []):
         raise SweepError("a sweep compares Action Unit models by the study's measures (F1, AUC...); "
                          "task va is not supported: sweep with --task au")
     n = math.prod(len(v) for v in grid.values())

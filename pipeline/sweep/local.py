@@ -30,8 +30,8 @@ def run_local(arguments: dict, grid: dict, sweep_dir: str, push: str = defaults.
               say=print) -> dict:
     """The whole local sweep: data steps once, train -> evaluate per point, comparison, push. Returns sweep.json."""
     from pipeline.dag import STEPS
-    from pipeline.local import RunResult, StepRecord, step_json, write_summary
-    from pipeline.report import write_report
+    from components.report.records import RunResult, StepRecord
+    from pipeline.local import step_json, write_report, write_summary
 
     if push not in defaults.SWEEP_PUSH_MODES:
         raise SweepError(f"--push {push!r}: expected one of {', '.join(defaults.SWEEP_PUSH_MODES)}")
@@ -81,7 +81,7 @@ def run_local(arguments: dict, grid: dict, sweep_dir: str, push: str = defaults.
     record["pushed"] = push_points(results, best, push, params, lambda e: os.path.join(e["run_dir"], "push"))
     for entry in results:
         # Each point's run reads as a run of the whole DAG: the shared data steps, its train and evaluate, its push
-        # (the report step is left to pipeline.report, which writes the point's report.html beside it).
+        # (the report step is left to write_report, which writes the point's report.html beside it).
         known = {**data, **entry.pop("_steps")}
         pushed = entry.pop("_push", None)
         if pushed is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from components.push.params import SPEC as PUSH
 from pipeline.sweep.compare import read_json, score
 
 
@@ -13,7 +14,7 @@ def push_points(entries: list[dict], best: dict | None, mode: str, params: dict,
     """
     from components.common import registry
     from components.push import logic as push_logic
-    from pipeline.local import step_figures
+    from components.report.records import step_figures
 
     if mode == "none" or best is None:
         return []
@@ -35,7 +36,9 @@ def push_points(entries: list[dict], best: dict | None, mode: str, params: dict,
         try:
             rec = rec or push_logic.run(e["model"], e["evaluation"], out, destination=params["registry"],
                                         model_name=params["model_name"], force=params["force_push"],
-                                        keep=params["keep_versions"])
+                                        keep=params["keep_versions"],
+                                        # a plan saved before the check existed has no such key: the step's default
+                                        infra_validate=params.get("infra_validate", PUSH.defaults.infra_validate))
         except push_logic.PushError as err:
             rec = {"pushed": False, "message": f"not pushed: {err}", "reasons": []}
         failed = [r for r in rec.get("reasons", []) if r.startswith("fail")]

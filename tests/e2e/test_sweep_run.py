@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from components.common import registry
+from components.common.params import MODEL_NAME
 from pipeline import defaults
 from pipeline.sweep.compare import LOSS_CURVES, SWEEP_JSON, SWEEP_MD
 from pipeline.sweep.dag import DATA_STEPS, POINT_STEPS
@@ -24,7 +25,7 @@ def test_a_sweep_runs_the_data_steps_once_then_each_point_and_pushes_only_the_be
     proc = subprocess.run(
         [sys.executable, "pipeline.py", "sweep", "--runs-dir", str(runs), "--run-dir", str(sweep_dir),
          # 120 scenes and one epoch: the plumbing is under test, not the models (about 2 minutes on 2 cores)
-         "--demo-size", "120", "--epochs", "1", "--min-macro-f1", "0", "--min-macro-auc", "0",
+         "--preset", "demo", "--demo-size", "120", "--epochs", "1", "--min-macro-f1", "0", "--min-macro-auc", "0",
          "--grid", "learning_rate=0.002,-1,0.001"],
         cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     out = proc.stdout
@@ -69,7 +70,7 @@ def test_a_sweep_runs_the_data_steps_once_then_each_point_and_pushes_only_the_be
     assert f"best: {record['best']}, by macro F1 at threshold 0.5" in out
 
     # only the best was pushed
-    model_root = runs / "registry" / defaults.MODEL_NAME
+    model_root = runs / "registry" / MODEL_NAME.default
     versions = [v for v in model_root.iterdir() if v.is_dir()]
     assert len(versions) == 1
     (pushed,) = record["pushed"]

@@ -60,9 +60,9 @@ def test_push_to_gcs_then_predict_and_evaluate_against_it(gcs, tmp_path, monkeyp
 
     # What a user does next: predict from the gs:// registry root (LATEST).
     red = tmp_path / "red.jpg"
-    red.write_bytes(tiny.jpeg((255, 0, 0)))
+    red.write_bytes(tiny.jpeg((255, 0, 0), size=32))
     result = predict_logic.predict(ROOT, [str(red)])
-    assert result["version"] == "20260103T000000Z-second" and result["images"][0]["active"] == [1]
+    assert result["version"] == "20260103T000000Z-second" and result["images"][0]["faces"][0]["active"] == ["AU1"]
 
     # The next evaluation reads the live model from gs:// and scores it on the same test split.
     examples = tiny.make_examples(str(tmp_path / "examples"), sizes={"validation": 20, "test": 30})

@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def folders(tmp_path) -> dict[str, str]:
     out = {}
-    for step, name in logic.REPORT_INPUTS.items():
+    for name, step in logic.REPORT_INPUTS:
         (tmp_path / step / name).mkdir(parents=True)
         out[name] = str(tmp_path / step / name)
     return out

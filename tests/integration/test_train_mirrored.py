@@ -27,7 +27,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from components.train import logic
+from components.train import session
 
 
 def two_replicas(mixed_precision):
@@ -38,7 +38,7 @@ def two_replicas(mixed_precision):
     return strategy, strategy.num_replicas_in_sync, "2 logical CPUs", False
 
 
-logic._devices = two_replicas
+session.detect_devices = two_replicas
 from components.train.__main__ import main
 
 sys.exit(main(sys.argv[1:]))
@@ -56,7 +56,7 @@ def test_training_mirrored_over_two_replicas_checkpoints_resumes_and_exports(tmp
     synthetic.write_examples(examples, {"train": 32, "validation": 16, "test": 8}, size=32, unknown_rate=0.1, shards=2)
     out, ckpt = tmp_path / "model", tmp_path / "ckpt"
     args = ["--examples", examples, "--output", str(out), "--checkpoint-dir", str(ckpt), "--backbone", "compactcnn",
-            "--image-size", "32", "--batch-size", "4", "--epochs", "3", "--steps-per-epoch", "3",
+            "--weights", "none", "--image-size", "32", "--batch-size", "4", "--epochs", "3", "--steps-per-epoch", "3",
             "--optimizer", "rmsprop", "--fine-tune", "full", "--backbone-lr-multiplier", "0.1"]
 
     # The first run is lost once it has checkpointed an epoch, as on a preempted node.

@@ -78,8 +78,8 @@ def test_find_refusal_finds_none_in_a_crash():
     ("components.validate.logic", "AnomaliesFound"),
     ("components.convert.logic", "ConvertError"),
     ("components.filter.logic", "FilterError"),
-    ("components.train.logic", "TrainError"),
-    ("components.evaluate.logic", "EvaluateError"),
+    ("components.train.plan", "TrainError"),
+    ("components.evaluate.scoring", "EvaluateError"),
     ("components.push.logic", "PushError"),
     ("components.publish.logic", "PublishError"),
 ])

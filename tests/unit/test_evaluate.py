@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
+from components.common.metric_tables import format_table
 from components.evaluate import logic
+from components.evaluate.blessing import judge
+from components.evaluate.kfp_logging import MAX_CURVE_POINTS
+from components.evaluate.metrics import compute_metrics, regression_metrics, tune_thresholds
+from components.evaluate.scoring import EvaluateError
 from components.push import logic as push_logic
 
 import tiny_model as tiny  # tests/conftest.py puts tests/data/evaluate on the path
@@ -39,7 +44,7 @@ def test_compute_metrics_matches_sklearn(seed, per_label_threshold):
     y, s = _random_labels(seed)
     k = y.shape[1]
     thr = np.linspace(0.3, 0.7, k) if per_label_threshold else 0.5
-    m = logic.compute_metrics(y, s, thr)
+    m = compute_metrics(y, s, thr)
     thr_k = np.broadcast_to(thr, (k,))
     known = y != 999
     pred = s >= thr_k[None, :]
@@ -90,23 +95,23 @@ def test_compute_metrics_matches_sklearn(seed, per_label_threshold):
 def test_compute_metrics_unknown_only_label_and_bad_input():
     y = np.array([[1, 999], [0, 999], [1, 999]])
     s = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.3]])
-    m = logic.compute_metrics(y, s)
+    m = compute_metrics(y, s)
     unknown = m["per_label"][1]
     assert (unknown["tp"], unknown["fp"], unknown["tn"], unknown["fn"], unknown["unknown"]) == (0, 0, 0, 0, 3)
     assert math.isnan(unknown["auc"]) and unknown["f1"] == 0.0
     assert m["accuracy"] == pytest.approx(2 / 3)  # the 999 column counts nowhere
     with pytest.raises(ValueError, match="0, 1 or 999"):
-        logic.compute_metrics(np.array([[2]]), np.array([[0.5]]))
+        compute_metrics(np.array([[2]]), np.array([[0.5]]))
     with pytest.raises(ValueError, match="must both be"):
-        logic.compute_metrics(y, s[:, :1])
+        compute_metrics(y, s[:, :1])
     with pytest.raises(ValueError, match="threshold"):
-        logic.compute_metrics(y, s, threshold=[0.5, 0.5, 0.5])
+        compute_metrics(y, s, threshold=[0.5, 0.5, 0.5])
 
 
 def test_tuned_thresholds_are_f1_optimal_on_the_data_they_are_tuned_on():
     y, s = _random_labels(3)
-    tuned = logic.tune_thresholds(y, s)
-    m = logic.compute_metrics(y, s, tuned)
+    tuned = tune_thresholds(y, s)
+    m = compute_metrics(y, s, tuned)
     for j in range(y.shape[1] - 1):
         known = y[:, j] != 999
         best = max(
@@ -114,16 +119,16 @@ def test_tuned_thresholds_are_f1_optimal_on_the_data_they_are_tuned_on():
             for t in np.unique(s[known, j])
         )
         assert m["per_label"][j]["f1"] == pytest.approx(best)
-        assert m["per_label"][j]["f1"] >= logic.compute_metrics(y, s, 0.5)["per_label"][j]["f1"] - 1e-12
+        assert m["per_label"][j]["f1"] >= compute_metrics(y, s, 0.5)["per_label"][j]["f1"] - 1e-12
     assert tuned[-1] == 0.5  # no known positive: the default stays
 
 
 def test_regression_metrics():
     t = np.array([0.1, -0.5, 0.3, 0.9])
-    perfect = logic.regression_metrics(t, t)
+    perfect = regression_metrics(t, t)
     assert perfect["mse"] == 0 and perfect["ccc"] == pytest.approx(1.0)
     p = t * 0.5 + 0.1
-    r = logic.regression_metrics(t, p)
+    r = regression_metrics(t, p)
     assert r["mse"] == pytest.approx(np.mean((t - p) ** 2))
     assert r["rmse"] == pytest.approx(math.sqrt(r["mse"]))
     cov = np.mean((t - t.mean()) * (p - p.mean()))
@@ -132,18 +137,18 @@ def test_regression_metrics():
 
 def test_judge_thresholds_tolerance_and_first_model():
     good = {"macro_f1": 0.80, "macro_auc": 0.90}
-    first = logic.judge(good, None, "au", 0.5, 0.7, 0.01)
+    first = judge(good, None, "au", 0.5, 0.7, 0.01)
     assert first["blessed"] and any("thresholds alone" in r for r in first["reasons"])
-    low = logic.judge({"macro_f1": 0.40, "macro_auc": 0.90}, None, "au", 0.5, 0.7, 0.01)
+    low = judge({"macro_f1": 0.40, "macro_auc": 0.90}, None, "au", 0.5, 0.7, 0.01)
     assert not low["blessed"] and any(r.startswith("fail: macro F1 0.4000 < minimum 0.5") for r in low["reasons"])
-    within = logic.judge({"macro_f1": 0.795, "macro_auc": 0.895}, good, "au", 0.5, 0.7, 0.01)
+    within = judge({"macro_f1": 0.795, "macro_auc": 0.895}, good, "au", 0.5, 0.7, 0.01)
     assert within["blessed"]
-    worse = logic.judge({"macro_f1": 0.75, "macro_auc": 0.90}, good, "au", 0.5, 0.7, 0.01)
+    worse = judge({"macro_f1": 0.75, "macro_auc": 0.90}, good, "au", 0.5, 0.7, 0.01)
     assert not worse["blessed"]
     assert any("fail: macro F1 0.7500 vs the live model's 0.8000: worse" in r for r in worse["reasons"])
-    undefined = logic.judge({"macro_f1": 0.8, "macro_auc": float("nan")}, None, "au", 0.5, 0.7, 0.01)
+    undefined = judge({"macro_f1": 0.8, "macro_auc": float("nan")}, None, "au", 0.5, 0.7, 0.01)
     assert not undefined["blessed"] and any("undefined" in r for r in undefined["reasons"])
-    va = logic.judge({"mean_ccc": 0.5, "mean_mse": 0.1}, {"mean_ccc": 0.7, "mean_mse": 0.1}, "va", 0.5, 0.7, 0.01)
+    va = judge({"mean_ccc": 0.5, "mean_mse": 0.1}, {"mean_ccc": 0.7, "mean_mse": 0.1}, "va", 0.5, 0.7, 0.01)
     assert not va["blessed"]
 
 
@@ -247,10 +252,10 @@ def test_component_writes_metrics_report_plots_and_kfp_artifacts(world, tmp_path
     rows = cm.metadata["confusionMatrix"]["rows"]
     micro = m["at_default"]["micro"]
     assert rows == [{"row": [micro["tn"], micro["fp"]]}, {"row": [micro["fn"], micro["tp"]]}]
-    assert 2 < len(cm.metadata["confidenceMetrics"]) <= logic.MAX_CURVE_POINTS
+    assert 2 < len(cm.metadata["confidenceMetrics"]) <= MAX_CURVE_POINTS
     text = (tmp_path / "report" / "report.md").read_text()
     assert "**Blessed**" in text and "| AU12 | lip corner puller |" in text
-    table = logic.format_table(m)
+    table = format_table(m)
     assert all(f"AU{a}" in table for a in tiny.AU_IDS) and "macro" in table and "partial accuracy" in table
 
 
@@ -265,7 +270,7 @@ def test_valence_arousal_model(tmp_path):
     assert m["valence"]["ccc"] > 0.8 and m["arousal"]["rmse"] == pytest.approx(math.sqrt(m["arousal"]["mse"]))
     assert out["blessing"]["blessed"]
     assert (tmp_path / "out" / "va.png").exists()
-    assert "valence" in logic.format_table(m)
+    assert "valence" in format_table(m)
 
 
 def test_cli_errors_are_one_message_and_exit_2(world, tmp_path, capsys):
@@ -289,7 +294,7 @@ def test_a_test_split_with_no_example_is_refused_with_what_to_change(world, tmp_
     summary["parameters"] = {"test_fraction": 0.0}
     with open(os.path.join(examples, "examples_summary.json"), "w") as f:
         json.dump(summary, f)
-    with pytest.raises(logic.EvaluateError) as e:
+    with pytest.raises(EvaluateError) as e:
         logic.run(examples, world["good"], str(tmp_path / "out"), registry="")
     assert str(e.value) == (
         f"the test split of {examples} has no example (no test-*.tfrecord shard holds one): there is nothing to "
@@ -301,7 +306,7 @@ def test_a_test_split_with_no_example_is_refused_with_what_to_change(world, tmp_
     summary["parameters"] = {"source": examples}
     with open(os.path.join(filtered, "examples_summary.json"), "w") as f:
         json.dump(summary, f)
-    with pytest.raises(logic.EvaluateError, match=r"the test split of .*filtered has no example .* larger "
+    with pytest.raises(EvaluateError, match=r"the test split of .*filtered has no example .* larger "
                                                   r"--test-fraction \(it is 0.0\)"):
         logic.run(filtered, world["good"], str(tmp_path / "out"), registry="")
     assert not os.path.exists(tmp_path / "out" / "blessing.json")
@@ -309,7 +314,7 @@ def test_a_test_split_with_no_example_is_refused_with_what_to_change(world, tmp_
 
 def test_a_test_split_whose_every_label_is_999_is_refused(world, tmp_path):
     examples = tiny.make_examples(str(tmp_path / "ex"), sizes={"validation": 5, "test": 6}, unknown=1.0)
-    with pytest.raises(logic.EvaluateError) as e:
+    with pytest.raises(EvaluateError) as e:
         logic.run(examples, world["good"], str(tmp_path / "out"), registry="")
     assert str(e.value) == (
         f"every label of the test split of {examples} is 999 (not annotated): none of its 6 examples is annotated "

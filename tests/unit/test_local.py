@@ -3,6 +3,7 @@ nothing but the start and end lines elsewhere, every line in the step's log."""
 import io
 
 from components.common import progress
+from components.report.records import StepRecord
 from pipeline import local
 
 
@@ -24,7 +25,7 @@ def run_step(stream, lines, tmp_path, verbose=False, clock=None):
     log = console.start("download")
     for line in lines:
         console.line(line)
-    console.end(local.StepRecord("download", "succeeded", 12.3, log=log, figures="1301 images ok, 0 failed"))
+    console.end(StepRecord("download", "succeeded", 12.3, log=log, figures="1301 images ok, 0 failed"))
     return log
 
 
@@ -51,7 +52,7 @@ def test_a_progress_line_is_a_live_bar_on_a_terminal(tmp_path):
     console.line("progress: download 2500/2500 URLs\n")
     console.line("summary table\n")
     assert stream.getvalue().endswith("\r\033[K    summary table")
-    console.end(local.StepRecord("download", "succeeded", 12.3, log=console.log.name))
+    console.end(StepRecord("download", "succeeded", 12.3, log=console.log.name))
     assert stream.getvalue().endswith("\r\033[Kdownload         succeeded    12.3s\n")
     assert "progress:" not in stream.getvalue()
 
@@ -96,7 +97,7 @@ TASK_FAILED = "2026-01-01 00:00:02,000 - ERROR - Task 'download' finished with s
 
 def fail_step(stream, lines, tmp_path, verbose=False):
     console = local._Console(str(tmp_path / "logs"), verbose, stream=stream, clock=Clock())
-    rec = local.StepRecord("download", "failed", 2.0, log=console.start("download"))
+    rec = StepRecord("download", "failed", 2.0, log=console.start("download"))
     for line in lines:
         console.line(line)
     console.end(rec)

@@ -203,3 +203,156 @@ def test_convert_faces_filter_and_common_import_nothing_from_pipeline():
                          else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
                 found += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "pipeline"]
     assert found == []
+
+
+# --- train, evaluate, push, report -------------------------------------------------------------------------------------
+REPORT_FOLDERS = ["--manifest", "m", "--downloads", "d", "--validation", "v", "--examples", "e", "--filtered", "f",
+                  "--model", "mo", "--evaluation", "ev", "--pushed", "p"]
+# Each step, its component's name and the fewest arguments its CLI needs.
+MODEL_STEPS = {
+    "train": ("train", ["--examples", "e", "--output", "out"]),
+    "evaluate": ("evaluate", ["--examples", "e", "--model", "m", "--output", "out"]),
+    "push": ("push", ["--model", "m", "--evaluation", "ev", "--destination", "reg"]),
+    "report": ("report", REPORT_FOLDERS + ["--output", "r.html"]),
+}
+# Every flag these CLIs accepted before they were built from the declaration, each with a value other than its default.
+MODEL_STEP_OLD_FLAGS = {
+    "train": ["--task", "va", "--backbone", "vgg16", "--image-size", "64", "--weights", "imagenet", "--fine-tune", "head",
+              "--epochs", "3", "--batch-size", "8", "--optimizer", "rmsprop", "--learning-rate", "0.01", "--seed", "7",
+              "--checkpoint-dir", "ck", "--no-augment", "--lr-decay", "0.5", "--lr-decay-epochs", "3", "--l2", "0.001",
+              "--dropout", "0.5", "--rmsprop-rho", "0.8", "--rmsprop-momentum", "0.7", "--epsilon", "0.001",
+              "--backbone-lr-multiplier", "0.5", "--patience", "2", "--pos-weight", "balanced", "--max-pos-weight",
+              "5", "--bn-momentum", "0.99", "--cache-mb", "10", "--shuffle-buffer", "16", "--no-mixed-precision",
+              "--steps-per-epoch", "4"],
+    "evaluate": ["--registry", "gs://b/r", "--model-name", "m2", "--min-macro-f1", "0.1", "--min-macro-auc", "0.2",
+                 "--tolerance", "0.3", "--batch-size", "8"],
+    "push": ["--model-name", "m2", "--force", "--keep", "3", "--output", "o", "--no-infra-validate"],
+    "report": ["--run-name", "nightly"],
+}
+# The old flags that name their default: they must still parse too.
+MODEL_STEP_OLD_DEFAULT_FLAGS = {"train": ["--augment", "--mixed-precision"], "evaluate": ["--registry", ""],
+                                "push": [], "report": []}
+
+
+def _model_step(step):
+    spec = importlib.import_module(f"components.{step}.params").SPEC
+    return spec, importlib.import_module(f"components.{step}.__main__")
+
+
+@pytest.mark.parametrize("step", sorted(MODEL_STEPS))
+def test_train_evaluate_push_report_component_signatures_are_their_declarations(step):
+    spec, _ = _model_step(step)
+    component = getattr(importlib.import_module(f"components.{step}.component"), MODEL_STEPS[step][0])
+    assert spec.check_component(component) == []
+
+
+@pytest.mark.parametrize("step", sorted(MODEL_STEPS))
+def test_train_evaluate_push_report_cli_help_lists_every_declared_flag_with_its_help(step, capsys):
+    spec, cli = _model_step(step)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    squeezed = "".join(text.split())  # argparse wraps lines, at hyphens too
+    flags = set(re.findall(r"--[a-z0-9-]+", text))
+    for p in spec.params:
+        assert p.cli_flag in flags, f"{step}: {p.cli_flag} missing from --help"
+        assert "".join(p.help.split()) in squeezed, f"{step}: the help of {p.name} differs from its declaration"
+    for a in spec.inputs + spec.outputs:
+        if a.flag != "-":
+            assert "".join(a.help.split()) in squeezed, f"{step}: the help of {a.name} differs from its declaration"
+            assert (a.flag or "--" + a.name.replace("_", "-")) in flags, f"{step}: no flag for {a.name}"
+
+
+@pytest.mark.parametrize("step", sorted(MODEL_STEPS))
+def test_train_evaluate_push_report_cli_defaults_are_the_declaration_s(step):
+    spec, cli = _model_step(step)
+    values = spec.values(cli.build_parser().parse_args(MODEL_STEPS[step][1]))
+    assert set(values) == {p.name for p in spec.params}
+    for p in spec.params:
+        if not p.required:
+            assert values[p.name] == p.default and type(values[p.name]) is type(p.default), p.name
+
+
+def test_push_cli_still_needs_its_destination(capsys):
+    _, cli = _model_step("push")
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["--model", "m", "--evaluation", "ev"])
+    assert e.value.code == 2 and "--destination" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("step", sorted(MODEL_STEPS))
+def test_train_evaluate_push_report_cli_still_accept_their_old_flags(step):
+    spec, cli = _model_step(step)
+    needed = MODEL_STEPS[step][1]
+    cli.build_parser().parse_args(needed + MODEL_STEP_OLD_DEFAULT_FLAGS[step])
+    old = MODEL_STEP_OLD_FLAGS[step]
+    values = spec.values(cli.build_parser().parse_args(needed + old))
+    # Each old flag reached its parameter: none kept its default (parameters added since have no old flag).
+    artifact_flags = {a.flag or "--" + a.name.replace("_", "-") for a in spec.inputs + spec.outputs}
+    param_of = {f: p.name for p in spec.params for f in (p.cli_flag, "--no-" + p.cli_flag[2:])}
+    named = [param_of[a] for a in old if a.startswith("--") and a not in artifact_flags]
+    assert [n for n in named if values[n] == spec.defaults.as_dict()[n]] == []
+
+
+class _Called(Exception):
+    """What a stand-in logic.run raises: the CLI's call, caught before any work."""
+
+
+@pytest.mark.parametrize("step", sorted(MODEL_STEPS))
+def test_train_evaluate_push_report_cli_flags_reach_logic_run(step, monkeypatch, tmp_path):
+    spec, cli = _model_step(step)
+    logic = importlib.import_module(f"components.{step}.logic")
+    calls = []
+
+    def run(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise _Called
+
+    monkeypatch.setattr(logic, "run", run)
+    needed = MODEL_STEPS[step][1]
+    if step == "report":  # its CLI refuses a folder that is not there
+        needed = [str(tmp_path) if a in REPORT_FOLDERS[1::2] else a for a in needed]
+    args = cli.build_parser().parse_args(needed + MODEL_STEP_OLD_FLAGS[step])
+    with pytest.raises(_Called):
+        cli.main(needed + MODEL_STEP_OLD_FLAGS[step])
+    (positional, keywords), = calls
+    assert keywords == spec.values(args)
+    # The artifacts come first, in logic.run's order.
+    folders = {name: str(tmp_path) for name in REPORT_FOLDERS[::2]}
+    assert list(positional) == {"train": ["e", "out"], "evaluate": ["e", "m", "out"], "push": ["m", "ev", "o"],
+                                "report": [{k.lstrip("-"): v for k, v in folders.items()}, "r.html"]}[step]
+
+
+@pytest.mark.parametrize("step", sorted(MODEL_STEPS))
+def test_train_evaluate_push_report_logic_run_defaults_are_the_declaration_s(step):
+    spec, _ = _model_step(step)
+    run = importlib.import_module(f"components.{step}.logic").run
+    declared = spec.defaults.as_dict()
+    with_default = {n: p.default for n, p in inspect.signature(run).parameters.items()
+                    if n in declared and p.default is not inspect.Parameter.empty}
+    # Every parameter has its declared default in logic.run (push's destination too: the CLI alone needs it).
+    assert with_default == declared
+
+
+def test_report_reads_the_inputs_its_declaration_names():
+    from components.report import logic
+    from components.report.params import REPORT_INPUTS, SPEC
+
+    assert logic.REPORT_INPUTS is REPORT_INPUTS
+    assert [a.name for a in SPEC.inputs] == [name for name, _ in REPORT_INPUTS]
+
+
+def test_train_evaluate_push_report_import_nothing_from_pipeline():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "components"
+    found = []
+    for folder in ("train", "evaluate", "push", "report"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                found += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "pipeline"]
+    assert found == []

@@ -5,7 +5,7 @@ import pytest
 
 from components.download.params import SPEC as DOWNLOAD
 from components.filter.params import SPEC as FILTER
-from pipeline import defaults
+from components.train.params import SPEC as TRAIN
 from pipeline.dag import au_pipeline
 from pipeline.params import add_pipeline_parameter_flags, pipeline_arguments, pipeline_parameters
 
@@ -34,9 +34,9 @@ def test_only_given_flags_override_the_defaults():
     assert pipeline_arguments(parser().parse_args([])) == {}
 
 
-def test_defaults_come_from_the_defaults_module():
+def test_defaults_come_from_the_steps_declarations():
     params = {n: d for n, _, d, _ in pipeline_parameters(au_pipeline)}
-    assert params["epochs"] == defaults.TRAIN_EPOCHS
+    assert params["epochs"] == TRAIN.defaults.epochs
     assert params["aus"] == FILTER.defaults.aus
     assert params["download_workers"] == DOWNLOAD.defaults.workers
 

@@ -26,6 +26,21 @@ def _model(path: Path, seed: str = "a") -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def infra_checks(monkeypatch):
+    """Infra validation starts a server (tests/integration/test_push_infra.py): here a fake that passes, recorded."""
+    from components.push import infra
+
+    calls = []
+
+    def fake(model_dir, evaluation_dir, **kw):
+        calls.append((model_dir, evaluation_dir))
+        return {"passed": True, "reason": "", "checked": 1, "seconds": 0.0, "port": None, "notes": []}
+
+    monkeypatch.setattr(infra, "validate", fake)
+    return calls
+
+
 @pytest.fixture
 def setup(tmp_path):
     return {
@@ -178,7 +193,8 @@ def test_component_and_cli(setup, tmp_path, capsys):
 
     pushed = dsl.Artifact(uri=str(tmp_path / "pushed-kfp"))
     push.python_func(model=dsl.Model(uri=setup["model"]), evaluation=dsl.Artifact(uri=setup["blessed"]),
-                     pushed=pushed, destination=setup["dest"], model_name="au", force=False, keep=0)
+                     pushed=pushed, destination=setup["dest"], model_name="au", force=False, keep=0,
+                     infra_validate=True)
     record = json.loads(Path(pushed.path, "push.json").read_text())
     assert record["pushed"] and _latest(setup) == record["version"]
     assert "pushed version" in capsys.readouterr().out
@@ -196,3 +212,23 @@ def test_a_pushed_version_can_be_pushed_to_another_registry(setup, tmp_path):
     # The copy carries its own marker, written after its files, not the source's.
     assert marker["source_model"] == first["uri"] and marker["version"] == again["version"]
     assert Path(again["uri"], "saved_model", "saved_model.pb").read_bytes() == b"graph a"
+
+
+def test_a_model_that_fails_infra_validation_is_not_pushed_and_latest_stays(setup, monkeypatch, infra_checks):
+    from components.push import infra
+
+    first = _push(setup)
+    assert infra_checks == [(setup["model"], setup["blessed"])]
+    monkeypatch.setattr(infra, "validate", lambda m, e, **kw: {"passed": False, "reason": "the server exited with "
+                        "status 1 before it was ready", "checked": 0, "seconds": 1.0, "port": 1, "notes": []})
+    second = _push(setup)
+    assert not second["pushed"] and second["version"] is None and _latest(setup) == first["version"]
+    assert registry.list_versions(setup["root"]) == [first["version"]]
+    record = json.loads(Path(setup["out"], "push.json").read_text())
+    assert record["infra_validation"]["passed"] is False
+    assert any("infra validation failed: the server exited" in r for r in record["reasons"])
+    assert "failed infra validation" in logic.describe(record)
+
+
+def test_infra_validation_can_be_turned_off(setup, infra_checks):
+    assert _push(setup, infra_validate=False)["pushed"] and infra_checks == []

@@ -8,14 +8,14 @@ from pipeline.dag import STEPS
 
 def folders(tmp_path) -> dict[str, str]:
     out = {}
-    for step, name in logic.REPORT_INPUTS.items():
+    for name, step in logic.REPORT_INPUTS:
         (tmp_path / step / name).mkdir(parents=True)
         out[name] = str(tmp_path / step / name)
     return out
 
 
 def test_the_report_reads_every_step_of_the_dag_but_itself():
-    assert list(logic.REPORT_INPUTS) == [s for s in STEPS if s != "report"]
+    assert [step for _, step in logic.REPORT_INPUTS] == [s for s in STEPS if s != "report"]
 
 
 def test_a_page_from_the_folders_alone_lists_every_step_without_times(tmp_path):
@@ -25,7 +25,7 @@ def test_a_page_from_the_folders_alone_lists_every_step_without_times(tmp_path):
     assert logic.run(given, str(out)) == str(out)
     page = out.read_text()
     assert page.startswith("<!doctype html>") and "<title>Run run-1: succeeded</title>" in page
-    for step in logic.REPORT_INPUTS:
+    for _, step in logic.REPORT_INPUTS:
         assert f"<td class=\"l\">{step}</td><td class=\"l\">succeeded</td><td>-</td>" in page
     assert "7 rows kept, 1 rejected" in page  # the key figures come from the outputs
     assert "no metrics in this run" in page and not (out.parent / "page.tmp").exists()

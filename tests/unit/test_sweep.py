@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from components.common import registry
-from components.evaluate.logic import au_metrics
+from components.evaluate.metrics import au_metrics
 from pipeline import defaults
 from pipeline.dag import STEPS
 from pipeline.params import pipeline_parameters
@@ -213,7 +213,9 @@ def test_the_comparison_has_one_row_per_run_with_the_studys_measures_and_one_plo
 
 
 def _params(tmp_path, **kw) -> dict:
-    return {"registry": str(tmp_path / "registry"), "model_name": "au", "force_push": False, "keep_versions": 0, **kw}
+    # The models here are stand-in folders no server can load: infra validation has its own tests (test_push_infra).
+    return {"registry": str(tmp_path / "registry"), "model_name": "au", "force_push": False, "keep_versions": 0,
+            "infra_validate": False, **kw}
 
 
 def _pushed_models(tmp_path) -> list[str]:
@@ -254,14 +256,14 @@ def test_sweep_pick_compares_the_candidate_registries_and_pushes_the_best_to_the
     candidates = tmp_path / "registry" / defaults.SWEEP_CANDIDATES / "sweep-1"
     plan = {"sweep_id": "sweep-1", "grid": {"seed": [1, 2, 3]}, "fixed": {"epochs": 2},
             "registry": str(tmp_path / "registry"), "model_name": "au", "force_push": False, "keep_versions": 0,
-            "points": []}
+            "infra_validate": False, "points": []}
     for name, quality in (("01-seed=1", 0.4), ("02-seed=2", 0.8), ("03-seed=3", None)):
         e = _entry(tmp_path / "runs", name, {"seed": int(name[-1])}, quality or 0.5)
         plan["points"].append({"name": name, "parameters": e["parameters"], "run_id": f"run-{name}",
                                "run_url": f"http://kfp/#/runs/details/run-{name}", "registry": str(candidates / name)})
         if quality is not None:  # what each cluster run's push step did (forced)
             push_logic.run(e["model"], e["evaluation"], None, destination=str(candidates / name), model_name="au",
-                           force=True)
+                           force=True, infra_validate=False)
     record = pick(plan, str(tmp_path / "pick"), say=lambda *a: None)
     assert record["best"] == "02-seed=2"
     states = {p["name"]: p["status"] for p in record["points"]}
@@ -301,7 +303,7 @@ def test_a_grid_may_vary_a_value_of_the_preset_but_not_a_flag_given_beside_it():
 
 def _fake_parts(tmp_path, monkeypatch, fail_data=False, fail_points=()):
     """Stands in for kfp.local: records which parts ran; a point's train/evaluate outputs are _entry's folders."""
-    from pipeline.local import StepRecord
+    from components.report.records import StepRecord
 
     calls = []
 

@@ -7,10 +7,13 @@ import pytest
 
 from components.common import examples as ex
 from components.train import backbones, data, logic, synthetic
+from components.train.plan import TrainError
 from components.train import model as model_lib
+from components.train.params import SCRATCH_BN_MOMENTUM
 
 # Small and quick everywhere: tiny images, a handful of steps.
-TINY = dict(backbone="compactcnn", image_size=32, batch_size=8, optimizer="adam", learning_rate=0.01, verbose=0)
+TINY = dict(backbone="compactcnn", weights="none", image_size=32, batch_size=8, optimizer="adam", learning_rate=0.01,
+            verbose=0)
 
 
 # ------------------------------------------------------------------------------------------ backbones
@@ -401,6 +404,8 @@ def test_model_folder_holds_contract_4(resumed_run):
     config = json.loads((out / "model_config.json").read_text())
     assert config["au_ids"] == [1, 2, 4, 12] and config["task"] == "au" and config["image_size"] == 32
     assert config["backbone"] == "compactcnn" and config["training"]["fine_tune"] == "two-stage:1"
+    # bn_momentum's default, 0, follows the weights: a backbone trained from scratch gets SCRATCH_BN_MOMENTUM.
+    assert config["training"]["bn_momentum"] == SCRATCH_BN_MOMENTUM
     assert set(config["versions"]) >= {"tensorflow", "keras", "python"}
 
 
@@ -438,7 +443,7 @@ def test_changed_settings_refuse_to_resume_a_checkpoint(tiny_examples, tmp_path)
                    "fine_tune": "full", "optimizer": "adam"}
     store.save_state({**checkpoints.new_state(fingerprint), "epoch": 1})
     kw = dict(TINY, examples_dir=tiny_examples, output_dir=str(tmp_path / "m"), checkpoint_dir=str(tmp_path / "ckpt"))
-    with pytest.raises(logic.TrainError, match="image_size: checkpoint 32, now 40"):
+    with pytest.raises(TrainError, match="image_size: checkpoint 32, now 40"):
         logic.run(**{**kw, "image_size": 40})
     assert not (tmp_path / "m" / "model_config.json").exists()
 
@@ -486,6 +491,62 @@ def test_progress_callback_counts_batches_over_every_epoch_of_every_stage():
     assert out == ["progress: train 10/40 batches, epoch 2/4", "progress: train 21/40 batches, epoch 3/4"]
 
 
+# ------------------------------------------------------------------------------------------ the run's parts
+
+
+def _plan(examples_dir, **settings):
+    from components.train.params import SPEC
+    from components.train.plan import make_plan, read_examples
+
+    plan = make_plan(examples_dir, "unused", **{**SPEC.defaults.as_dict(), **settings})
+    read_examples(plan)
+    return plan
+
+
+def test_a_plan_takes_the_backbones_defaults_and_reads_the_examples(tiny_examples):
+    spec = backbones.get("compactcnn")
+    plan = _plan(tiny_examples, backbone="compactcnn", image_size=0, batch_size=0, optimizer=" Adam ")
+    assert (plan.image_size, plan.batch_per_replica) == (spec.default_size, spec.default_batch_size)
+    assert plan.optimizer == "adam" and plan.au_ids == [1, 2, 4, 12] and plan.num_outputs == 4
+    assert (plan.n_train, plan.n_val) == (32, 16)
+
+
+def test_two_stage_fine_tuning_is_a_head_stage_then_a_full_one(tiny_examples):
+    from components.train import fit
+
+    assert fit.stages(_plan(tiny_examples, fine_tune="two-stage:2", epochs=5)) == [("head", 2), ("full", 5)]
+    assert fit.stages(_plan(tiny_examples, fine_tune="two-stage", epochs=6)) == [("head", 2), ("full", 6)]
+    assert fit.stages(_plan(tiny_examples, fine_tune="last:3", epochs=4)) == [("last", 4)]
+
+
+def test_the_learning_rate_falls_by_staircase_and_a_later_stage_goes_on_from_its_epoch():
+    from components.train import fit
+
+    schedule = fit.lr_schedule(0.1, 0.5, 2.0, steps_per_epoch=10, start_epoch=0)
+    assert [float(schedule(step)) for step in (0, 19, 20, 40)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    assert float(fit.lr_schedule(0.1, 0.5, 2.0, steps_per_epoch=10, start_epoch=4)(0)) == pytest.approx(0.025)
+    assert fit.lr_schedule(0.1, 1.0, 2.0, steps_per_epoch=10, start_epoch=4) == 0.1  # no decay: a constant
+
+
+def test_a_random_backbone_gets_the_scratch_batchnorm_momentum_and_the_heads_learning_rate(tiny_examples, tmp_path):
+    from components.train.plan import use_weights
+
+    plan = _plan(tiny_examples, weights="none", bn_momentum=0.0, backbone_lr_multiplier=0.1)
+    assert use_weights(plan, str(tmp_path)) is None
+    assert (plan.bn_momentum, plan.backbone_lr_multiplier) == (SCRATCH_BN_MOMENTUM, 1.0)
+
+
+def test_resume_starts_afresh_then_counts_the_attempts_on_a_checkpoint_of_the_same_settings(tiny_examples, tmp_path):
+    from components.train import checkpoints, session
+
+    plan = _plan(tiny_examples, checkpoint_dir=str(tmp_path / "ckpt"))
+    store, state = session.resume(plan, str(tmp_path))
+    assert state == checkpoints.new_state(session.fingerprint(plan))
+    store.save_state({**state, "epoch": 2})
+    _, again = session.resume(plan, str(tmp_path))
+    assert (again["epoch"], again["attempts"]) == (2, 1)
+
+
 # ------------------------------------------------------------------------------------------ errors and the CLI
 
 
@@ -513,7 +574,7 @@ def test_cli_reports_bad_arguments(tiny_examples, tmp_path, capsys):
 
 def test_va_task_needs_valence_arousal_in_the_examples(tmp_path):
     synthetic.write_examples(str(tmp_path), {"train": 4}, with_va=False)
-    with pytest.raises(logic.TrainError, match="carry no valence/arousal"):
+    with pytest.raises(TrainError, match="carry no valence/arousal"):
         logic.run(examples_dir=str(tmp_path), output_dir=str(tmp_path / "m"), task="va")
 
 
@@ -522,7 +583,7 @@ def test_examples_with_other_au_ids_than_the_summary_are_refused(tmp_path):
     summary = ex.read_summary(str(tmp_path))
     summary["au_ids"] = [1, 2, 4]
     ex.write_summary(str(tmp_path), summary)
-    with pytest.raises(logic.TrainError, match="label/au_ids \\[1, 2\\]"):
+    with pytest.raises(TrainError, match="label/au_ids \\[1, 2\\]"):
         logic.run(examples_dir=str(tmp_path), output_dir=str(tmp_path / "m"))
 
 
@@ -536,8 +597,8 @@ def test_a_short_run_learns_a_synthetic_set_well_above_chance(tmp_path):
 
     root = str(tmp_path / "examples")
     synthetic.write_examples(root, {"train": 256, "validation": 64, "test": 128}, size=32, seed=3)
-    logic.run(examples_dir=root, output_dir=str(tmp_path / "m"), backbone="compactcnn", image_size=32, epochs=5,
-              batch_size=16, optimizer="adam", learning_rate=0.003, augment=False, verbose=0)
+    logic.run(examples_dir=root, output_dir=str(tmp_path / "m"), backbone="compactcnn", weights="none", image_size=32,
+              epochs=5, batch_size=16, optimizer="adam", learning_rate=0.003, augment=False, verbose=0)
     sig = tf.saved_model.load(str(tmp_path / "m" / "saved_model")).signatures["serving_default"]
     records = [ex.example_to_dict(r) for r in ex.iter_examples(ex.shard_files(root, "test"))]
     probs = sig(image_bytes=tf.constant([r["encoded"] for r in records]))["probabilities"].numpy()

@@ -26,15 +26,19 @@ class FaceImage:
     face: detect.Face | None = None  # the largest face, in the source image's pixels
     count: int = 0  # faces found
     angle: float = 0.0
+    scales: tuple[str, ...] = ()  # the scale that found each face (contract.SCALES), largest face first
+    tiles: int = 0  # tiles searched (0: the whole picture only)
 
     def features(self) -> dict:
         """The face features of contract 3 for this image (components.common.faces)."""
-        out = {contract.FACE_STATUS: (self.status or "").encode(), contract.FACE_COUNT: [int(self.count)]}
+        out = {contract.FACE_STATUS: (self.status or "").encode(), contract.FACE_COUNT: [int(self.count)],
+               contract.SOURCE_SIZE: [int(self.source_width), int(self.source_height)]}
         if self.face is not None:
             out[contract.FACE_BOX] = [float(v) for v in self.face.box]
             out[contract.FACE_LANDMARKS] = [float(v) for v in self.face.landmarks.reshape(-1)]
             out[contract.FACE_SCORE] = [float(self.face.score)]
             out[contract.FACE_ANGLE] = [float(self.angle)]
+            out[contract.FACE_SCALE] = self.face.scale.encode()
         return out
 
     def describe(self) -> str:
@@ -42,8 +46,9 @@ class FaceImage:
         if self.face is not None and self.status == contract.CROPPED:
             x0, y0, x1, y1 = self.face.box
             more = f", {self.count} faces (the largest used)" if self.count > 1 else ""
+            where = f", found in {self.tiles} tiles" if self.face.scale == contract.SCALE_TILES else ""
             return (f"face at x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} of {self.source_width}x{self.source_height} "
-                    f"(score {self.face.score:.2f}, turned {self.angle:+.1f} deg{more})")
+                    f"(score {self.face.score:.2f}, turned {self.angle:+.1f} deg{more}{where})")
         if self.status == contract.WHOLE:
             return f"whole image, {self.source_width}x{self.source_height} (faces: whole, no face detection)"
         why = {contract.NO_FACE: "no face found", contract.TOO_SMALL: "image too small to find a face in",
@@ -76,11 +81,13 @@ def prepare(data: bytes, settings: contract.FaceSettings, max_side: int = 0,
     rgb_image, _ = imaging.decode_rgb(data)
     source_w, source_h = rgb_image.size
     face, count, reason = None, 0, None
+    searched = detect.Search([])
     if min(source_w, source_h) < contract.MIN_IMAGE_SIDE:
         reason = contract.TOO_SMALL
     else:
         rgb = np.asarray(rgb_image)
-        found = (detector or detect.get(settings.min_score)).detect(rgb)
+        searched = (detector or detect.get(settings.min_score)).search(rgb)
+        found = searched.faces
         count = len(found)
         if not found:
             reason = contract.NO_FACE
@@ -90,9 +97,11 @@ def prepare(data: bytes, settings: contract.FaceSettings, max_side: int = 0,
             face = found[0]
             crop, angle = align.align_crop(rgb, face, int(settings.size), float(settings.margin))
             return FaceImage(_encode(crop, quality), crop.shape[1], crop.shape[0], contract.CROPPED, None, "cropped",
-                             source_w, source_h, face, count, angle)
+                             source_w, source_h, face, count, angle, tuple(f.scale for f in found), searched.tiles)
+    found_by = tuple(f.scale for f in searched.faces)
     if settings.no_face == "skip":
-        return FaceImage(None, 0, 0, None, reason, "skipped", source_w, source_h, face, count)
+        return FaceImage(None, 0, 0, None, reason, "skipped", source_w, source_h, face, count, 0.0, found_by,
+                         searched.tiles)
     image = imaging.to_rgb_jpeg(data, max_side, quality)
     return FaceImage(image.jpeg, image.width, image.height, contract.NO_FACE_WHOLE, reason, image.outcome,
-                     source_w, source_h, face, count)
+                     source_w, source_h, face, count, 0.0, found_by, searched.tiles)

@@ -1,4 +1,4 @@
-"""Finds faces in an RGB image with MediaPipe's BlazeFace (its models ship inside the mediapipe wheel: nothing is downloaded)."""
+"""Finds faces in an RGB image with MediaPipe's BlazeFace (its models ship inside the mediapipe wheel: nothing is downloaded), in the whole picture and, where it is large for the faces it may hold, in overlapping tiles."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.common.faces import DETECT_MAX_SIDE, FaceSettings
+from components.common.faces import DETECT_MAX_SIDE, SCALE_PICTURE, SCALE_TILES, FaceSettings
+from components.common.facefinder import tiles as tiling
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Face:
     box: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax
     landmarks: np.ndarray  # (6, 2) float32: x, y of components.common.faces.LANDMARK_NAMES
     score: float
+    scale: str = SCALE_PICTURE  # which pass found it: the whole picture, or a tile of it (faces.SCALES)
 
     @property
     def area(self) -> float:
@@ -28,7 +30,21 @@ class Face:
         return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
 
     def scaled(self, factor: float) -> "Face":
-        return Face(tuple(float(v) * factor for v in self.box), self.landmarks * np.float32(factor), self.score)
+        return Face(tuple(float(v) * factor for v in self.box), self.landmarks * np.float32(factor), self.score,
+                    self.scale)
+
+    def moved(self, dx: float, dy: float, scale: str) -> "Face":
+        """This face found in a tile whose corner is (dx, dy) of the picture, in the picture's pixels."""
+        x0, y0, x1, y1 = self.box
+        return Face((x0 + dx, y0 + dy, x1 + dx, y1 + dy), self.landmarks + np.float32([dx, dy]), self.score, scale)
+
+
+@dataclass(frozen=True)
+class Search:
+    """What one search of a picture found: its faces, largest first, and how many tiles were searched (0: none)."""
+
+    faces: list[Face]
+    tiles: int = 0
 
 
 def _import_face_detection():
@@ -65,21 +81,39 @@ def _import_face_detection():
 
 
 class Detector:
-    """BlazeFace full-range (small, distant faces), then short-range when the first finds nothing.
+    """BlazeFace full-range (small, distant faces), then short-range when the first finds nothing; then, in a
+    picture larger than a tile, the full-range model again on overlapping tiles (tiles.tile_boxes), merged by
+    non-maximum suppression.
+
+    BlazeFace sees the whole picture squeezed into 192 px, so a face of 48 px in a 1000 px
+    picture is 9 px there and mostly missed; in a tile of tiles.TILE_SIDE (384) px it is 24 px.
+    tiles (tiles.TILE_POLICIES): "missed" (default) searches the tiles only where the whole
+    picture gave no face: what a step that uses the largest face needs, at no cost where a face
+    is found (measured in benchmarks/faces.py); "always" also where faces were found (the small
+    faces of a group photo beside a large one), "never" the whole picture only.
 
     One instance per process: the models load in milliseconds, but a MediaPipe graph must not
     be shared across threads or forked processes, so each worker makes its own (see get()).
     """
 
-    def __init__(self, min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE):
+    def __init__(self, min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE,
+                 tiles: str = "missed", tile_side: int = tiling.TILE_SIDE):
+        if tiles not in tiling.TILE_POLICIES:
+            raise ValueError(f"tiles is {tiles!r}; expected one of {', '.join(tiling.TILE_POLICIES)}")
         face_detection = _import_face_detection()
         self.min_score = float(min_score)
         self.max_side = int(max_side)
+        self.tiles = tiles
+        self.tile_side = int(tile_side)
         self._models = [face_detection.FaceDetection(model_selection=m, min_detection_confidence=self.min_score)
                         for m in (1, 0)]
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         """Every face found in an (H, W, 3) uint8 RGB array, largest first; [] when there is none."""
+        return self.search(rgb).faces
+
+    def search(self, rgb: np.ndarray) -> Search:
+        """detect(), and how many tiles were searched: each face says which scale found it (Face.scale)."""
         h, w = rgb.shape[:2]
         scale = 1.0
         if max(h, w) > self.max_side:  # detection needs few pixels; a 6000 px photo would cost seconds
@@ -88,13 +122,38 @@ class Detector:
             scale = self.max_side / max(h, w)
             rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         rgb = np.ascontiguousarray(rgb)
+        found: list[Face] = []
         for model in self._models:
             found = self._faces(model.process(rgb).detections, rgb.shape[1], rgb.shape[0])
             if found:
-                if scale != 1.0:
-                    found = [f.scaled(1.0 / scale) for f in found]
-                return sorted(found, key=lambda f: f.area, reverse=True)
-        return []
+                break
+        searched = 0
+        if self.tiles == "always" or (self.tiles == "missed" and not found):
+            boxes = tiling.tile_boxes(rgb.shape[1], rgb.shape[0], self.tile_side)
+            if boxes:
+                found = self._merge(found + self._tiled(rgb, boxes))
+                searched = len(boxes)
+        if scale != 1.0:
+            found = [f.scaled(1.0 / scale) for f in found]
+        return Search(sorted(found, key=lambda f: f.area, reverse=True), searched)
+
+    def _tiled(self, rgb: np.ndarray, boxes) -> list[Face]:
+        """The faces the full-range model finds in each tile, in the picture's pixels (a face in a tile is small:
+        the short-range model, for faces that fill the view, would add its cost and nothing else)."""
+        found = []
+        for x0, y0, x1, y1 in boxes:
+            tile = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+            detections = self._models[0].process(tile).detections
+            found.extend(f.moved(x0, y0, SCALE_TILES) for f in self._faces(detections, x1 - x0, y1 - y0))
+        return found
+
+    @staticmethod
+    def _merge(found: list[Face]) -> list[Face]:
+        """One face per face: the same face seen in two overlapping tiles (or in the picture and a tile) once."""
+        if len(found) < 2:
+            return found
+        keep = tiling.nms([f.box for f in found], [f.score for f in found])
+        return [found[i] for i in keep]
 
     def _faces(self, detections, w: int, h: int) -> list[Face]:
         out = []
@@ -119,7 +178,7 @@ class Detector:
         self._models = []
 
 
-_DETECTORS: dict[tuple[int, float, int], Detector] = {}
+_DETECTORS: dict[tuple[int, float, int, str], Detector] = {}
 
 
 def running_here() -> bool:
@@ -128,15 +187,16 @@ def running_here() -> bool:
     return bool(_DETECTORS)
 
 
-def get(min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE) -> Detector:
-    """This process's detector for these settings, made on first use (a forked child makes its own)."""
+def get(min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE, tiles: str = "missed") -> Detector:
+    """This process's detector for these settings, made on first use (a forked child makes its own); tiles: when
+    it also searches overlapping tiles (Detector)."""
     pid = os.getpid()
     if any(k[0] != pid for k in _DETECTORS):
         raise RuntimeError(
             "this process was forked from one that had started the face detector, and MediaPipe hangs in such "
             "a child; fork before the first detection, or use the spawn start method"
         )
-    key = (pid, float(min_score), int(max_side))
+    key = (pid, float(min_score), int(max_side), str(tiles))
     if key not in _DETECTORS:
-        _DETECTORS[key] = Detector(min_score, max_side)
+        _DETECTORS[key] = Detector(min_score, max_side, tiles)
     return _DETECTORS[key]

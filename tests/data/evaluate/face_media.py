@@ -1,6 +1,8 @@
-"""Pictures and videos with faces at known places, made from matplotlib's grace_hopper.jpg (a real photograph,
-in the matplotlib wheel: nothing is downloaded), and the bad inputs predict must name: for the predict and
-inference tests. Imported by name (tests/conftest.py puts this folder on the path)."""
+"""Pictures and videos with faces at known places (from matplotlib's grace_hopper.jpg), and bad inputs, for tests.
+
+The photograph ships in the matplotlib wheel: nothing is downloaded. The predict and inference tests import
+this module by name (tests/conftest.py puts this folder on the path).
+"""
 from __future__ import annotations
 
 import io
@@ -88,7 +90,8 @@ def bad_inputs(folder: str) -> dict[str, str]:
     whole = jpeg(photo())
     with open(os.path.join(folder, "cut.jpg"), "wb") as f:
         f.write(whole[: len(whole) // 3])
-    os.symlink(os.path.join(folder, "gone.jpg"), os.path.join(folder, "link.jpg"))  # root reads any mode: a dangling link
+    # A path that cannot be read even by root (who reads any file mode): a link to nothing.
+    os.symlink(os.path.join(folder, "gone.jpg"), os.path.join(folder, "link.jpg"))
     return {"notes.txt": "not_image", "dot.png": "too_small", "huge.png": "too_large", "cut.jpg": "corrupt",
             "link.jpg": "unreadable"}
 

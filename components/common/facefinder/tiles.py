@@ -1,0 +1,86 @@
+"""Where the face finder looks a second time, at a finer scale: overlapping square tiles of a picture, and the non-maximum suppression that merges what they find (numpy only: no detector here)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# BlazeFace (full range) sees its input squeezed into 192 x 192 px. Measured on 300 demo scenes of 480..1024 px
+# (benchmarks/faces.py --small-faces): it finds 95-100% of the faces that are 18 px or more in that view, two thirds
+# of those of 12-18 px. A tile of TILE_SIDE px shows a TILE_FACE px face at 24 px there.
+DETECTOR_VIEW = 192
+TILE_FACE = 48  # px: the smallest face the tiles are for
+TILE_SIDE = TILE_FACE * DETECTOR_VIEW // 24  # 384 px
+# When the tiles are searched (Detector's `tiles`): missed (default): only in a picture in which the whole-picture
+# pass found no face, larger than a tile; always: in every picture larger than a tile, even where faces were found
+# (a group photo's small faces beside a large one), at several times the cost; never: the whole picture only.
+TILE_POLICIES = ("missed", "always", "never")
+# Of two detections whose boxes overlap by more than this IoU, or of which the smaller lies mostly (SAME_INSIDE)
+# inside the other (a face cut by a tile's edge, beside the whole face in the next tile), the more confident stays.
+NMS_IOU = 0.3
+SAME_INSIDE = 0.6
+
+
+def _starts(length: int, side: int, overlap: int) -> list[int]:
+    """Where tiles of `side` px begin along `length` px: evenly spread, sharing at least `overlap` px."""
+    if side >= length:
+        return [0]
+    count = math.ceil((length - overlap) / (side - overlap))
+    return [round(i * (length - side) / (count - 1)) for i in range(count)]
+
+
+def tile_boxes(width: int, height: int, side: int = TILE_SIDE) -> list[tuple[int, int, int, int]]:
+    """The (x0, y0, x1, y1) tiles of a width x height picture, row by row; [] when it is no larger than one tile.
+
+    Tiles are square (the detector squeezes its input into a square), `side` px or the picture's
+    shorter side if that is smaller. Neighbours share at least a quarter of a tile, and at least
+    an eighth of the picture's longer side: the largest face the whole-picture pass may miss
+    (24 px of its 192 px view), so that such a face lies whole inside some tile.
+    """
+    width, height = int(width), int(height)
+    if max(width, height) <= side:
+        return []
+    side = min(side, width, height)
+    overlap = min(side // 2, max(side // 4, max(width, height) // 8))
+    return [(x, y, x + side, y + side) for y in _starts(height, side, overlap) for x in _starts(width, side, overlap)]
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one (4,) box with each of (n, 4) boxes (x0, y0, x1, y1)."""
+    inter = _intersection(box, boxes)
+    union = _area(box[None])[0] + _area(boxes) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def _intersection(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    return w * h
+
+
+def nms(boxes, scores, iou: float = NMS_IOU, inside: float = SAME_INSIDE) -> list[int]:
+    """Indices of the boxes kept, most confident first: each box suppresses the less confident ones that overlap it
+    by more than `iou`, or that lie more than `inside` of their own area within it (or it within them)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if len(boxes) != len(scores):
+        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
+    order = list(np.argsort(-scores, kind="stable"))
+    areas = _area(boxes)
+    keep: list[int] = []
+    while order:
+        best, rest = order[0], np.array(order[1:], dtype=int)
+        keep.append(int(best))
+        if not len(rest):
+            break
+        inter = _intersection(boxes[best], boxes[rest])
+        union = areas[best] + areas[rest] - inter
+        overlap = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+        smaller = np.minimum(areas[best], areas[rest])
+        within = np.where(smaller > 0, inter / np.where(smaller > 0, smaller, 1), 0.0)
+        order = [int(i) for i, o, w in zip(rest, overlap, within) if o <= iou and w <= inside]
+    return keep

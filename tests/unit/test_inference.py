@@ -1,0 +1,224 @@
+"""Tests of the shared scorer (components/common/inference.py): every face of a picture, whole-picture models,
+bad images that never raise, thresholds, frames, batching, and the library noise it keeps off the console."""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+
+from components.common import inference
+from components.common.faces import FaceSettings
+
+import face_media as media  # tests/conftest.py puts tests/data/evaluate on the path
+import tiny_model as tiny
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inference")
+    return {
+        "crop": tiny.make_model(str(root / "crop"), tiny.GOOD, faces=FaceSettings().to_dict()),
+        "crop_whole": tiny.make_model(str(root / "crop_whole"), tiny.GOOD,
+                                      faces=FaceSettings(no_face="whole").to_dict()),
+        "whole": tiny.make_model(str(root / "whole"), tiny.GOOD),  # made before faces: the whole picture
+        "va": tiny.make_model(str(root / "va"), tiny.GOOD, task="va"),
+        "root": root,
+    }
+
+
+@pytest.fixture(scope="module")
+def crop(models):
+    return inference.Scorer(models["crop"])
+
+
+def _flat(rgb, size=(64, 48), fmt="JPEG") -> bytes:
+    from PIL import Image
+
+    return media.jpeg(Image.new("RGB", size, rgb), fmt)
+
+
+def _centre(box):
+    x, y, w, h = box
+    return x + w / 2, y + h / 2
+
+
+def test_every_face_of_a_group_picture_is_scored_largest_first(crop):
+    group, places = media.group()
+    photo, pic = crop.score([media.photo_bytes(), group], ["hopper.jpg", "group.jpg"])
+
+    assert (photo["image"], photo["width"], photo["height"], photo["error"]) == ("hopper.jpg", 512, 600, None)
+    (face,) = photo["faces"]
+    cx, cy = _centre(face["box"])
+    assert 200 < cx < 330 and 160 < cy < 300, face["box"]  # her face, in the photo's pixels
+    assert len(face["landmarks"]) == 6 and all(len(p) == 2 for p in face["landmarks"])
+    assert 0.5 <= face["score"] <= 1 and face["status"] == "cropped"
+    assert set(face["probabilities"]) == {"AU1", "AU2", "AU12"}
+    assert face["active"] == [k for k, p in face["probabilities"].items() if p >= crop.thresholds[k]]
+
+    assert pic["faces_found"] == 3 and [f["face"] for f in pic["faces"]] == [0, 1, 2]
+    areas = [f["box"][2] * f["box"][3] for f in pic["faces"]]
+    assert areas == sorted(areas, reverse=True)
+    for f, (x0, y0, x1, y1) in zip(pic["faces"], places):  # the largest copy is the leftmost
+        cx, cy = _centre(f["box"])
+        assert x0 < cx < x1 and y0 < cy < y1, (f["box"], (x0, y0, x1, y1))
+
+    largest = inference.Scorer(crop.model_dir, which_faces="largest")
+    (only,) = largest.score([group], ["group.jpg"])[0]["faces"]
+    assert only["box"] == pic["faces"][0]["box"]
+
+
+def test_faces_are_batched_and_batches_change_nothing(models, crop, monkeypatch):
+    group, _ = media.group()
+    images = [group, media.photo_bytes(), group]
+    sizes = []
+    real = inference.model.run_signature
+
+    def counting(signature, jpegs, task):
+        sizes.append(len(jpegs))
+        return real(signature, jpegs, task)
+
+    monkeypatch.setattr(inference.model, "run_signature", counting)
+    one_by_one = inference.Scorer(models["crop"], batch_size=1).score(images, ["a", "b", "c"])
+    assert sizes == [1] * 7
+    sizes.clear()
+    by_four = inference.Scorer(models["crop"], batch_size=4).score(images, ["a", "b", "c"])
+    assert sizes == [4, 3]  # 7 faces of three pictures, four at a time
+    for a, b in zip(one_by_one, by_four):
+        for fa, fb in zip(a["faces"], b["faces"]):
+            assert fa["probabilities"] == pytest.approx(fb["probabilities"], abs=1e-4)
+
+
+def test_bad_images_never_raise_and_say_why(crop, tmp_path):
+    from PIL import Image
+
+    whole = media.photo_bytes()
+    huge = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(huge, format="PNG")  # 100 megapixels in a few kB
+    images = {"empty.jpg": b"", "notes.txt": b"not an image", "dot.png": _flat((9, 9, 9), (1, 1), "PNG"),
+              "huge.png": huge.getvalue(), "cut.jpg": whole[: len(whole) // 3], "ok.jpg": whole}
+    results = crop.score(list(images.values()), list(images))
+    by_name = {r["image"]: r for r in results}
+    expected = {"empty.jpg": "not_image", "notes.txt": "not_image", "dot.png": "too_small", "huge.png": "too_large",
+                "cut.jpg": "corrupt"}
+    for name, reason in expected.items():
+        r = by_name[name]
+        assert r["reason"] == reason and r["faces"] == [], r
+        assert r["error"].startswith(name) and ";" in r["error"], r["error"]  # names the file, then what to do
+    assert "10000x10000" in by_name["huge.png"]["error"] and "1x1" in by_name["dot.png"]["error"]
+    assert by_name["ok.jpg"]["error"] is None and len(by_name["ok.jpg"]["faces"]) == 1
+
+
+def test_a_picture_without_a_face(models, crop):
+    (wall,) = crop.score([_flat(media.BLUE)], ["wall.jpg"])
+    assert wall["faces"] == [] and wall["error"] is None and wall["reason"] == "no_face"
+    # a model trained with --no-face whole scores such a picture whole
+    (whole,) = inference.Scorer(models["crop_whole"]).score([_flat(media.BLUE)], ["wall.jpg"])
+    (face,) = whole["faces"]
+    assert face["status"] == "no_face_whole" and face["box"] == [0.0, 0.0, 64.0, 48.0] and face["active"] == ["AU12"]
+    assert whole["reason"] == "no_face"
+
+
+def test_a_model_trained_on_whole_pictures_scores_the_whole_picture(models):
+    scorer = inference.Scorer(models["whole"])
+    assert scorer.settings.mode == "whole"
+    red, blue = scorer.score([_flat((255, 0, 0)), _flat(media.BLUE, fmt="PNG")], ["red.jpg", "blue.png"])
+    (face,) = red["faces"]
+    assert face == {**face, "face": 0, "status": "whole", "box": [0.0, 0.0, 64.0, 48.0], "landmarks": [],
+                    "score": None, "active": ["AU1"]}
+    assert face["probabilities"]["AU1"] > 0.99 and blue["faces"][0]["active"] == ["AU12"]
+
+
+def test_thresholds_versions_and_registry_roots(models, tmp_path):
+    from components.push import logic as push_logic
+
+    evaluation = tiny.make_evaluation(str(tmp_path / "evaluation"), True)  # tuned: AU1 0.4, AU2 0.6, AU12 0.5
+    record = push_logic.run(models["whole"], evaluation, None, destination=str(tmp_path / "registry"),
+                            model_name="au")
+    by_root = inference.Scorer(str(tmp_path / "registry" / "au"))
+    assert by_root.version == record["version"] and by_root.au_ids == [1, 2, 12]
+    assert by_root.thresholds == {"AU1": 0.4, "AU2": 0.6, "AU12": 0.5}
+    assert "tuned" in by_root.threshold_source and by_root.config["task"] == "au"
+    by_name = inference.Scorer(str(tmp_path / "registry"), model_name="au")
+    assert by_name.model_dir == by_root.model_dir == record["uri"]
+    plain = inference.Scorer(models["whole"], threshold=0.999)
+    assert plain.version is None and plain.thresholds == {"AU1": 0.999, "AU2": 0.999, "AU12": 0.999}
+    (red,) = plain.score([_flat((255, 0, 0))], ["red.jpg"])
+    assert 0.99 < red["faces"][0]["probabilities"]["AU1"] < 0.999 and red["faces"][0]["active"] == []
+
+    os.makedirs(tmp_path / "half" / "au" / "20260101T000000Z-half" / "saved_model")
+    with pytest.raises(inference.ModelError, match="has no LATEST"):
+        inference.Scorer(str(tmp_path / "half" / "au"))
+    with pytest.raises(inference.ModelError, match="is not a model"):
+        inference.Scorer(str(tmp_path / "nothing"))
+
+
+def test_a_valence_arousal_model(models):
+    (r,) = inference.Scorer(models["va"]).score([_flat((255, 0, 0))], ["red.jpg"])
+    (face,) = r["faces"]
+    assert face["probabilities"] == {} and face["active"] == []
+    assert -1 <= face["valence"] <= 1 and -1 <= face["arousal"] <= 1
+
+
+def test_frames_are_scored_as_pictures(crop):
+    from PIL import Image
+
+    group, places = media.group()
+    rgb = np.asarray(Image.open(io.BytesIO(group)).convert("RGB"))
+    frame, grey, tiny_frame = crop.score_frames([rgb, rgb[:, :, 0], rgb[:5, :5]], ["f0", "f1", "f2"])
+    assert len(frame["faces"]) == 3 and frame["error"] is None
+    assert grey["reason"] == "not_image" and "f1" in grey["error"]
+    assert tiny_frame["reason"] == "too_small"
+    from_bytes = crop.score([group], ["g"])[0]
+    for a, b in zip(frame["faces"], from_bytes["faces"]):
+        assert a["box"] == pytest.approx(b["box"], abs=3)
+
+
+def test_a_failing_model_fails_only_its_image(models, monkeypatch):
+    scorer = inference.Scorer(models["whole"])
+    poison = _flat((0, 255, 0))
+    real = inference.model.run_signature
+
+    def fragile(signature, jpegs, task):
+        if poison in jpegs:
+            raise ValueError("cannot decode")
+        return real(signature, jpegs, task)
+
+    monkeypatch.setattr(inference.model, "run_signature", fragile)
+    red, green, blue = scorer.score([_flat((255, 0, 0)), poison, _flat(media.BLUE)], ["r.jpg", "g.jpg", "b.jpg"])
+    assert red["faces"][0]["active"] == ["AU1"] and blue["faces"][0]["active"] == ["AU12"]
+    assert green["reason"] == "model_failed" and green["faces"] == [] and "g.jpg" in green["error"]
+
+
+def test_exif_orientation_is_applied():
+    from PIL import Image
+
+    im = Image.new("RGB", (60, 30), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: 30 wide, 60 high
+    out = io.BytesIO()
+    im.save(out, format="JPEG", exif=exif)
+    rgb, bad = inference.decode(out.getvalue(), "turned.jpg")
+    assert bad is None and rgb.shape == (60, 30, 3)
+
+
+def test_warmup_and_describe(crop):
+    crop.warmup()
+    d = crop.describe()
+    assert d["faces"]["mode"] == "crop" and d["which_faces"] == "all" and d["au_ids"] == [1, 2, 12]
+    with pytest.raises(ValueError, match="which_faces"):
+        inference.Scorer(crop.model_dir, which_faces="some")
+
+
+def test_library_noise_is_dropped_and_real_errors_are_kept(monkeypatch, capfd):
+    monkeypatch.setattr(inference, "_quiet", True)
+    with inference.library_noise():
+        os.write(2, b"E external/cuda_dnn.cc:10575] Unable to register cuDNN factory: Attempting to register\n")
+        with inference.library_noise():  # nested (the detector inside warmup): one redirection
+            os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"E something real went wrong\n")
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert "something real went wrong" in err and "cuDNN" not in err and "XNNPACK" not in err
+    assert err.index("something real") < err.index("after")  # stderr is the console's again
