@@ -159,17 +159,19 @@ def in_process(scorer, images: list[bytes], batch: int, seconds: float) -> dict:
     names = [f"img{i}" for i in range(len(images))]
     rates = {}
     for size in (batch, 1):
-        done, start = 0, time.perf_counter()
+        done, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds / 2 or done == 0:
             # The next `size` images of the cycle: every image as often as the server gets it.
             picks = [(done + i) % len(images) for i in range(size)]
             results = scorer.score([images[i] for i in picks], [names[i] for i in picks])
             done += len(results)
         rates[size] = done / (time.perf_counter() - start)
+        if size == batch:
+            rates["cpu_ms"] = (time.process_time() - cpu) / done * 1000
         faces = sum(len(r["faces"]) for r in results)
         if faces == 0:
             sys.exit("the in-process scorer found no face in the benchmark's images: check the model's face settings")
-    return {"batched": rates[batch], "single": rates[1]}
+    return {"batched": rates[batch], "single": rates[1], "cpu_ms": rates["cpu_ms"]}
 
 
 # --- the server and wrk -------------------------------------------------------------------------------------------
@@ -217,6 +219,12 @@ class Server:
             text = r.read().decode()
         return {line.split("{")[0].split()[0]: float(line.split()[-1]) for line in text.splitlines()
                 if line and not line.startswith("#")}
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used (all its threads)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -357,8 +365,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-bench-", dir=CACHE) as work:
         images = scenes(args.images, seed=0)
         model_root, model_dir, evaluation = scratch_registry(args.model, work)
+        load_start = os.getloadavg()[0]
         print(f"{len(images)} photos of 640x480 with one face; model {args.model or 'tiny_model (face crops)'}; "
-              f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", flush=True)
+              f"{os.cpu_count()} cores; load average {load_start:.1f}", flush=True)
         from components.common import inference
 
         scorer = inference.Scorer(model_root, batch_size=args.max_batch)
@@ -376,15 +385,16 @@ def main(argv=None) -> int:
             wrk(server.url, good, 8, 3)  # warm: the first batches of each size trace nothing, but the caches fill
             rows = []
             for clients in [int(c) for c in args.clients.split(",")]:
-                c0 = server.counters()
+                c0, cpu0 = server.counters(), server.cpu_seconds()
                 r = wrk(server.url, good, clients, args.duration)
-                c1 = server.counters()
+                c1, cpu1 = server.counters(), server.cpu_seconds()
                 batches = c1["serve_batches_total"] - c0["serve_batches_total"]
                 scored = c1["serve_images_scored_total"] - c0["serve_images_scored_total"]
                 mean_batch = scored / batches if batches else 0.0
                 problems += [f"{clients} clients: {x}" for x in check_load(r)]
                 rows.append([f"{clients} client{'s' if clients > 1 else ''}", f"{r['requests']:,}",
-                             f"{r['rps']:.1f}", f"{r['rps'] / base['batched']:.0%}", f"{r['p50_ms']:.0f}",
+                             f"{r['rps']:.1f}", f"{r['rps'] / base['batched']:.0%}",
+                             f"{(cpu1 - cpu0) / max(1, r['requests']) * 1000:.1f}", f"{r['p50_ms']:.0f}",
                              f"{r['p99_ms']:.0f}", f"{mean_batch:.1f}",
                              str(r["requests"] - r["statuses"].get("200", 0))])
                 print(f"  {clients:>3} clients: {r['rps']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 "
@@ -407,8 +417,11 @@ def main(argv=None) -> int:
           f"--max-batch {args.max_batch}, --batch-window-ms {args.batch_window_ms:g}) against Scorer.score in one "
           f"process ({base['batched']:.1f} images/s at {args.max_batch} a call, {before['batched']:.1f} before the "
           f"server ran and {after['batched']:.1f} after; {base['single']:.1f} at 1):\n")
-    print(table(rows, ["load", "requests", "req/s", "share of in-process", "p50 ms", "p99 ms", "mean batch",
-                 "non-200"]))
+    print(table(rows, ["load", "requests", "req/s", "share of in-process", "server CPU ms/request", "p50 ms",
+                       "p99 ms", "mean batch", "non-200"]))
+    print(f"\nIn-process CPU per image: {base['cpu_ms']:.1f} ms. Load average of the machine: {load_start:.1f} at "
+          f"the start, {os.getloadavg()[0]:.1f} at the end (other work shares the cores: req/s follows the CPU share "
+          "the processes get; CPU ms per request does not).")
     if push_row:
         print("\n" + push_row)
     if soak_row:
@@ -447,11 +460,12 @@ def push_during_load(server: Server, script: str, model_dir: str, evaluation: st
         problems.append(f"push during load: the server never answered with version {record['version']} "
                         f"(answers per version: {versions})")
     lost = result["requests"] - result["statuses"].get("200", 0)
+    swap = (f"{swapped_after:.1f} s after the push (loaded and warmed beside the old one)"
+            if swapped_after is not None else "never")
     return (f"Push during load (8 clients, {seconds:g} s, version bench-2 pushed after {seconds / 3:.0f} s): "
             f"{result['requests']:,} requests, {lost} not answered 200, {result['socket_errors']} socket errors; "
-            f"answers per version {json.dumps(versions)}; the server answered with the new version "
-            + (f"{swapped_after:.1f} s after the push (load and warm-up beside the old one)" if swapped_after is not None
-               else "never") + f"; p99 {result['p99_ms']:.0f} ms.")
+            f"answers per version {json.dumps(versions)}; the server answered with the new version {swap}; "
+            f"p99 {result['p99_ms']:.0f} ms.")
 
 
 def soak(server: Server, script: str, seconds: float, problems: list[str]) -> str:

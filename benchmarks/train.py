@@ -1,7 +1,7 @@
 """Benchmark of the train step: images/s of the tf.data input pipeline alone and of training steps, and on a GPU
 InceptionV3 and VGG16 at 224x224 with mixed precision. Prints tables; asserts nothing.
 
-    python benchmarks/train.py                      # this machine, the demo defaults
+    python benchmarks/train.py                      # this machine, the demo's recipe (--preset demo)
     python benchmarks/train.py --backbone vgg16 --image-size 224 --batch-size 32
 """
 from __future__ import annotations
@@ -15,6 +15,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from components.train.params import SCRATCH_BN_MOMENTUM, SPEC as TRAIN  # noqa: E402
+from pipeline.defaults import DEMO_PRESET, PRESETS  # noqa: E402
+
+DEMO = PRESETS[DEMO_PRESET]  # the recipe of a CPU and no ImageNet weights; the pipeline's defaults want a GPU
 
 
 def _pipeline_rate(files, size, batch, augment, cache, passes=1) -> float:
@@ -42,7 +45,7 @@ def _compiled_model(backbone: str, size: int, weights=None):
                                 bn_momentum=SCRATCH_BN_MOMENTUM)
     slow = model_lib.apply_fine_tune(net, "full")
     net.compile(
-        optimizer=losses.make_optimizer(TRAIN.defaults.optimizer, TRAIN.defaults.learning_rate,
+        optimizer=losses.make_optimizer(DEMO["optimizer"], DEMO["learning_rate"],
                                         backbone_variables=slow, backbone_multiplier=1.0),
         loss=losses.MaskedBinaryCrossentropy(),
         metrics=[losses.MaskedAUC(multi_label=True, num_labels=11, name="auc")],
@@ -78,9 +81,9 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default=TRAIN.defaults.backbone)
-    p.add_argument("--image-size", type=int, default=TRAIN.defaults.image_size, help="0 follows the backbone")
-    p.add_argument("--batch-size", type=int, default=TRAIN.defaults.batch_size, help="0 follows the backbone")
+    p.add_argument("--backbone", default=DEMO["backbone"])
+    p.add_argument("--image-size", type=int, default=DEMO["image_size"], help="0 follows the backbone")
+    p.add_argument("--batch-size", type=int, default=DEMO["batch_size"], help="0 follows the backbone")
     p.add_argument("--examples", type=int, default=1024, help="synthetic 128 px JPEG examples in the train split")
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
     p.add_argument("--gpu-steps", type=int, default=50, help="timed steps per GPU backbone")

@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 
 from components.train.params import SPEC as TRAIN  # noqa: E402
 
-# The train step's policy: mixed_float16 wherever a GPU is visible (components/train/logic.py), so "auto"
+# The train step's policy: mixed_float16 wherever a GPU is visible (components/train/session.py), so "auto"
 # measures what train does today. On Hopper (H100/H200) bfloat16 and float16 run the tensor cores at the
 # same rate, and mixed_bfloat16 needs no loss scaling (float32's exponent range: Keras wraps the optimizer
 # in no LossScaleOptimizer, so no finite-check and skipped steps), which makes it the sensible policy for
@@ -90,7 +90,7 @@ def _peak_memory_bytes(backend: str) -> int | None:
 
 
 def _compiled_model(backbone: str, size: int, num_aus: int, fine_tune: str):
-    """The network, loss, metrics and optimizer exactly as components/train/logic.py builds and compiles them."""
+    """The network, loss, metrics and optimizer exactly as components/train/fit.py builds and compiles them."""
     from components.train import backbones, losses
     from components.train import model as model_lib
     from components.train.fit import lr_schedule

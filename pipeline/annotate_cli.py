@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Folder or gs:// prefix the annotations (annotations-*.parquet, annotate_summary.json) are "
                         "copied to at the end (default: they stay in the run folder, which is printed).")
     p.add_argument("--run-dir", help="Pipeline root of this run (default: runs/annotate-<time>/).")
-    p.add_argument("--runs-dir", default=defaults.RUNS_DIR, help="Folder holding every local run (default: %(default)s).")
+    p.add_argument("--runs-dir", default=defaults.RUNS_DIR,
+                   help="Folder holding every local run (default: %(default)s).")
     p.add_argument("--verbose", action="store_true",
                    help="Stream every step's full output to the console; without it each step prints a line as it "
                         "starts and ends, and its full output is in RUN_DIR/logs/STEP.log.")

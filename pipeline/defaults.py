@@ -96,6 +96,8 @@ SWEEP_POLL_SECONDS = 30  # between two looks at the data run's state
 # The tags `make images` builds and a container run uses; compile.py --image-cpu/--image-gpu take them too.
 LOCAL_IMAGE_CPU = "emotionet-au/pipeline-cpu:local"
 LOCAL_IMAGE_GPU = "emotionet-au/pipeline-gpu:local"
+# Where docker/Dockerfile.gpu's BACKBONE_WEIGHTS_URL puts a weights file, for train's --weights on a cluster offline.
+IMAGE_WEIGHTS_DIR = "/opt/weights"
 # Where the public bases (docker/Dockerfile.*'s BASE_IMAGE) can't be pulled, both images are built on this stand-in:
 # Debian's minbase with Python 3.11, pip and venv, as python:3.11-slim-bookworm has them (no CUDA).
 STANDIN_BASE_IMAGE = "emotionet-au/standin-python:3.11-bookworm"

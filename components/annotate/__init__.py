@@ -1,1 +1,1 @@
-"""The annotate step: a whole dataset annotated by a pushed model on Apache Beam (RunInference), one row per image and face."""
+"""The annotate step: a whole dataset annotated by a pushed model on Apache Beam (RunInference), a row per face."""

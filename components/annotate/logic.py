@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.annotate.params import IMAGES_PER_SHARD, IMAGES_PER_WORKER, MAX_IMAGE_BYTES, SPEC
+from components.annotate.params import IMAGES_PER_SHARD, IMAGES_PER_WORKER, SPEC
 from components.common import annotations, inference, labels, ledger, manifest, model, registry, storage
 from components.common.errors import StepRefusal
 
@@ -98,10 +98,10 @@ def read_work_list(manifest_dir: str, downloads_dir: str, au_ids) -> tuple[WorkL
         where = {k.decode(): storage.join(images, f"{k.decode()}.{ledger.FORMATS[e]}") for k, e in zip(ok_keys, ok_ext)}
     chosen, paths = [], []
     for i in first:
-        path = where.get(keys[i]) if _is_web(urls[i]) else urls[i]
-        if path is not None:
+        image = where.get(keys[i]) if _is_web(urls[i]) else urls[i]
+        if image is not None:
             chosen.append(i)
-            paths.append(path)
+            paths.append(image)
     work = WorkList([keys[i] for i in chosen], [urls[i] for i in chosen], paths,
                     au[chosen] if au is not None else None)
     downloaded = sum(1 for i in web if keys[i] in where)

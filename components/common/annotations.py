@@ -1,4 +1,4 @@
-"""The annotations folder (annotate's output): its shard files, their columns, annotate_summary.json; the rows' writer and the reader.
+"""The annotations folder (annotate's output): its shards, their columns, annotate_summary.json; the writer and reader.
 
 One row per image and face, as OpenFace writes one per frame and face: the image (key, url), what became of it
 (status, reason, message), the face (index, box in the image's pixels, detector score), each AU's probability

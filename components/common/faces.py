@@ -36,7 +36,7 @@ MODES = ("crop", "whole")
 NO_FACE_POLICIES = ("skip", "whole")
 # MediaPipe's BlazeFace, shipped inside its wheel: the full-range model (faces small in the frame), then the
 # short-range one when the first finds nothing; then, where the picture is larger than a tile and no face was
-# found, the full-range model on overlapping tiles (components/common/facefinder/tiles.py).
+# found that the detector sees clearly, the full-range model on overlapping tiles (components/common/facefinder/tiles.py).
 DETECTOR = "blazeface-full+short+tiles"
 # Larger images are shrunk to this longest side for detection only (the crop uses every pixel).
 DETECT_MAX_SIDE = 1280
@@ -104,7 +104,7 @@ def found_counter(scale: str) -> str:
     return f"faces_found_{scale}"
 
 
-# faces_tiled: images whose tiles were searched (the whole picture gave no face).
+# faces_tiled: images whose tiles were searched (the whole picture gave no face the detector sees clearly).
 TILED = "faces_tiled"
 COUNTERS = tuple(counter_name(r) for r in (CROPPED, NO_FACE_WHOLE, WHOLE) + REASONS) + (
     "faces_multiple", "faces_skipped") + tuple(found_counter(s) for s in SCALES) + (TILED,)

@@ -75,3 +75,18 @@ def read_manifest(manifest: str):
         first.sort()
         keys, au, va = keys[first], au[first], (va[first] if va is not None else None)
     return keys, au, va
+
+
+def sheet_identity(manifest: str) -> dict | None:
+    """{"uri", "sha256"} of the sheet a manifest was ingested from (its ingest_summary.json), None where it has none."""
+    import json
+
+    folder = manifest.rsplit("/", 1)[0] if str(manifest).endswith(".parquet") else manifest
+    path = storage.join(folder, INGEST_SUMMARY_FILE)
+    try:
+        summary = json.loads(storage.read_text(path)) if storage.exists(path) else None
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict):
+        return None
+    return {"uri": summary.get("source"), "sha256": summary.get("source_sha256")}

@@ -14,7 +14,7 @@ from components.common import examples, labels, ledger, storage
 from components.common.errors import StepRefusal
 from components.common.examples import EXAMPLES_WRITTEN
 from components.common.faces import REASONS, FaceSettings, counter_name
-from components.common.manifest import read_manifest
+from components.common.manifest import read_manifest, sheet_identity
 from components.convert.params import MIN_PARTS, PART_BYTES, SHARD_BYTES, SPEC
 
 _LOG = logging.getLogger(__name__)
@@ -209,8 +209,10 @@ def run(
         raise ConvertError(_why_no_example(counters, stats["counters"], downloads_dir, faces))
     summary = beamio.write_summary(output_dir, au_ids, stats, plan, has_va=has_va, policy=None,
                                    counters={**counters, **stats["counters"]},
-                                   # The manifest read: evaluate's slices by the URL's host follow it.
-                                   parameters={"manifest": manifest_dir, "validation_fraction": validation_fraction,
+                                   # The manifest read (evaluate's slices by the URL's host follow it) and the
+                                   # sheet it came from (the model card names it).
+                                   parameters={"manifest": manifest_dir, "sheet": sheet_identity(manifest_dir),
+                                               "validation_fraction": validation_fraction,
                                                "test_fraction": test_fraction, "max_side": int(max_side),
                                                "faces": faces.to_dict()})
     storage.delete(staging)

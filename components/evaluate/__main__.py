@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         return refuse("evaluate", f"Cloud Storage refused: {e.message}")
     blessing = result["blessing"]
     print(format_table(result["metrics"]))
+    worst = (result["metrics"].get("slices") or {}).get("worst")
+    if worst:  # the whole slice table is in report.md
+        print(f"worst slice: {worst['feature']} = {worst['value']} ({worst['examples']} examples), macro F1 "
+              f"{worst['macro_f1']:.3f} (every slice in {args.evaluation}/report.md)")
     print()
     print(("BLESSED" if blessing["blessed"] else "NOT BLESSED") + f" (evaluation in {args.evaluation})")
     for reason in blessing["reasons"]:

@@ -187,8 +187,12 @@ def run(
     verdict = judge(headline(metrics), baseline, config["task"], min_macro_f1, min_macro_auc, tolerance, notes)
     if "slices" in metrics:
         by_slice = judge_slices(metrics["slices"], live_slices, min_slice_macro_f1, slice_tolerance)
+        if baseline is not None and live_slices is None:
+            by_slice["reasons"].append("the live model's test scores do not line up with the candidate's examples: "
+                                       "its slices are not compared")
         verdict = {"blessed": verdict["blessed"] and all(c["passed"] for c in by_slice["checks"]),
-                   "reasons": verdict["reasons"] + by_slice["reasons"], "checks": verdict["checks"] + by_slice["checks"]}
+                   "reasons": verdict["reasons"] + by_slice["reasons"],
+                   "checks": verdict["checks"] + by_slice["checks"]}
     blessing = {
         "blessed": verdict["blessed"],
         "reasons": verdict["reasons"],

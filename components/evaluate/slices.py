@@ -98,7 +98,8 @@ def read_facts(files: list[str]) -> Facts:
                 out.angle.append(angle[0] if angle else None)
                 src = [int(v) for v in f[faces.SOURCE_SIZE].int64_list.value] if faces.SOURCE_SIZE in f else []
                 out.source.append(tuple(src) if len(src) == 2 else None)
-                out.size.append((int(f[ex.IMAGE_WIDTH].int64_list.value[0]), int(f[ex.IMAGE_HEIGHT].int64_list.value[0])))
+                out.size.append((int(f[ex.IMAGE_WIDTH].int64_list.value[0]),
+                                 int(f[ex.IMAGE_HEIGHT].int64_list.value[0])))
                 out.grey.append(is_grey(f[ex.IMAGE_ENCODED].bytes_list.value[0]))
     return out
 
@@ -297,6 +298,8 @@ def find_manifest(examples_dir: str, summary: dict) -> tuple[str | None, str]:
     convert records it in examples_summary.json's parameters; filter records the folder it filtered (source).
     """
     parameters = summary.get("parameters") or {}
+    if not parameters.get("manifest") and (parameters.get("convert") or {}).get("parameters"):
+        parameters = parameters["convert"]["parameters"]  # filter carries convert's parameters along
     seen = {examples_dir}
     while not parameters.get("manifest") and parameters.get("source") and parameters["source"] not in seen:
         source = parameters["source"]
@@ -352,7 +355,8 @@ def manifest_columns(manifest: str, keys: list[str], columns: list[str]) -> dict
 
 
 def slice_png(slices: dict, overall_macro_f1: float | None) -> bytes:
-    """slices.png: macro F1 at 0.5 of each measured slice (a bar each, grouped by feature), the whole split's as a line."""
+    """slices.png: macro F1 at 0.5 of each measured slice (a bar each, coloured by feature), the whole split's as a
+    line."""
     import matplotlib
 
     matplotlib.use("Agg")

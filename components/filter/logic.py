@@ -129,7 +129,11 @@ def run(
         counters={**dict.fromkeys(COUNTERS, 0), **stats["counters"]},
         # The face settings the images were cut with travel on to train (and so to the model).
         parameters={"aus": ",".join(map(str, keep_ids)), "policy": policy, "source": examples_dir,
-                    "faces": (source.get("parameters") or {}).get("faces")},
+                    "faces": (source.get("parameters") or {}).get("faces"),
+                    # What convert counted and was given (downloads missed, faces skipped, the sheet): the model
+                    # card reads them from the model, which sees this folder only.
+                    "convert": (source.get("parameters") or {}).get("convert")
+                    or {"counters": source.get("counters"), "parameters": source.get("parameters")}},
     )
     _LOG.info("filter: %s", {s: v["examples"] for s, v in summary["splits"].items()})
     return summary

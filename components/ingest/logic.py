@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -309,6 +310,11 @@ def run(source: str, output_dir: str) -> dict:
                 raise SheetError(f"{source} could not be read from Cloud Storage ({type(e).__name__}: {e})") from None
             raise
         reader, layout, is_csv = read_sheet(source, local)
+        # Which sheet exactly: the model card of every model trained from it names this digest.
+        digest = hashlib.sha256()
+        with open(local, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
         res = Result()
         au_buf: list[np.ndarray] = []
         va_buf: list[list[float]] = []
@@ -399,6 +405,7 @@ def run(source: str, output_dir: str) -> dict:
     kept = au[keep]
     summary = {
         "source": source,
+        "source_sha256": digest.hexdigest(),
         "header_row": layout.has_header,
         "has_valence_arousal": layout.va_cols is not None,
         "rows_read": rows_read,

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "detector score and each Action Unit's probability and active flag.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="Image or video files, folders or globs (local or gs://).")
     p.add_argument("--model", default=f"{REGISTRY.default}/{MODEL_NAME.default}",
                    help="Registry model root (<registry>/<model_name>, follows LATEST), a version folder, or a model "
@@ -49,12 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Videos: score F frames per second of video (instead of --every).")
     p.add_argument("--batch-size", type=int, default=32,
                    help="Faces (and images, or video frames) sent to the model at once. Default: %(default)s.")
+    p.add_argument("--model-card", action="store_true",
+                   help="Print the model's card (what it detects, its data, metrics per AU and slice, what it must not "
+                        "be used for) and exit: Markdown, or model_card.json with --json. No INPUT needed.")
     p.add_argument("--verbose", action="store_true",
                    help="Show TensorFlow's, MediaPipe's and the Google libraries' own log lines and warnings.")
     return p
 
 
 def _check(p: argparse.ArgumentParser, args) -> None:
+    if not args.inputs and not args.model_card:
+        p.error("no INPUT given: name image or video files, folders or globs (or pass --model-card)")
     if args.every < 1:
         p.error(f"--every is {args.every}; expected 1 or more")
     if args.fps < 0:
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(parser, args)
+    if args.model_card:
+        return _print_card(args.model, args.json)
     from components.common import inference
 
     inference.quiet_libraries(verbose=args.verbose)  # before TensorFlow and MediaPipe are imported
@@ -144,6 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     if counts["errors"] == 0:
         return 0
     return 2 if counts["errors"] >= counts["inputs"] else 1
+
+
+def _print_card(model: str, as_json: bool) -> int:
+    """--model-card: the card of the version --model names (a registry root follows LATEST)."""
+    import json
+
+    from components.common import model_card, registry
+    from components.common.errors import refuse
+
+    try:
+        uri, _ = registry.resolve_model(model)
+        card = model_card.read(uri, markdown=not as_json)
+    except (registry.RegistryError, model_card.ModelCardError) as e:
+        return refuse("predict", e)
+    except Exception as e:  # noqa: BLE001
+        return refuse("predict", _cloud(e))
+    print(json.dumps(card, indent=2) if as_json else card, end="\n" if as_json else "", flush=True)
+    return 0
 
 
 def _is_cloud(e: Exception) -> bool:

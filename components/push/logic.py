@@ -178,6 +178,10 @@ def run(
     files = _copy_into(model_dir, version_uri)
     files += _copy_into(evaluation_dir, version_uri, evaluation.EVALUATION_FILES)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    from components.push.card import write_card  # the model card: before the marker, so a whole version has one
+
+    files += write_card(model_dir, evaluation_dir, blessing, model_name, version, version_uri, previous, now,
+                        forced=bool(force) and not blessing["blessed"])
     marker = {
         "version": version,
         "model_name": model_name,

@@ -119,6 +119,21 @@ def _metrics(metrics: dict) -> str:
     return overall + _table(head, rows, left=2)
 
 
+def _slices(metrics: dict) -> str:
+    """The per-slice table of metrics.json (evaluate's slices), the worst slice named, or a note without slices."""
+    from components.common.metric_tables import format_number, slice_notes, slice_rows, worst_slice
+
+    if not (metrics or {}).get("slices"):
+        return '<p class="muted">no slices in this run</p>'
+    head, rows = slice_rows(metrics)
+    worst = worst_slice(metrics)
+    line = (f"<p>Worst slice: <b>{html.escape(str(worst['feature']))} = {html.escape(str(worst['value']))}</b> "
+            f"({worst['examples']} examples), macro F1 {format_number(worst['macro_f1'])} at 0.5. Slices of fewer than "
+            f"{metrics['slices']['min_size']} examples are listed as too small.</p>" if worst else "")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in slice_notes(metrics))
+    return line + _table(head, rows, left=2) + (f"<ul class=muted>{notes}</ul>" if notes else "")
+
+
 def _blessing(blessing: dict, push: dict) -> str:
     if not blessing:
         return '<p class="muted">no blessing in this run</p>'
@@ -135,7 +150,7 @@ def _blessing(blessing: dict, push: dict) -> str:
 def render(result) -> str:
     """The report of a run (components.report.records.RunResult: a local run's, or one made from the step outputs
     alone) as one HTML page, images inlined."""
-    from components.common.evaluation import BLESSING_FILE, METRICS_FILE, PR_FILE, ROC_FILE
+    from components.common.evaluation import BLESSING_FILE, METRICS_FILE, PR_FILE, ROC_FILE, SLICES_FILE
     from components.common.examples import EXAMPLES_SUMMARY_FILE
     from components.common.ledger import DOWNLOAD_SUMMARY_FILE
     from components.common.manifest import INGEST_SUMMARY_FILE
@@ -162,6 +177,8 @@ def render(result) -> str:
         "<h2>Blessing</h2>", _blessing(read_json(evaluation, BLESSING_FILE), read_json(pushed, PUSH_FILE)),
         "<h2>Action Units on the test split</h2>", _metrics(read_json(evaluation, METRICS_FILE)),
         "<div class=row>", _img(evaluation, ROC_FILE, "ROC curves"), _img(evaluation, PR_FILE, "PR curves"), "</div>",
+        "<h2>Slices of the test split</h2>", _slices(read_json(evaluation, METRICS_FILE)),
+        _img(evaluation, SLICES_FILE, "macro F1 per slice"),
         "<h2>Training</h2>",
         (f"<p>{len(history.get('epochs') or [])} epochs; best validation loss "
          f"{history['best_val_loss']:.3f} at epoch {history.get('best_epoch')}.</p>"

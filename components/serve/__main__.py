@@ -1,4 +1,4 @@
-"""CLI of the model server: python -m components.serve --model REGISTRY_ROOT|VERSION [--port 8080] (also pipeline.py serve).
+"""CLI of the model server: python -m components.serve --model REGISTRY_ROOT|VERSION [--port 8080]; pipeline.py serve.
 
 The only place the server reads the environment: Vertex AI's AIP_* variables become the flags' defaults.
 """
@@ -14,7 +14,7 @@ from components.common.cli import StepArgumentParser
 from components.common.params import add_param_flag
 from components.serve.params import SPEC, Settings, check
 
-# Vertex AI's custom-container contract: https://cloud.google.com/vertex-ai/docs/predictions/custom-container-requirements
+# Vertex AI's custom-container contract (cloud.google.com/vertex-ai/docs/predictions/custom-container-requirements)
 ENVIRONMENT = {"model": "AIP_STORAGE_URI", "port": "AIP_HTTP_PORT", "predict_route": "AIP_PREDICT_ROUTE",
                "health_route": "AIP_HEALTH_ROUTE"}
 

@@ -8,7 +8,7 @@ Routes (the Vertex AI two follow AIP_PREDICT_ROUTE and AIP_HEALTH_ROUTE through 
   GET  /v2, /v2/health/live, /v2/health/ready, /v2/models/NAME, /v2/models/NAME/ready
   POST /v2/models/NAME/infer            KServe V2 (Open Inference Protocol), JSON or binary tensor data
   POST /v1/faces                        raw image bytes (Content-Type image/*) -> the model and the image's faces
-  GET  /model-card                      the version's model_card.json (404 when it has none)
+  GET  /model-card, /model-card.md      the version's model_card.json / model_card.md (404 when it has none)
   GET  /metrics                         Prometheus counters: batches, images scored, queue, swaps
 Every answer from the model carries the version that answered, in the body and in the X-Model-Version header.
 """
@@ -101,20 +101,34 @@ class Server:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise RequestError(413, f"the body is {int(declared):,} bytes; this server takes at most {limit:,}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:  # chunked bodies declare no length: stop reading at the limit
-                raise RequestError(413, f"the body is more than {limit:,} bytes; this server takes at most {limit:,}")
-            chunks.append(chunk)
+        chunks: list[bytes] = []
+
+        async def read() -> None:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:  # chunked bodies declare no length: stop reading at the limit
+                    raise RequestError(413, f"the body is more than {limit:,} bytes; this server takes at most "
+                                            f"{limit:,}")
+                chunks.append(chunk)
+
+        try:  # a client that sends its body slowly holds a connection: not longer than a request may take
+            await asyncio.wait_for(read(), self.settings.deadline_s)
+        except TimeoutError as e:
+            raise RequestError(408, f"the body did not arrive within {self.settings.deadline_s:g} s") from e
         return b"".join(chunks)
 
     @staticmethod
-    def _json_type(request: Request, also: tuple[str, ...] = ()) -> None:
+    def _json_type(request: Request) -> None:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media and media != "application/json" and media not in also:
-            raise RequestError(415, f"Content-Type is {media}; send application/json"
-                                    + (f" (or {', '.join(also)})" if also else ""))
+        if media and media != "application/json":
+            raise RequestError(415, f"Content-Type is {media}; send application/json")
+
+    def _room(self) -> None:
+        """503 before the body is even read when the queue is full: an overloaded server refuses cheaply."""
+        if self.batcher.queued >= self.batcher.max_queue:
+            raise RequestError(503, f"the server is busy (the queue holds {self.batcher.max_queue} images, at most "
+                                    f"{self.batcher.max_queue}); retry shortly", {"Retry-After": "1"})
 
     async def _score(self, model: Loaded, images: list[bytes], names: list[str]) -> list[dict]:
         """One result per image: those that fail the header check get their error here, the rest the model's."""
@@ -191,9 +205,13 @@ class Server:
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     async def card(self, request: Request) -> Response:
+        """The live version's model card: JSON, or its Markdown at /model-card.md."""
         model = self._model()
         if model.card is None:
             raise RequestError(404, model.card_error)
+        if request.url.path.endswith(".md"):
+            return PlainTextResponse(model.card_markdown or "", media_type="text/markdown; charset=utf-8",
+                                     headers={VERSION_HEADER: model.version} if model.version else None)
         return self._answer(model.card, model)
 
     # --- predictions ----------------------------------------------------------------------------------------------
@@ -202,6 +220,7 @@ class Server:
         if "name" in request.path_params:
             self._check_name(request.path_params["name"])
         self._json_type(request)
+        self._room()
         body = await self._body(request)
         images, names = protocols.parse_instances(body, self.settings.max_instances)
         model = self._model()
@@ -213,6 +232,7 @@ class Server:
         header_length = request.headers.get(protocols.V2_HEADER_LENGTH)
         if header_length is None:
             self._json_type(request)
+        self._room()
         body = await self._body(request)
         images, names, request_id = protocols.parse_v2(body, header_length, self.settings.max_instances)
         model = self._model()
@@ -222,6 +242,7 @@ class Server:
     async def faces(self, request: Request) -> Response:
         """Raw image bytes in; what predict --json says of one image out."""
         protocols.check_image_content_type(request.headers.get("content-type"))
+        self._room()
         body = await self._body(request)
         name = request.query_params.get("name", "body")
         model = self._model()
@@ -247,6 +268,7 @@ class Server:
             Route("/v2/models/{name}", self.v2_metadata, methods=["GET"]),
             Route(RAW_ROUTE, self.faces, methods=["POST"]),
             Route(CARD_ROUTE, self.card, methods=["GET"]),
+            Route(CARD_ROUTE + ".md", self.card, methods=["GET"]),
             Route(METRICS_ROUTE, self.metrics, methods=["GET"]),
         ]
 

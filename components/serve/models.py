@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from components.common import registry, storage
+from components.common import model_card, registry, storage
 
 log = logging.getLogger(__name__)
-
-MODEL_CARD_FILE = "model_card.json"  # beside push.json in a version folder, where push writes one
-
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:
@@ -28,22 +24,18 @@ class Loaded:
     scorer: Any  # components.common.inference.Scorer (or a test's fake with score() and warmup())
     version: str | None  # the registry version, None for a plain model folder
     uri: str  # the version or model folder it was loaded from
-    card: dict | None  # the version's model_card.json, None when it has none
+    card: dict | None  # the version's model_card.json (push writes it), None when it has none
+    card_markdown: str | None  # its model_card.md
     card_error: str  # why card is None, for GET /model-card's 404
     seconds: float  # load and warmup time
 
 
-def read_card(uri: str) -> tuple[dict | None, str]:
-    """(model_card.json of a version or model folder, "") or (None, why not)."""
-    path = storage.join(uri, MODEL_CARD_FILE)
-    if not storage.exists(path):
-        return None, (f"{path} does not exist: this version was pushed without a model card; push the model again "
-                      "with a push step that writes one")
+def read_card(uri: str) -> tuple[dict | None, str | None, str]:
+    """(model_card.json, model_card.md, "") of a version or model folder, or (None, None, why not)."""
     try:
-        card = json.loads(storage.read_text(path))
-    except ValueError as e:
-        return None, f"{path} is not valid JSON ({e}); push the model again"
-    return card, ""
+        return model_card.read(uri), model_card.read(uri, markdown=True), ""
+    except model_card.ModelCardError as e:
+        return None, None, str(e)
 
 
 class LiveModel:
@@ -79,9 +71,9 @@ class LiveModel:
         start = time.perf_counter()
         scorer = await asyncio.to_thread(self._load, uri)
         await self._warm(scorer.warmup)
-        card, card_error = await asyncio.to_thread(read_card, uri)
+        card, markdown, card_error = await asyncio.to_thread(read_card, uri)
         version = getattr(scorer, "version", None) or version
-        return Loaded(scorer, version, uri, card, card_error, time.perf_counter() - start)
+        return Loaded(scorer, version, uri, card, markdown, card_error, time.perf_counter() - start)
 
     def _target(self) -> tuple[str, str | None]:
         """(folder to load, its version): LATEST's version of a registry root, else the URI itself."""

@@ -37,7 +37,8 @@ SPEC = StepSpec(
         Param("max_body_bytes", int, 16 * MIB, "Largest request body in bytes (413 beyond).", pipeline=None),
         Param("max_pixels", int, 64_000_000, "Most pixels (width x height) of one image: a decompression bomb gets "
                                              "413 before it is decoded.", pipeline=None),
-        Param("deadline_s", float, 30.0, "Seconds a request may wait for the model (504 beyond).", pipeline=None),
+        Param("deadline_s", float, 30.0, "Seconds a request may take to send its body (408 beyond), and then to "
+                                         "wait for the model (504 beyond).", pipeline=None),
         Param("poll_s", float, 2.0, "Seconds between two reads of the registry's LATEST (0 = never: serve the "
                                     "first version only).", pipeline=None),
         Param("max_connections", int, 256, "Most open connections; uvicorn answers 503 beyond.", pipeline=None),

@@ -191,6 +191,8 @@ def model_config(p: Plan, run_facts: dict) -> dict:
             "validation_examples": p.n_val,
             **run_facts,
         },
+        # What the model card says of the training data (push sees the model, not the examples folder).
+        "data": {k: p.summary.get(k) for k in ("au_ids", "policy", "splits", "counters", "parameters")},
         "versions": versions(),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

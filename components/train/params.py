@@ -1,9 +1,9 @@
 """The train step's one declaration: what it reads and writes, and its parameters.
 
-The defaults are a recipe for real faces on one GPU (README, "Defaults for real photos"): ResNet-50 with ImageNet weights
-at 224 px, fine-tuned whole, AdamW, batch 64, 20 epochs, as ME-GraphAU (Luo et al., IJCAI 2022) trains its ResNet-50
-(BP4D F1 64.7); its backbone learns at ME-GraphAU's 1e-4 (--backbone-lr-multiplier 0.1 of the head's 1e-3). The study
-fine-tuned ImageNet-pretrained Inception and VGG: --preset study-11au.
+The defaults are a recipe for real faces on one GPU (README, "Defaults for real photos"): ResNet-50 with ImageNet
+weights at 224 px, fine-tuned whole, AdamW, batch 64, 20 epochs, as ME-GraphAU (Luo et al., IJCAI 2022) trains its
+ResNet-50 (BP4D F1 64.7); its backbone learns at ME-GraphAU's 1e-4 (--backbone-lr-multiplier 0.1 of the head's 1e-3).
+The study fine-tuned ImageNet-pretrained Inception and VGG: --preset study-11au.
 The demo's recipe (compactcnn from scratch, Adam at 0.002, 16 epochs: 2 CPU cores, no internet) is the preset `demo`
 of pipeline/defaults.py, which `pipeline.py run` applies to the demo set; the parameters the DAG does not expose
 (lr decay, L2, dropout, pos_weight...) are the same for both.

@@ -61,6 +61,9 @@ def measures(metrics: dict) -> dict:
     out.update({k: d["macro"][k] for k in ("precision", "recall", "f1", "auc")})
     out.update({k: d["micro"][k] for k in ("tp", "fp", "tn", "fn")})  # micro counts are the sums over the AUs
     out["f1_tuned"] = t["macro"]["f1"]
+    worst = (metrics.get("slices") or {}).get("worst")
+    out["worst_slice_f1"] = worst["macro_f1"] if worst else None
+    out["worst_slice"] = f"{worst['feature']} = {worst['value']}" if worst else None
     return out
 
 
@@ -88,7 +91,8 @@ def comparison_table(record: dict, entries: list[dict]) -> tuple[list[str], list
 
     keys = list(record["grid"])
     head = (["run"] + keys + ["status", "accuracy", "partial acc", "P", "R", "F1", "AUC", "TP", "FP", "TN", "FN",
-                              "F1@thr", "blessed", "epochs", "best val loss", "train s", "evaluate s"])
+                              "F1@thr", "worst slice F1", "blessed", "epochs", "best val loss", "train s",
+                              "evaluate s"])
     rows = []
     for e in entries:
         best = " (best)" if e["name"] == record.get("best") else ""
@@ -100,10 +104,10 @@ def comparison_table(record: dict, entries: list[dict]) -> tuple[list[str], list
             micro = dict(zip(t_head, next(r for r in t_rows if r[0] == "micro")))
             cells += [format_number(m["at_default"]["accuracy"]), format_number(m["at_default"]["partial_accuracy"]),
                       macro["P@0.5"], macro["R@0.5"], macro["F1@0.5"], macro["AUC"],
-                      micro["TP"], micro["FP"], micro["TN"], micro["FN"], macro["F1@thr"],
+                      micro["TP"], micro["FP"], micro["TN"], micro["FN"], macro["F1@thr"], _worst_slice(m),
                       {True: "yes", False: "no"}.get(e.get("blessed"), "-")]
         else:
-            cells += ["-"] * 12
+            cells += ["-"] * 13
         secs = e.get("seconds") or {}
         cells += [format_number(e.get("epochs")), format_number(e.get("best_val_loss")),
                   format_number(secs.get("train"), 1) if "train" in secs else "-",
@@ -112,9 +116,18 @@ def comparison_table(record: dict, entries: list[dict]) -> tuple[list[str], list
     return head, rows
 
 
+def _worst_slice(metrics: dict) -> str:
+    """The worst slice's macro F1 at 0.5 and which slice it is ("-" for a run without slices)."""
+    from components.common.metric_tables import format_number, worst_slice
+
+    w = worst_slice(metrics)
+    return f"{format_number(w['macro_f1'])} ({w['feature']} {w['value']})" if w else "-"
+
+
 _TABLE_NOTE = ("P, R, F1 and AUC: macro over the AUs at threshold 0.5; TP/FP/TN/FN: summed over the AUs at 0.5; "
-               "F1@thr: macro F1 at the per-AU thresholds tuned on the validation split; labels 999 left out of "
-               "every count; all on the test split.")
+               "F1@thr: macro F1 at the per-AU thresholds tuned on the validation split; worst slice F1: the lowest "
+               "macro F1 at 0.5 of a test slice evaluate measured (components/evaluate/slices.py); labels 999 left "
+               "out of every count; all on the test split.")
 
 
 def format_console(record: dict, entries: list[dict]) -> str:

@@ -36,8 +36,8 @@ def test_the_dag_runs_in_containers_and_the_spec_names_what_ran(images, tmp_path
     run_dir = runs / "in-containers"
     proc = subprocess.run(
         [sys.executable, "pipeline.py", "run", "--runner", "docker", "--image-cpu", images["cpu"],
-         "--image-gpu", images["gpu"], "--runs-dir", str(runs), "--run-dir", str(run_dir), "--demo-size", "120",
-         "--epochs", "1", "--min-macro-f1", "0", "--min-macro-auc", "0"],
+         "--image-gpu", images["gpu"], "--runs-dir", str(runs), "--run-dir", str(run_dir), "--preset", "demo",
+         "--demo-size", "120", "--epochs", "1", "--min-macro-f1", "0", "--min-macro-auc", "0"],
         cwd=REPO, capture_output=True, text=True, timeout=1500, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]

@@ -37,7 +37,8 @@ def test_the_image_is_labelled_with_what_it_was_built_from(images, kind):
 
 
 def test_every_step_cli_starts_in_its_image_as_a_plain_user_with_no_network(images):
-    steps = {"cpu": ["ingest", "download", "validate", "convert", "filter", "push", "predict", "faces"],
+    steps = {"cpu": ["ingest", "download", "validate", "convert", "filter", "push", "predict", "faces", "annotate",
+                     "serve"],
              "gpu": ["train", "evaluate", "predict"]}
     for kind, names in steps.items():
         script = " && ".join(f"python -m components.{n} --help >/dev/null" for n in names)

@@ -141,8 +141,9 @@ def test_pipeline_annotate_runs_ingest_download_annotate_and_resumes_from_the_st
         summaries = []
         for attempt in ("first", "again"):
             run_dir = str(tmp_path / attempt)
-            done = run(["pipeline.py", "annotate", "--source", sheet, "--model", world["model_root"], "--download-store",
-                        store, "--output", out, "--run-dir", run_dir, "--download-timeout", "3"], timeout=900)
+            done = run(["pipeline.py", "annotate", "--source", sheet, "--model", world["model_root"],
+                        "--download-store", store, "--output", out, "--run-dir", run_dir, "--download-timeout", "3"],
+                       timeout=900)
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             for step in ("ingest", "download", "annotate"):
                 assert re.search(rf"^{step}\s+succeeded", done.stdout, re.M), done.stdout

@@ -277,7 +277,7 @@ def test_convert_crops_faces_in_forked_workers_and_counts_the_rest(tmp_path):
     assert sorted(k.decode() for k in records) == sorted(keys[:10])
     for record in records.values():
         d = examples.example_to_dict(record)
-        assert d["face_status"] == "cropped" and (d["width"], d["height"]) == (160, 160)
+        assert d["face_status"] == "cropped" and (d["width"], d["height"]) == (FaceSettings().size,) * 2
         assert len(d["face_box"]) == 4 and len(d["face_landmarks"]) == 12 and d["face_score"][0] >= 0.5
 
     # --no-face whole keeps them, counted by reason; the KFP wrapper puts the counts on the artifact
@@ -289,6 +289,32 @@ def test_convert_crops_faces_in_forked_workers_and_counts_the_rest(tmp_path):
     assert kept.metadata["faces_cropped"] == 10 and kept.metadata["faces_no_face_whole"] == 4
     assert kept.metadata["faces_no_face"] == 3 and kept.metadata["faces"] == "crop"
     assert examples.read_summary(kept.path)["counters"]["examples_written"] == 14
+
+
+def test_convert_counts_the_faces_each_scale_found(tmp_path):
+    """A clear face is found in the whole picture; a small one in a large picture, in tiles: both counted, by scale,
+    in examples_summary.json and on the console, and each example says which scale found its face."""
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        photo = Image.open(io.BytesIO(f.read())).convert("RGB")
+    canvas = Image.new("RGB", (1000, 1000), (96, 110, 124))  # her portrait at 12% of it: a 40 px face
+    canvas.paste(photo.resize((102, 120), Image.LANCZOS), (560, 180))
+    manifest_dir, downloads_dir, keys = sample.write_dataset(
+        str(tmp_path / "data"), [_photo_scenes(1)[0], encode(canvas, "JPEG", quality=92)], seed=5)
+    out = tmp_path / "examples"
+    done = subprocess.run(
+        [sys.executable, "-m", "components.convert", "--manifest", manifest_dir, "--downloads", downloads_dir,
+         "--output", str(out), "--validation-fraction", "0", "--test-fraction", "0",
+         "--beam-args=--convert_processes=1"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "faces: 2 face crops; faces found: 1 in the whole picture, 1 in tiles (searched in 1 images)" in done.stdout
+    c = examples.read_summary(str(out))["counters"]
+    assert c["faces_cropped"] == 2 and c["faces_tiled"] == 1
+    assert c["faces_found_picture"] == 1 and c["faces_found_tiles"] == 1
+    scales = {k.decode(): examples.example_to_dict(r)["face_scale"] for k, r in all_records(out).items()}
+    assert scales == {keys[0]: face_contract.SCALE_PICTURE, keys[1]: face_contract.SCALE_TILES}
 
 
 def test_convert_does_not_fork_once_the_detector_ran_in_its_process(tmp_path, caplog, monkeypatch):

@@ -191,8 +191,11 @@ def test_the_three_protocols_find_the_face_and_name_the_version(server, world):
     assert faces.status_code == 200 and body["version"] == version and body["model_name"] == "au"
     assert body["au_ids"] == tiny.AU_IDS and body["images"][0]["faces"][0]["box"] == face["box"]
 
-    card = c.get("/model-card")
-    assert card.status_code == 404 and "model_card.json does not exist" in card.json()["error"]
+    card = c.get("/model-card")  # push writes one into the version
+    assert card.status_code == 200 and card.headers["x-model-version"] == version
+    assert card.json()["model"]["version"] == version
+    markdown = c.get("/model-card.md")
+    assert markdown.status_code == 200 and markdown.headers["content-type"].startswith("text/markdown")
 
 
 def test_bad_requests_get_their_status_and_never_harm_the_server(server, world):
@@ -265,9 +268,9 @@ def test_a_push_is_served_without_losing_a_request_in_flight(server, world):
     assert "now serving version " + second["version"] in server.log()
 
 
-def test_a_full_queue_answers_503_with_retry_after(world):
+def test_a_full_queue_answers_503_and_a_slow_body_408(world):
     s = ServerProcess(str(world["root"]), "--model", world["model_root"], "--poll-s", "0", "--max-queue", "1",
-                      "--max-batch", "1", "--max-instances", "1", "--batch-window-ms", "0")
+                      "--max-batch", "1", "--max-instances", "1", "--batch-window-ms", "0", "--deadline-s", "10")
     try:
         s.wait_ready()
         body = {"instances": [{"b64": _b64(world["scene"])}]}
@@ -286,6 +289,19 @@ def test_a_full_queue_answers_503_with_retry_after(world):
         for status, retry_after, doc in answers:
             if status == 503:
                 assert retry_after == "1" and "the server is busy" in doc["error"]
+        # A client that announces 1,000 bytes and sends 10 gets 408 at the deadline, not a connection held forever.
+        with socket.create_connection(("127.0.0.1", s.port), timeout=60) as slow:
+            slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"instances")
+            started = time.monotonic()
+            answer = ""
+            while "}" not in answer:  # the head and the JSON body may come in two reads
+                part = slow.recv(65536).decode(errors="replace")
+                if not part:
+                    break
+                answer += part
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 10 s" in answer, answer
+        assert 5 < time.monotonic() - started < 50
         assert s.client.get("/health").status_code == 200
     finally:
         assert s.stop() in (0, -signal.SIGTERM), s.log()

@@ -299,7 +299,8 @@ def test_listing_makes_a_manifest_of_the_image_files(tmp_path):
     assert done == {"source": str(tmp_path / "pics"), "images": 3, "skipped": 1}
     table = pq.read_table(str(tmp_path / "m" / "manifest.parquet")).to_pydict()
     root = str(tmp_path / "pics")
-    assert table["url"] == [os.path.join(root, "B.PNG"), os.path.join(root, "a.jpg"), os.path.join(root, "sub", "c.jpeg")]
+    assert table["url"] == [os.path.join(root, "B.PNG"), os.path.join(root, "a.jpg"),
+                            os.path.join(root, "sub", "c.jpeg")]
     assert table["key"] == [labels.image_key(u) for u in table["url"]] and table["row"] == [1, 2, 3]
     assert listing.is_listing_source(root) and not listing.is_listing_source(str(tmp_path / "sheet.xlsx"))
     assert listing.is_listing_source("gs://b/pics/") and not listing.is_listing_source("gs://b/sheet.xlsx")

@@ -1,5 +1,6 @@
-"""The annotate DAG (pipeline/annotate_dag.py): compiled by `compile.py --pipeline annotate` for a cluster, its parameters
-as flags of `pipeline.py annotate` and `submit --pipeline annotate`, and what those refuse before any step runs."""
+"""The annotate DAG (pipeline/annotate_dag.py): compiled by `compile.py --pipeline annotate` for a cluster, its
+parameters as flags of `pipeline.py annotate` and `submit --pipeline annotate`, and what those refuse before any
+step runs."""
 import argparse
 import importlib.util
 import os

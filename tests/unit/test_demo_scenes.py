@@ -87,6 +87,37 @@ def test_scenes_are_web_sized_and_the_face_box_is_inside_and_small(wild):
     assert none[[f"AU{a}" for a in ELEVEN]].isin([0, 1]).all().all()  # still labelled, as EmotioNet has such rows
 
 
+def test_small_faces_scenes_are_large_pictures_whose_face_is_10_to_22_percent(tmp_path):
+    out = str(tmp_path / "small")
+    summary = generate_demo(out, size=24, seed=2, workers=1, scene="small-faces")
+    df = load_labels(out)
+    size = scenes.SMALL_FACES
+    assert (size.min_side, size.max_side, size.face_min, size.face_max) == (480, 1024, 0.10, 0.22)
+    assert summary["scene"] == "small-faces" and (df["scene"] == "small-faces").all()
+    assert df["width"].between(480, 1024).all() and df["height"].between(480, 1024).all()
+    assert df["width"].max() > 800 or df["height"].max() > 800  # large pictures, not the default world's
+    face = df[df["faces_in_scene"] > 0]
+    x0, y0, x1, y1 = (face[c].to_numpy(np.float64) for c in ("face_x0", "face_y0", "face_x1", "face_y1"))
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= face["width"]).all() and (y1 <= face["height"]).all()
+    side = np.maximum(x1 - x0, y1 - y0)
+    share = side / np.minimum(face["width"], face["height"])
+    assert share.min() >= 0.10 - 1e-3 and share.max() <= 0.22 + 1e-3
+    assert side.min() >= 48 - 1  # every labelled face is one the face finder's tiles are meant to find
+    fs = summary["face_size"]
+    assert 0.10 - 1e-3 <= fs["min_share"] <= fs["max_share"] <= 0.22 + 1e-3
+    # the default world (`make run`) keeps its sizes; the CLI draws the new one on request
+    assert scenes.WILD == scenes.SceneSize(320, 640, 0.15, 0.45, (0.22, 0.36)) and scenes.SIZES["wild"] is scenes.WILD
+    from pipeline.demo.__main__ import build_parser
+
+    assert build_parser().parse_args(["generate", "--scene", "small-faces"]).scene == "small-faces"
+    inten = faces.sample_labels(1, 0).intensity[0]
+    # with a bystander, the labelled face is still the larger, inside the small-faces range
+    for k in range(3):
+        _, t = scenes.render_scene(inten, np.random.default_rng(k), scenes.ScenePlan(bystander=True), scenes.SMALL_FACES)
+        for b in t.other_boxes:
+            assert max(b[2] - b[0], b[3] - b[1]) < max(t.box[2] - t.box[0], t.box[3] - t.box[1])
+
+
 def test_a_bystander_is_smaller_and_beside_the_labelled_face():
     inten = faces.sample_labels(1, 0).intensity[0]
     placed = 0

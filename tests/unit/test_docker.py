@@ -174,3 +174,28 @@ def test_dockerignore_keeps_the_environment_runs_and_git_out():
     for path in ("requirements.lock", "setup.py", "pipeline/dag.py", "components/download/component.py",
                  "docker/image_lock.py"):
         assert not ignored(path, patterns), f".dockerignore keeps {path} out, but the images need it"
+
+
+def test_the_gpu_image_bakes_in_backbone_weights_only_when_asked_where_train_can_name_them():
+    from keras.src.applications import resnet
+
+    from components.train.params import SPEC as TRAIN
+    from pipeline import defaults
+
+    # Nothing is fetched or baked in by default: a cluster with internet has Keras fetch them at run time.
+    assert arg_defaults("gpu")["BACKBONE_WEIGHTS_URL"] == '""' and arg_defaults("gpu")["BACKBONE_WEIGHTS_MD5"] == '""'
+    steps = instructions(DOCKERFILES["gpu"])
+    at = next(i for i, (word, args) in enumerate(steps) if word == "RUN" and "BACKBONE_WEIGHTS_URL" in args)
+    run = steps[at][1]
+    assert f"mkdir -p {defaults.IMAGE_WEIGHTS_DIR}" in run and f"cd {defaults.IMAGE_WEIGHTS_DIR}" in run
+    assert 'if [ -n "$BACKBONE_WEIGHTS_URL" ]' in run and 'if [ -n "$BACKBONE_WEIGHTS_MD5" ]' in run
+    assert "md5sum -c" in run
+    # Before the project is copied, so a code change does not fetch them again.
+    assert at < steps.index(("COPY", "setup.py ."))
+    # The build arguments the Dockerfile shows are the installed Keras' own file and hash of the default backbone.
+    text = DOCKERFILES["gpu"].read_text()
+    backbone = TRAIN.defaults.backbone
+    file = f"{backbone}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert f"BACKBONE_WEIGHTS_URL={resnet.BASE_WEIGHTS_PATH}{file}" in text
+    assert f"BACKBONE_WEIGHTS_MD5={resnet.WEIGHTS_HASHES[backbone][1]}" in text
+    assert f"--weights {defaults.IMAGE_WEIGHTS_DIR}/{file}" in text

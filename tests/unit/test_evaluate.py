@@ -204,9 +204,20 @@ def test_blessing_against_a_worse_and_a_better_live_model(world, tmp_path):
     written = json.loads((tmp_path / "e3" / "blessing.json").read_text())
     assert written["blessed"] is False and written["reasons"] == w["reasons"]
 
-    # A tolerance as wide as the gap lets it through.
+    # A tolerance as wide as the gap lets the whole split through, not its slices, which fell as far: the reason
+    # names the slice and its figures against the live model's.
     lenient = _evaluate(world, "poor", tmp_path / "e4", registry, tolerance=0.9)
-    assert lenient["blessing"]["blessed"]
+    ls = lenient["blessing"]
+    assert not ls["blessed"]
+    assert all(c["passed"] for c in ls["checks"] if not c["check"].startswith("live_slice"))
+    fell = next(r for r in ls["reasons"] if "slice tolerance 0.1" in r)
+    assert fell.startswith("fail:") and "grey = colour (80 examples): macro F1" in fell and "vs the live model's" in fell
+    check = next(c for c in ls["checks"] if c["check"] == "live_slice_macro_f1")
+    assert check["passed"] is False and check["value"] < check["limit"]
+    assert ls["criteria"]["slice_tolerance"] == 0.1
+    # A slice tolerance as wide lets it through.
+    lenient = _evaluate(world, "poor", tmp_path / "e5", registry, tolerance=0.9, slice_tolerance=0.9)
+    assert lenient["blessing"]["blessed"], lenient["blessing"]["reasons"]
 
 
 def test_live_model_with_other_aus_is_judged_on_thresholds(world, tmp_path):
@@ -234,10 +245,11 @@ def test_component_writes_metrics_report_plots_and_kfp_artifacts(world, tmp_path
     evaluate.python_func(
         examples=dsl.Dataset(uri=world["examples"]), model=dsl.Model(uri=world["good"]), evaluation=evaluation,
         metrics=metrics, classification_metrics=cm, report=report, registry=str(tmp_path / "none"),
-        model_name="au", min_macro_f1=0.5, min_macro_auc=0.7, tolerance=0.01,
+        model_name="au", min_macro_f1=0.5, min_macro_auc=0.7, tolerance=0.01, min_slice_size=30,
+        min_slice_macro_f1=0.0, slice_tolerance=0.1, slice_by="",
     )
     out = tmp_path / "evaluation"
-    for name in ("metrics.json", "blessing.json", "report.md", "roc.png", "pr.png"):
+    for name in ("metrics.json", "blessing.json", "report.md", "roc.png", "pr.png", "slices.png"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     m = json.loads((out / "metrics.json").read_text())
@@ -249,6 +261,10 @@ def test_component_writes_metrics_report_plots_and_kfp_artifacts(world, tmp_path
     for key in ("accuracy", "partial_accuracy", "exact_match", "macro_f1", "micro_f1", "macro_auc", "tuned_macro_f1"):
         assert 0 <= metrics.metadata[key] <= 1, key
     assert metrics.metadata["macro_f1"] == pytest.approx(m["at_default"]["macro"]["f1"])
+    # The slices in the KFP UI: the worst one's macro F1 among the metrics, the table in the Markdown report.
+    assert metrics.metadata["worst_slice_macro_f1"] == pytest.approx(m["slices"]["worst"]["macro_f1"])
+    assert metrics.metadata["slices_measured"] == len(m["slices"]["measured"]) > 0
+    assert "## Slices (at least 30 examples to be measured)" in (tmp_path / "report" / "report.md").read_text()
     rows = cm.metadata["confusionMatrix"]["rows"]
     micro = m["at_default"]["micro"]
     assert rows == [{"row": [micro["tn"], micro["fp"]]}, {"row": [micro["fn"], micro["tp"]]}]

@@ -13,7 +13,7 @@ from PIL import Image
 from components.common import examples
 from components.common import faces as contract
 from components.common import imaging
-from components.common.facefinder import align, detect
+from components.common.facefinder import align, detect, tiles
 from components.common.facefinder.crop import FaceImage, prepare
 from components.convert import parts
 from components.faces import __main__ as cli
@@ -162,6 +162,7 @@ def test_face_features_reach_the_example(photo):
     assert d["face_box"] == pytest.approx(list(result.face.box), abs=1e-3)
     assert len(d["face_landmarks"]) == 12 and d["face_score"][0] == pytest.approx(result.face.score, abs=1e-6)
     assert d["face_angle"][0] == pytest.approx(result.angle, abs=1e-4)
+    assert d["face_scale"] == contract.SCALE_PICTURE and result.tiles == 0  # a clear face: no tiles searched
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -201,7 +202,9 @@ def test_convert_part_counts_each_image_by_reason(tmp_path, photo):
     with open(task["path"], "rb") as f:
         (record,) = list(examples.read_records(f))
     assert examples.example_to_dict(record)["face_status"] == contract.CROPPED
-    assert "1 face crops; 2 skipped without a face; reasons: no face 1, too small 1" == contract.format_counters(counters)
+    assert counters["faces_found_picture"] == 1 and counters["faces_found_tiles"] == 0 and counters["faces_tiled"] == 0
+    assert ("1 face crops; 2 skipped without a face; reasons: no face 1, too small 1; faces found: 1 in the whole "
+            "picture, 0 in tiles (searched in 0 images)") == contract.format_counters(counters)
 
     task["faces"] = WHOLE_IF_NONE.to_dict()
     counters = parts.convert_part(task)["stats"]["counters"]
@@ -220,3 +223,87 @@ def test_cli_prints_the_box_and_writes_the_crop(tmp_path, photo, capsys):
     assert cli.main([str(tmp_path / "missing.jpg")]) == 1
     assert "missing.jpg does not exist" in capsys.readouterr().err
     assert cli.main([str(src), "--face-size", "8"]) == 2
+
+
+# ------------------------------------------------------------------------ small faces: tiles
+
+
+def _iou(a, b) -> float:
+    return float(tiles.box_iou(np.asarray(a, np.float64), np.asarray([b], np.float64))[0])
+
+
+@pytest.mark.parametrize("width, height", [(640, 480), (1000, 1000), (1280, 720), (1280, 200), (500, 1280)])
+def test_tiles_cover_a_large_picture_and_hold_whole_each_face_it_may_miss(width, height):
+    boxes = np.array(tiles.tile_boxes(width, height))
+    side = min(tiles.TILE_SIDE, width, height)
+    assert len(boxes) >= 2
+    assert (boxes[:, 2] - boxes[:, 0] == side).all() and (boxes[:, 3] - boxes[:, 1] == side).all()  # squares
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    covered = np.zeros((height, width), bool)
+    for x0, y0, x1, y1 in boxes:
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    # A face the whole-picture pass may miss (24 px of its 192 px view: an eighth of the longer side, at most half
+    # a tile) lies whole inside some tile, wherever it is.
+    face = min(side // 2, max(width, height) // 8)
+    xs, ys = np.meshgrid(np.arange(0, width - face + 1, 3), np.arange(0, height - face + 1, 3))
+    x, y = xs.reshape(-1, 1), ys.reshape(-1, 1)
+    inside = (boxes[:, 0] <= x) & (x + face <= boxes[:, 2]) & (boxes[:, 1] <= y) & (y + face <= boxes[:, 3])
+    assert inside.any(axis=1).all()
+
+
+def test_a_picture_no_larger_than_a_tile_has_no_tiles():
+    assert tiles.tile_boxes(tiles.TILE_SIDE, 300) == [] and tiles.tile_boxes(320, 240) == []
+    assert len(tiles.tile_boxes(640, 480)) == 4  # the tiles' cost at 640x480: four more looks
+
+
+def test_nms_keeps_the_most_confident_box_of_each_face():
+    boxes = [(100, 100, 150, 150),  # a face seen in one tile
+             (103, 98, 152, 149),  # the same face in the next tile, more sure
+             (100, 100, 124, 150),  # the same face cut by a tile's edge: its left half, less sure
+             (152, 100, 200, 150),  # the face beside it, touching
+             (400, 400, 440, 440)]  # a face elsewhere
+    scores = [0.8, 0.9, 0.85, 0.7, 0.75]
+    assert tiles.nms(boxes, scores) == [1, 4, 3]  # most confident first
+    assert tiles.nms([], []) == [] and tiles.nms([(0, 0, 10, 10)], [0.6]) == [0]
+    with pytest.raises(ValueError, match="2 boxes but 1 scores"):
+        tiles.nms(boxes[:2], scores[:1])
+    assert _iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+
+
+def test_merged_faces_keep_the_scale_that_found_them_and_a_clear_face_needs_no_tiles():
+    eyes = np.zeros((6, 2), np.float32)
+    picture = detect.Face((100.0, 100.0, 140.0, 140.0), eyes, 0.62)
+    tile = detect.Face((10.0, 12.0, 52.0, 52.0), eyes, 0.9).moved(88, 88, contract.SCALE_TILES)
+    assert tile.box == (98.0, 100.0, 140.0, 140.0) and tile.landmarks[0].tolist() == [88.0, 88.0]
+    (kept,) = detect.Detector._merge([picture, tile])
+    assert kept.scale == contract.SCALE_TILES and kept.scaled(2.0).scale == contract.SCALE_TILES
+    # 40 px of a 1000 px picture is 7.7 px of the detector's 192 px view: not a face it sees clearly
+    assert not tiles.sure([picture], 1000, 1000) and tiles.sure([picture], 300, 200)
+
+
+def _small_face_scene(photo: Image.Image, x: int, y: int) -> tuple[Image.Image, tuple]:
+    """Her portrait scaled to 12% of a 1000 px canvas at (x, y), and where BlazeFace boxes her face there."""
+    full = detect.get(tiles="never").detect(np.asarray(photo))[0].box  # her face in the portrait itself
+    scale = 0.12 * 1000 / photo.size[1]
+    canvas = Image.new("RGB", (1000, 1000), (96, 110, 124))
+    canvas.paste(photo.resize((round(photo.size[0] * scale), round(photo.size[1] * scale)), Image.LANCZOS), (x, y))
+    return canvas, tuple(v * scale + (x, y)[k % 2] for k, v in enumerate(full))
+
+
+@pytest.mark.parametrize("x, y", [(560, 180), (100, 100), (450, 420)])  # inside one tile; across tile borders
+def test_a_small_face_in_a_large_picture_is_found_in_tiles_and_boxed_right(photo, x, y):
+    canvas, true_box = _small_face_scene(photo, x, y)
+    assert true_box[2] - true_box[0] == pytest.approx(40, abs=3)  # 8 px in BlazeFace's 192 px view of the canvas
+    result = prepare(_bytes(canvas, quality=92), CROP)
+    assert result.status == contract.CROPPED and result.count == 1
+    assert result.face.scale == contract.SCALE_TILES and result.tiles == len(tiles.tile_boxes(1000, 1000))
+    assert _iou(result.face.box, true_box) > 0.7, (result.face.box, true_box)
+    assert result.face.score >= tiles.TILE_MIN_SCORE
+    eyes = result.face.landmarks[:2]  # in the canvas's pixels, inside her box
+    assert ((eyes >= np.array(true_box[:2]) - 2) & (eyes <= np.array(true_box[2:]) + 2)).all()
+    assert abs(result.angle) < 8
+    assert result.features()[contract.FACE_SCALE] == b"tiles" and "found in 16 tiles" in result.describe()
+    # "never" is the face finder before the tiles: a face may show up there, but not as well boxed
+    before = detect.get(tiles="never").detect(np.asarray(canvas))
+    assert not before or _iou(before[0].box, true_box) < _iou(result.face.box, true_box)

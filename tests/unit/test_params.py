@@ -217,7 +217,7 @@ MODEL_STEPS = {
 }
 # Every flag these CLIs accepted before they were built from the declaration, each with a value other than its default.
 MODEL_STEP_OLD_FLAGS = {
-    "train": ["--task", "va", "--backbone", "vgg16", "--image-size", "64", "--weights", "imagenet", "--fine-tune", "head",
+    "train": ["--task", "va", "--backbone", "vgg16", "--image-size", "64", "--weights", "none", "--fine-tune", "head",
               "--epochs", "3", "--batch-size", "8", "--optimizer", "rmsprop", "--learning-rate", "0.01", "--seed", "7",
               "--checkpoint-dir", "ck", "--no-augment", "--lr-decay", "0.5", "--lr-decay-epochs", "3", "--l2", "0.001",
               "--dropout", "0.5", "--rmsprop-rho", "0.8", "--rmsprop-momentum", "0.7", "--epsilon", "0.001",

@@ -63,3 +63,53 @@ def test_presets_set_the_study_s_experiments_and_flags_beside_them_win():
     assert pipeline_arguments(p.parse_args([])) == {}
     with pytest.raises(SystemExit):
         p.parse_args(["--preset", "study-99au"])
+
+
+def _pipeline_cli():
+    """pipeline.py, the script (the package pipeline/ has its name)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("pipeline_cli_presets", Path(__file__).parents[2] / "pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_defaults_are_the_real_photo_recipe_and_the_demo_preset_is_the_cpu_one():
+    from components.common.faces import FACE_PARAMS
+    from pipeline import defaults
+
+    params = {n: d for n, _, d, _ in pipeline_parameters(au_pipeline)}
+    assert (params["backbone"], params["weights"], params["image_size"], params["fine_tune"]) == (
+        "resnet50", "imagenet", 0, "full")
+    assert (params["optimizer"], params["learning_rate"], params["batch_size"], params["epochs"]) == (
+        "adamw", 0.001, 64, 20)
+    assert params["face_size"] == 224 == next(p.default for p in FACE_PARAMS if p.name == "face_size")
+    demo = defaults.PRESETS[defaults.DEMO_PRESET]
+    # What `make run` trained with before the defaults changed: its console and results stay the same.
+    assert demo == {"backbone": "compactcnn", "weights": "none", "image_size": 0, "fine_tune": "full", "epochs": 16,
+                    "batch_size": 0, "optimizer": "adam", "learning_rate": 0.002, "face_size": 160}
+    for name, preset in defaults.PRESETS.items():
+        assert set(preset) <= set(params), f"preset {name} sets what is not a pipeline parameter"
+
+
+def test_run_without_source_takes_the_demo_preset_under_other_presets_and_flags(tmp_path):
+    from pipeline import defaults
+
+    cli = _pipeline_cli()
+    p = argparse.ArgumentParser()
+    cli.add_run_arguments(p)
+    runs = ["--runs-dir", str(tmp_path)]
+    demo = defaults.PRESETS[defaults.DEMO_PRESET]
+    plain = cli._local_arguments(p.parse_args(runs), "run")
+    assert {k: plain[k] for k in demo} == demo
+    flagged = cli._local_arguments(p.parse_args([*runs, "--epochs", "2", "--backbone", "resnet50"]), "run")
+    assert (flagged["epochs"], flagged["backbone"], flagged["weights"]) == (2, "resnet50", "none")
+    study = cli._local_arguments(p.parse_args([*runs, "--preset", "study-60au"]), "run")
+    assert study["policy"] == "zero" and study["backbone"] == "compactcnn"
+    # A real sheet gets the pipeline's own defaults: none of the demo's values is passed.
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text("url\n")
+    real = cli._local_arguments(p.parse_args([*runs, "--source", str(sheet)]), "run")
+    assert not set(demo) & set(real)

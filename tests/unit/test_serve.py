@@ -418,6 +418,8 @@ def _registry(root, versions: list[str], card: dict | None = None) -> str:
         if card is not None:
             with open(os.path.join(model_root, v, "model_card.json"), "w") as f:
                 json.dump({**card, "version": v}, f)
+            with open(os.path.join(model_root, v, "model_card.md"), "w") as f:
+                f.write(f"# au-detector {v}\n")
     with open(os.path.join(model_root, "LATEST"), "w") as f:
         f.write(versions[-1])
     return model_root
@@ -511,6 +513,9 @@ def test_every_protocol_answers_with_the_version_that_scored(tmp_path):
 
             card = await c.get("/model-card")
             assert card.status_code == 200 and card.json()["version"] == V1
+            markdown = await c.get("/model-card.md")
+            assert markdown.text == f"# au-detector {V1}\n"
+            assert markdown.headers["content-type"].startswith("text/markdown")
             # Every image of the requests above (2 + 1 + 1 + 1 + 1) went through the one fake scorer.
             assert sum(len(b) for b in h.loaded[os.path.join(root, V1)].batches) == 6
             metrics = (await c.get("/metrics")).text
@@ -649,7 +654,10 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path):
             assert len(h.executor.held) == 1 and h.server.batcher.queued == 1
             refused = await c.post("/predict", json=_instances(img))
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-            assert "at most 1 images" in refused.json()["error"]
+            assert "the server is busy (the queue holds 1 images, at most 1)" in refused.json()["error"]
+            # A request whose body was read before the queue filled gets the batcher's own refusal.
+            with pytest.raises(QueueFull, match="at most 1 images"):
+                await h.server.batcher.submit(h.loaded[os.path.join(root, V1)], [img], ["late"])
             while not (busy.done() and queued.done()):
                 h.executor.release()
                 await turn()

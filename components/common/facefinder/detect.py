@@ -87,17 +87,18 @@ class Detector:
 
     BlazeFace sees the whole picture squeezed into 192 px, so a face of 48 px in a 1000 px
     picture is 9 px there and mostly missed; in a tile of tiles.TILE_SIDE (384) px it is 24 px.
-    tiles (tiles.TILE_POLICIES): "missed" (default) searches the tiles only where the whole
-    picture gave no face: what a step that uses the largest face needs, at no cost where a face
-    is found (measured in benchmarks/faces.py); "always" also where faces were found (the small
-    faces of a group photo beside a large one), "never" the whole picture only.
+    tiles (tiles.TILE_POLICIES): "auto" (default) searches the tiles only where the whole
+    picture gave no face of tiles.SURE_IN_VIEW px or more in its view (none, or only faces it
+    finds unreliably and boxes loosely): what a step that uses the largest face needs, at no cost
+    where a clear face is found (measured in benchmarks/faces.py); "always" also where one was
+    (the small faces of a group photo beside a large one); "never" the whole picture only.
 
     One instance per process: the models load in milliseconds, but a MediaPipe graph must not
     be shared across threads or forked processes, so each worker makes its own (see get()).
     """
 
     def __init__(self, min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE,
-                 tiles: str = "missed", tile_side: int = tiling.TILE_SIDE):
+                 tiles: str = "auto", tile_side: int = tiling.TILE_SIDE):
         if tiles not in tiling.TILE_POLICIES:
             raise ValueError(f"tiles is {tiles!r}; expected one of {', '.join(tiling.TILE_POLICIES)}")
         face_detection = _import_face_detection()
@@ -105,6 +106,7 @@ class Detector:
         self.max_side = int(max_side)
         self.tiles = tiles
         self.tile_side = int(tile_side)
+        self.tile_min_score = max(self.min_score, tiling.TILE_MIN_SCORE)
         self._models = [face_detection.FaceDetection(model_selection=m, min_detection_confidence=self.min_score)
                         for m in (1, 0)]
 
@@ -128,7 +130,7 @@ class Detector:
             if found:
                 break
         searched = 0
-        if self.tiles == "always" or (self.tiles == "missed" and not found):
+        if self.tiles == "always" or (self.tiles == "auto" and not tiling.sure(found, rgb.shape[1], rgb.shape[0])):
             boxes = tiling.tile_boxes(rgb.shape[1], rgb.shape[0], self.tile_side)
             if boxes:
                 found = self._merge(found + self._tiled(rgb, boxes))
@@ -138,13 +140,14 @@ class Detector:
         return Search(sorted(found, key=lambda f: f.area, reverse=True), searched)
 
     def _tiled(self, rgb: np.ndarray, boxes) -> list[Face]:
-        """The faces the full-range model finds in each tile, in the picture's pixels (a face in a tile is small:
-        the short-range model, for faces that fill the view, would add its cost and nothing else)."""
+        """The faces the full-range model finds in each tile at tiles.TILE_MIN_SCORE, in the picture's pixels (a
+        face in a tile is small: the short-range model, for faces that fill the view, would add cost, not faces)."""
         found = []
         for x0, y0, x1, y1 in boxes:
             tile = np.ascontiguousarray(rgb[y0:y1, x0:x1])
             detections = self._models[0].process(tile).detections
-            found.extend(f.moved(x0, y0, SCALE_TILES) for f in self._faces(detections, x1 - x0, y1 - y0))
+            found.extend(f.moved(x0, y0, SCALE_TILES) for f in self._faces(detections, x1 - x0, y1 - y0)
+                         if f.score >= self.tile_min_score)
         return found
 
     @staticmethod
@@ -187,7 +190,7 @@ def running_here() -> bool:
     return bool(_DETECTORS)
 
 
-def get(min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE, tiles: str = "missed") -> Detector:
+def get(min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE, tiles: str = "auto") -> Detector:
     """This process's detector for these settings, made on first use (a forked child makes its own); tiles: when
     it also searches overlapping tiles (Detector)."""
     pid = os.getpid()

@@ -5,16 +5,25 @@ import math
 
 import numpy as np
 
-# BlazeFace (full range) sees its input squeezed into 192 x 192 px. Measured on 300 demo scenes of 480..1024 px
-# (benchmarks/faces.py --small-faces): it finds 95-100% of the faces that are 18 px or more in that view, two thirds
-# of those of 12-18 px. A tile of TILE_SIDE px shows a TILE_FACE px face at 24 px there.
+# BlazeFace (full range) sees its input squeezed into 192 x 192 px. On 300 small-faces demo scenes of 480..1024 px
+# (python benchmarks/faces.py), its pass over the whole picture found 95-100% of the faces of 20 px or more in that
+# view, boxed at IoU 0.85 with the truth on average, but only two thirds of the faces under 18 px, boxed at 0.75-0.79;
+# the tiles found those at IoU 0.87-0.90. So a picture whose whole-picture pass gives no face of SURE_IN_VIEW px is
+# searched again in tiles, each of TILE_SIDE px: a TILE_FACE px face is 24 px in the view of such a tile.
 DETECTOR_VIEW = 192
+SURE_IN_VIEW = 20
 TILE_FACE = 48  # px: the smallest face the tiles are for
 TILE_SIDE = TILE_FACE * DETECTOR_VIEW // 24  # 384 px
-# When the tiles are searched (Detector's `tiles`): missed (default): only in a picture in which the whole-picture
-# pass found no face, larger than a tile; always: in every picture larger than a tile, even where faces were found
-# (a group photo's small faces beside a large one), at several times the cost; never: the whole picture only.
-TILE_POLICIES = ("missed", "always", "never")
+# When the tiles are searched (Detector's `tiles`): auto (default): in a picture larger than a tile whose
+# whole-picture pass found no face of SURE_IN_VIEW px (none, or only small ones); always: in every picture larger
+# than a tile, even beside a clear face (a group photo's small faces beside a large one), at several times the
+# cost; never: the whole picture only (the face finder before the tiles).
+TILE_POLICIES = ("auto", "always", "never")
+# A face found in a tile needs this confidence (or --face-min-score, if higher). The tiles are searched where the
+# picture gave no clear face, so every picture without a face is searched again, many times over. Measured on 300
+# pictures without a face (demo backgrounds and smoothed noise, 480..1280 px): tiles at 0.5 reported a face in 17
+# (scores 0.60-0.74), at 0.7 in at most 2; of 97 true faces found in tiles (demo scenes), 95% scored 0.75 or more.
+TILE_MIN_SCORE = 0.7
 # Of two detections whose boxes overlap by more than this IoU, or of which the smaller lies mostly (SAME_INSIDE)
 # inside the other (a face cut by a tile's edge, beside the whole face in the next tile), the more confident stays.
 NMS_IOU = 0.3
@@ -43,6 +52,12 @@ def tile_boxes(width: int, height: int, side: int = TILE_SIDE) -> list[tuple[int
     side = min(side, width, height)
     overlap = min(side // 2, max(side // 4, max(width, height) // 8))
     return [(x, y, x + side, y + side) for y in _starts(height, side, overlap) for x in _starts(width, side, overlap)]
+
+
+def sure(faces, width: int, height: int) -> bool:
+    """Whether the whole-picture pass found a face it sees clearly: one of SURE_IN_VIEW px or more in its view of a
+    width x height picture (faces: anything with a `side` in the picture's pixels, as detect.Face)."""
+    return any(f.side * DETECTOR_VIEW / max(width, height) >= SURE_IN_VIEW for f in faces)
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
