@@ -151,7 +151,7 @@ def _entry(tmp_path: Path, name: str, values: dict, quality: float | None, bless
     (model / "history.json").write_text(json.dumps({
         "epochs": list(range(1, len(losses) + 1)), "best_val_loss": min(losses) + 0.05, "best_epoch": len(losses),
         "metrics": {"loss": list(losses), "val_loss": [v + 0.05 for v in losses]}}))
-    (model / "model_config.json").write_text(json.dumps({"train_seconds": 12.5}))
+    (model / "model_config.json").write_text(json.dumps({"task": "au", "au_ids": list(AU_IDS), "train_seconds": 12.5}))
     evaluation.mkdir()
     (evaluation / "metrics.json").write_text(json.dumps(_metrics(len(name), quality)))
     (evaluation / "blessing.json").write_text(json.dumps({"blessed": blessed, "reasons": [
