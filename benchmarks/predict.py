@@ -20,8 +20,10 @@ Each row runs in a child process (its peak RSS from wait4):
   predict CLI          python -m components.predict --model M --csv INPUT > /dev/null, end to end; its start-up (the
                        same command on one image) reported apart, and the rate taken after it
   annotate CLI         python -m components.annotate --images FOLDER --output TMP --model M, the same way
-The share is a row's rate over the detector alone on the same pictures. The load average (1 minute) of the machine
-at each row's end is printed beside it: the numbers mean little on a machine busy with other work.
+The share is a row's rate over the detector alone on the same pictures. CPU ms each: the CPU time of every thread per
+picture (start-up left out), and its share the same way: on a machine busy with other work the rates fall with the
+CPU time the benchmark is given, the CPU time per picture much less. The load average (1 minute) at each row's end is
+printed beside it.
 """
 from __future__ import annotations
 
@@ -204,7 +206,7 @@ def child_detect_images(folder: str, model: str) -> dict:
     for path in files:
         with open(path, "rb") as f:
             rgb, _ = inference.decode(f.read(), path)
-        faces += len(detector.detect(rgb)) if rgb is not None else 0
+        faces += bool(detector.detect(rgb)) if rgb is not None else 0
     return {"items": len(files), "seconds": time.perf_counter() - start, "cpu": _cpu() - cpu, "faces": faces}
 
 
@@ -222,7 +224,7 @@ def child_score_images(folder: str, model: str, batch: int) -> dict:
         for path in names:
             with open(path, "rb") as f:
                 data.append(f.read())
-        faces += sum(len(r["faces"]) for r in scorer.score(data, names))
+        faces += sum(bool(r["faces"]) for r in scorer.score(data, names))
     return {"items": len(files), "seconds": time.perf_counter() - start, "cpu": _cpu() - cpu, "faces": faces}
 
 
@@ -246,7 +248,7 @@ def child_detect_video(path: str, model: str) -> dict:
         ok, bgr = cap.read()
         if not ok:
             break
-        faces += len(detector.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        faces += bool(detector.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
         frames += 1
     cap.release()
     return {"items": frames, "seconds": time.perf_counter() - start, "cpu": _cpu() - cpu, "faces": faces}
@@ -343,8 +345,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="Registry model root, version or model folder (default: the `make run` model "
                                    "runs/registry/au-detector if it exists, else the demo recipe's, trained once).")
     p.add_argument("--photos", type=int, default=200, help="Distinct photos drawn; the small folder. Default: 200.")
-    p.add_argument("--images", type=int, default=2000, help="Images of the folder the rates are measured on (links "
-                                                             "to the photos). Default: 2000.")
+    p.add_argument("--images", type=int, default=1000, help="Images of the folder the rates are measured on (links "
+                                                             "to the photos). Default: 1000.")
     p.add_argument("--big-images", type=int, default=20000,
                    help="Images of the large folder predict's memory is measured on (0: none). Default: 20000.")
     p.add_argument("--frames", type=int, default=200, help="Frames of the small video. Default: 200.")
@@ -397,7 +399,8 @@ def main(argv=None) -> int:
         cpu_share = f"{1000 * bound['cpu'] / max(1, bound['items']) / per_cpu:.0%}" if bound and per_cpu else "-"
         rows.append([what, f"{r['items']:,}", unit, f"{rate(r):.1f}", share, f"{per_cpu:.1f}", cpu_share,
                      f"{startup:.1f}" if startup is not None else "-", f"{r['rss_mb']:.0f}", f"{r['load']:.1f}"])
-        print(f"  done: {what}, {r['items']} {unit}: {rate(r):.1f}/s, {per_cpu:.1f} CPU ms each (load "
+        found = f", {r['faces']} with a face" if "faces" in r else ""
+        print(f"  done: {what}, {r['items']} {unit}{found}: {rate(r):.1f}/s, {per_cpu:.1f} CPU ms each (load "
               f"{r['load']:.1f})", flush=True)
 
     try:

@@ -17,6 +17,15 @@ SLICES_FILE = "slices.png"  # macro F1 per slice (metrics.json's "slices")
 # (components.common.inference) answered for each: push's infra validation sends them to the candidate's server.
 CANONICAL_REQUESTS_FILE = "canonical_requests.json"
 NO_FACE_KEY = "no-face.png"  # the canonical picture without a face
+# The test faces the model got most wrong, per AU and in the worst slices, with base64 JPEG thumbnails of the crops
+# (components.evaluate.errors; the run report's gallery). Kept out of the registry: they are pictures of people.
+ERRORS_FILE = "errors.json"
+FALSE_POSITIVE = "false_positives"  # the highest probabilities where the label is 0
+FALSE_NEGATIVE = "false_negatives"  # the lowest probabilities where the label is 1
+ERRORS_PER_KIND = 4  # per AU, of each kind
+ERRORS_SLICES = 3  # the worst measured slices shown
+ERRORS_PER_SLICE = 4
+ERROR_THUMBNAIL_PX = 64
 
 
 def no_face_png() -> bytes:
@@ -58,3 +67,10 @@ def read_blessing(evaluation_dir: str) -> dict:
 def read_metrics(evaluation_dir: str) -> dict:
     """metrics.json of an evaluation folder, or of a registry version, which carries it (local or gs://)."""
     return _read_json(evaluation_dir, METRICS_FILE)
+
+
+def read_errors(evaluation_dir: str) -> dict:
+    """errors.json of an evaluation folder, or {} where the folder has none (a valence/arousal model, an older run)."""
+    if not storage.exists(storage.join(evaluation_dir, ERRORS_FILE)):
+        return {}
+    return _read_json(evaluation_dir, ERRORS_FILE)

@@ -10,9 +10,11 @@ import numpy as np
 
 from components.common import examples as ex
 from components.common import labels, storage
-from components.common.evaluation import BLESSING_FILE, EVALUATION_REPORT_FILE, METRICS_FILE, SLICES_FILE, VA_FILE
+from components.common.evaluation import (BLESSING_FILE, ERRORS_FILE, EVALUATION_REPORT_FILE, METRICS_FILE,
+                                          SLICES_FILE, VA_FILE)
 from components.evaluate import slices as slicing
 from components.evaluate.blessing import headline, judge, judge_slices
+from components.evaluate.errors import ErrorPool
 from components.evaluate.kfp_logging import log_kfp
 from components.evaluate.metrics import au_metrics, va_metrics
 from components.evaluate.params import SPEC
@@ -156,8 +158,9 @@ def run(
         raise EvaluateError(_no_test_example(examples_dir, summary))
     with tempfile.TemporaryDirectory(prefix="evaluate-") as workdir:
         splits = ["test", "validation"] if config["task"] == "au" else ["test"]
+        pool = ErrorPool(config["au_ids"]) if config["task"] == "au" else None  # errors.json, collected while scoring
         scored = score_model(model_dir, config, examples_dir, summary, splits, os.path.join(workdir, "candidate"),
-                              batch_size, progress)
+                              batch_size, progress, errors=pool)
         test = scored["test"]
         if not len(test["y_true"]):
             raise EvaluateError(_no_test_example(examples_dir, summary))
@@ -182,6 +185,7 @@ def run(
             metrics["slices"] = slicing.slice_metrics(test, [metrics["thresholds"]["tuned"][str(a)]
                                                              for a in config["au_ids"]],
                                                       config["au_ids"], groups, min_slice_size, unavailable)
+            errors = pool.report("test", groups, test["keys"], metrics["slices"]["measured"])
             if baseline is not None and live_scored:
                 live_slices = _live_slices(live_scored, test["keys"], groups, metrics["slices"]["measured"])
     verdict = judge(headline(metrics), baseline, config["task"], min_macro_f1, min_macro_auc, tolerance, notes)
@@ -212,11 +216,13 @@ def run(
     storage.write_text(storage.join(output_dir, METRICS_FILE), json.dumps(metrics, indent=2))
     storage.write_text(storage.join(output_dir, EVALUATION_REPORT_FILE), report)
     if config["task"] == "au":
+        storage.write_text(storage.join(output_dir, ERRORS_FILE), json.dumps(_jsonable(errors), indent=1))
         for name, png in curve_pngs(test, config["au_ids"]).items():
             storage.write_bytes(storage.join(output_dir, name), png)
         storage.write_bytes(storage.join(output_dir, SLICES_FILE),
                             slicing.slice_png(metrics["slices"], metrics["at_default"]["macro"]["f1"]))
     else:
+        storage.delete(storage.join(output_dir, ERRORS_FILE))  # an earlier AU model's gallery is not this model's
         storage.write_bytes(storage.join(output_dir, VA_FILE), va_png(test))
     from components.evaluate import canonical  # push's infra validation sends these to the candidate's server
 

@@ -43,10 +43,11 @@ def _local_shards(examples_dir: str, split: str, workdir: str) -> list[str]:
 
 
 def score_split(signature, files: list[str], examples_au_ids: list[int], model_au_ids: list[int], task: str,
-                batch_size: int, source: str = "", progress=None) -> dict:
+                batch_size: int, source: str = "", progress=None, errors=None) -> dict:
     """Runs the model over the shards of one split: labels (in the model's AU order) and outputs.
 
-    progress: a components.common.progress.Progress counting the batches, or None.
+    progress: a components.common.progress.Progress counting the batches, or None. errors: a
+    components.evaluate.errors.ErrorPool given each batch's keys, images, labels and probabilities (AU models), or None.
     """
     import tensorflow as tf
 
@@ -70,8 +71,10 @@ def score_split(signature, files: list[str], examples_au_ids: list[int], model_a
             if ids.size and not (ids == np.asarray(examples_au_ids)[None, :]).all():
                 raise EvaluateError(f"{source}: an example's label/au_ids differ from "
                                     f"{ex.EXAMPLES_SUMMARY_FILE}'s {examples_au_ids}")
-            out = model_contract.run_signature(signature, list(batch[ex.IMAGE_ENCODED].numpy()), task)
-            keys.extend(k.decode() for k in batch[ex.IMAGE_KEY].numpy())
+            encoded = list(batch[ex.IMAGE_ENCODED].numpy())
+            out = model_contract.run_signature(signature, encoded, task)
+            batch_keys = [k.decode() for k in batch[ex.IMAGE_KEY].numpy()]
+            keys.extend(batch_keys)
             if task == "au":
                 if out.ndim != 2 or out.shape[1] != len(model_au_ids):
                     raise EvaluateError(
@@ -85,6 +88,8 @@ def score_split(signature, files: list[str], examples_au_ids: list[int], model_a
                     raise EvaluateError(f"{source}: example {key} has label {int(y[bad][0])}; labels must be 0, 1 or "
                                         f"{labels.UNKNOWN}. Re-run convert and filter")
                 y_true.append(y)
+                if errors is not None and not np.isnan(out).any():
+                    errors.add(batch_keys, encoded, y, out)
             else:
                 va = tf.sparse.to_dense(batch[ex.LABEL_VA], default_value=np.nan).numpy()
                 if va.shape[1] < 2:
@@ -110,8 +115,9 @@ def score_split(signature, files: list[str], examples_au_ids: list[int], model_a
 
 
 def score_model(model_uri: str, config: dict, examples_dir: str, summary: dict, splits: Sequence[str],
-                 workdir: str, batch_size: int, progress: bool = False, whose: str = "") -> dict:
-    """Scores each split; progress prints progress lines of its batches (`<split> batches<whose>`)."""
+                 workdir: str, batch_size: int, progress: bool = False, whose: str = "", errors=None) -> dict:
+    """Scores each split; progress prints progress lines of its batches (`<split> batches<whose>`); errors (an
+    ErrorPool) collects the test split's most wrong examples."""
     local_model = model_registry.fetch_local(model_uri, workdir)
     try:
         signature = model_contract.load_signature(local_model)
@@ -125,7 +131,8 @@ def score_model(model_uri: str, config: dict, examples_dir: str, summary: dict, 
             n = int(((summary.get("splits") or {}).get(split) or {}).get("examples") or 0)
             lines = progress_lines.Progress("evaluate", math.ceil(n / batch_size), f"{split} batches{whose}")
         out[split] = score_split(signature, files, [int(a) for a in summary["au_ids"]], config["au_ids"],
-                                 config["task"], batch_size, source=f"{examples_dir} ({split} split)", progress=lines)
+                                 config["task"], batch_size, source=f"{examples_dir} ({split} split)", progress=lines,
+                                 errors=errors if split == "test" else None)
         if lines is not None:
             lines.close()
     return out

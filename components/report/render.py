@@ -15,6 +15,8 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px sol
 th{background:#f3f3f3}td.l,th.l{text-align:left}.ok{color:#176f2c;font-weight:600}.bad{color:#a11;font-weight:600}
 .muted{color:#777}img{max-width:100%;border:1px solid #eee;margin:.4em 0}.row{display:flex;gap:1em;flex-wrap:wrap}
 .row img{max-width:48%}code{background:#f6f6f6;padding:0 3px}
+.gallery{display:flex;gap:.5em;flex-wrap:wrap;margin:.3em 0 .8em}.gallery figure{margin:0;width:84px;font-size:.75em;text-align:center}
+.gallery img{width:64px;height:64px;object-fit:contain;margin:0}
 """
 
 
@@ -134,6 +136,40 @@ def _slices(metrics: dict) -> str:
     return line + _table(head, rows, left=2) + (f"<ul class=muted>{notes}</ul>" if notes else "")
 
 
+def _face(error: dict, thumbnails: dict) -> str:
+    """One wrong face: its thumbnail (base64 JPEG), probability, label and key (its slices in the tooltip)."""
+    data = thumbnails.get(error.get("key"))
+    slices = "; ".join(f"{k} {v}" for k, v in (error.get("slices") or {}).items())
+    tip = html.escape(f"{error.get('key')} (AU{error.get('au')}, label {error.get('label')}) {slices}")
+    img = (f'<img alt="{tip}" title="{tip}" src="data:image/jpeg;base64,{data}">' if data
+           else '<span class="muted">no picture</span>')
+    return (f"<figure>{img}<figcaption>p={float(error.get('probability', 0)):.2f}"
+            f"{'' if 'au' not in error else ' AU' + html.escape(str(error['au']))}</figcaption></figure>")
+
+
+def _errors(errors: dict) -> str:
+    """The gallery of errors.json: per AU the most wrong false positives and negatives, then the worst slices'."""
+    from components.common.evaluation import FALSE_NEGATIVE, FALSE_POSITIVE
+
+    if not errors:
+        return '<p class="muted">no errors gallery in this run</p>'
+    thumbs = errors.get("thumbnails") or {}
+    out = [f"<p class=muted>{html.escape(str(errors.get('note', '')))}.</p>"]
+    for au in errors.get("per_au") or []:
+        out.append(f"<h3>AU{html.escape(str(au['au']))} {html.escape(str(au.get('name', '')))}</h3>")
+        for kind, title in ((FALSE_POSITIVE, "false positives (label 0)"), (FALSE_NEGATIVE, "false negatives (label 1)")):
+            faces = au.get(kind) or []
+            body = "".join(_face(e, thumbs) for e in faces) or '<span class="muted">none</span>'
+            out.append(f"<div>{title}:</div><div class=gallery>{body}</div>")
+    for s in errors.get("slices") or []:
+        f1 = s.get("macro_f1")
+        out.append(f"<h3>Slice {html.escape(str(s['feature']))} = {html.escape(str(s['value']))} "
+                   f"({s.get('examples')} examples, macro F1 {'-' if f1 is None else f'{f1:.2f}'})</h3>")
+        body = "".join(_face(e, thumbs) for e in s.get("errors") or []) or '<span class="muted">none</span>'
+        out.append(f"<div class=gallery>{body}</div>")
+    return "".join(out)
+
+
 def _blessing(blessing: dict, push: dict) -> str:
     if not blessing:
         return '<p class="muted">no blessing in this run</p>'
@@ -150,7 +186,7 @@ def _blessing(blessing: dict, push: dict) -> str:
 def render(result) -> str:
     """The report of a run (components.report.records.RunResult: a local run's, or one made from the step outputs
     alone) as one HTML page, images inlined."""
-    from components.common.evaluation import BLESSING_FILE, METRICS_FILE, PR_FILE, ROC_FILE, SLICES_FILE
+    from components.common.evaluation import BLESSING_FILE, ERRORS_FILE, METRICS_FILE, PR_FILE, ROC_FILE, SLICES_FILE
     from components.common.examples import EXAMPLES_SUMMARY_FILE
     from components.common.ledger import DOWNLOAD_SUMMARY_FILE
     from components.common.manifest import INGEST_SUMMARY_FILE
@@ -179,6 +215,7 @@ def render(result) -> str:
         "<div class=row>", _img(evaluation, ROC_FILE, "ROC curves"), _img(evaluation, PR_FILE, "PR curves"), "</div>",
         "<h2>Slices of the test split</h2>", _slices(read_json(evaluation, METRICS_FILE)),
         _img(evaluation, SLICES_FILE, "macro F1 per slice"),
+        "<h2>Faces the model got most wrong (test split)</h2>", _errors(read_json(evaluation, ERRORS_FILE)),
         "<h2>Training</h2>",
         (f"<p>{len(history.get('epochs') or [])} epochs; best validation loss "
          f"{history['best_val_loss']:.3f} at epoch {history.get('best_epoch')}.</p>"

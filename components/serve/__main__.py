@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from components.common import registry
     from components.common.cli import setup_logging
     from components.common.inference import quiet_libraries
+    from components.serve.models import model_uri
 
     settings = Settings(**SPEC.values(args))
     problems = check(settings)
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print("serve: " + "; ".join(problems), file=sys.stderr)
         return 2
     try:  # a wrong path is said at once, not after the server has started
+        settings = dataclasses.replace(settings, model=model_uri(settings.model, settings.model_name))
         registry.resolve_model(settings.model)
     except registry.RegistryError as e:
         print(f"serve: {e}", file=sys.stderr)

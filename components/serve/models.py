@@ -30,6 +30,14 @@ class Loaded:
     seconds: float  # load and warmup time
 
 
+def model_uri(model: str, model_name: str = "") -> str:
+    """The URI to serve: <model>/<model_name> when model is a registry destination holding that model's LATEST
+    (--model runs/registry --model-name au-detector), else model itself (a model root, a version or a model folder)."""
+    if model_name and storage.exists(storage.join(model, model_name, registry.LATEST)):
+        return registry.model_root(model, model_name)
+    return model
+
+
 def read_card(uri: str) -> tuple[dict | None, str | None, str]:
     """(model_card.json, model_card.md, "") of a version or model folder, or (None, None, why not)."""
     try:

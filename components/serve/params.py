@@ -14,8 +14,9 @@ SPEC = StepSpec(
     params=(
         Param("model", str, "", "Registry model root (<destination>/<model_name>, follows LATEST), a version folder "
                                 "or a model folder; local or gs:// (AIP_STORAGE_URI sets the default).", pipeline=None),
-        Param("model_name", str, "", "The name clients use in /v1/models/NAME and /v2/models/NAME "
-                                     "('' = the registry model root's folder name).", pipeline=None),
+        Param("model_name", str, "", "The name clients use in /v1/models/NAME and /v2/models/NAME ('' = the "
+                                     "registry model root's folder name); with --model a registry destination, the "
+                                     "model in it.", pipeline=None),
         Param("host", str, "127.0.0.1", "Address to listen on (0.0.0.0 when AIP_HTTP_PORT is set, as on Vertex AI).",
               pipeline=None),
         Param("port", int, 8080, "Port to listen on (AIP_HTTP_PORT sets the default).", pipeline=None),

@@ -269,10 +269,13 @@ def test_a_push_is_served_without_losing_a_request_in_flight(server, world):
 
 
 def test_a_full_queue_answers_503_and_a_slow_body_408(world):
-    s = ServerProcess(str(world["root"]), "--model", world["model_root"], "--poll-s", "0", "--max-queue", "1",
-                      "--max-batch", "1", "--max-instances", "1", "--batch-window-ms", "0", "--deadline-s", "10")
+    # The registry destination and the model's name in it, as push's flags name them.
+    s = ServerProcess(str(world["root"]), "--model", str(world["root"] / "registry"), "--model-name", "au",
+                      "--poll-s", "0", "--max-queue", "1", "--max-batch", "1", "--max-instances", "1",
+                      "--batch-window-ms", "0", "--deadline-s", "10")
     try:
         s.wait_ready()
+        assert s.client.get("/health").json()["model"] == "au"
         body = {"instances": [{"b64": _b64(world["scene"])}]}
 
         def one(_):

@@ -464,6 +464,16 @@ class Harness:
         assert await self.server.live.wait_settled()
 
 
+def test_model_name_picks_the_model_of_a_registry_destination(tmp_path):
+    from components.serve.models import model_uri
+
+    root = _registry(str(tmp_path), [V1])
+    assert model_uri(str(tmp_path), "au-detector") == root  # --model runs/registry --model-name au-detector
+    assert model_uri(root, "au-detector") == root  # already the model root: the name only names it
+    assert model_uri(os.path.join(root, V1), "au-detector") == os.path.join(root, V1)
+    assert model_uri(root) == root
+
+
 def _instances(*images: bytes) -> dict:
     return {"instances": [{"b64": _b64(i)} for i in images]}
 

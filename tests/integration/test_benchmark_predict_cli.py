@@ -1,0 +1,50 @@
+"""benchmarks/predict.py run as a program at tiny settings with tiny_model's face-crop model: it prints its table, a
+row per measurement, each with a rate, a CPU time and a peak RSS."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import tiny_model  # tests/data/evaluate, put on the path by tests/conftest.py
+
+from components.common.faces import FaceSettings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "benchmarks", "predict.py")
+ROW = re.compile(r"^\| (?P<run>[^|]+?)\s+\|\s+(?P<count>[\d,]+) \|\s+(?P<of>images|frames) \|\s+(?P<rate>[\d.]+) \|"
+                 r"\s+(?P<share>[\d]+%|-) \|\s+(?P<cpu>[\d.]+) \|\s+(?P<cpu_share>[\d]+%|-) \|\s+(?P<startup>[\d.]+|-) \|"
+                 r"\s+(?P<rss>\d+) \|\s+(?P<load>[\d.]+) \|$", re.M)
+
+
+@pytest.mark.slow
+def test_a_tiny_run_prints_its_table(tmp_path):
+    model = tiny_model.make_model(str(tmp_path / "model"), tiny_model.GOOD, faces=FaceSettings().to_dict())
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--model", model, "--photos", "3", "--images", "4", "--big-images", "0",
+         "--frames", "6", "--big-frames", "0", "--batch-size", "2", "--cache", str(tmp_path / "cache")],
+        cwd=ROOT, capture_output=True, text=True, timeout=840,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert f"model: {model}" in out and "3 distinct 640x480 JPEGs with one face" in out, out
+    assert "| run " in out and "| of detector alone (CPU) |" in out, out
+    rows = [m.groupdict() for m in ROW.finditer(out)]
+    assert [(r["run"], r["count"], r["of"]) for r in rows] == [
+        ("face detector alone (read + decode + detect)", "4", "images"),
+        ("predict in-process (Scorer.score, files read)", "4", "images"),
+        ("predict CLI --csv (rate after start-up)", "3", "images"),
+        ("predict CLI --csv (rate after start-up)", "4", "images"),
+        ("annotate CLI --images (rate after start-up)", "4", "images"),
+        ("face detector alone (OpenCV decode + detect)", "6", "frames"),
+        ("predict in-process (score_video, every frame)", "6", "frames"),
+    ], out
+    for r in rows:
+        assert float(r["rate"]) > 0 and int(r["rss"]) > 0, r
+        assert (r["share"] == "-") == r["run"].startswith("face detector alone"), r
+        assert (r["startup"] == "-") != ("CLI" in r["run"]), r
+    # The pictures are what the benchmark says: every photo and every frame has its face found and scored.
+    found = re.findall(r"^  done: (.+?), (\d+) (?:images|frames), (\d+) with a face:", out, re.M)
+    assert len(found) == 5 and all(n == with_face for _, n, with_face in found), out
+    assert len(os.listdir(tmp_path / "cache" / "photos-n3-seed0")) == 3
+    assert len([f for f in os.listdir(tmp_path / "cache" / "links-n4-of3-seed0") if not f.startswith(".")]) == 4
