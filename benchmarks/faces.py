@@ -296,18 +296,22 @@ def throughput(count: int, seed: int) -> None:
         for policy in POLICIES:
             detector = detect.get(tiles=policy)
             prepare(jobs[0], settings, detector=detector)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             cropped_one = sum(prepare(d, settings, detector=detector).jpeg is not None for d in jobs)
             single = len(jobs) / (time.perf_counter() - start)
+            per_cpu = len(jobs) / (time.process_time() - cpu)  # MediaPipe's own threads included
             many, cropped = _many_processes(jobs, policy, cores)
             assert cropped == cropped_one
-            rows.append((scene, policy, single, many, cropped, len(jobs)))
+            rows.append((scene, policy, single, per_cpu, many, cropped, len(jobs)))
     print(f"\nCrop throughput: {count} demo scenes of each set letterboxed to 640x480 JPEG (q90), crops of "
-          f"{settings.size} px, images/s")
-    header = f"{'scenes':<12} {'face finder':<16} {'1 process':>10} {f'{cores} processes':>12} {'cropped':>9}"
+          f"{settings.size} px, images/s (per CPU-second: the cost whatever else the machine runs; load average "
+          f"{os.getloadavg()[0]:.1f})")
+    header = (f"{'scenes':<12} {'face finder':<16} {'1 process':>10} {'per CPU-s':>10} {f'{cores} processes':>12} "
+              f"{'cropped':>9}")
     print(header + "\n" + "-" * len(header))
-    for scene, policy, single, many, cropped, n in rows:
-        print(f"{scene:<12} {POLICY_HEADS[policy]:<16} {single:>10.0f} {many:>12.0f} {f'{cropped}/{n}':>9}")
+    for scene, policy, single, per_cpu, many, cropped, n in rows:
+        print(f"{scene:<12} {POLICY_HEADS[policy]:<16} {single:>10.0f} {per_cpu:>10.0f} {many:>12.0f} "
+              f"{f'{cropped}/{n}':>9}")
     print(f"wild scenes, {POLICY_HEADS['auto']} (the default), 1 process, stage by stage:")
     for name, seconds in stages.items():
         print(f"{'  ms per image, ' + name:<50} {1000 * seconds / len(_JOBS):>9.2f}")

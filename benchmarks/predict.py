@@ -323,9 +323,10 @@ def cli(kind: str, model: str, inputs: str, startup: dict, work: str) -> dict:
         begun, seconds, timed = run["first_output"], run["wall"] - run["first_output"], items
     else:
         begun, seconds, timed = startup["wall"], run["wall"] - startup["wall"], items - 1
-    return {**run, "items": items, "startup": begun, "seconds": max(1e-9, seconds),
-            "rate": timed / max(1e-9, seconds),
-            "cpu": (run["cpu_total"] - startup["cpu_total"]) * items / max(1, items - 1)}
+    cpu = (run["cpu_total"] - startup["cpu_total"]) * items / max(1, items - 1)
+    # A few images take less than the noise of a start-up: then there is no rate to give (None: "n/a").
+    return {**run, "items": items, "startup": begun, "seconds": seconds,
+            "rate": timed / seconds if seconds > 0 and timed > 0 else None, "cpu": cpu if cpu > 0 else None}
 
 
 def cli_command(kind: str, model: str, folder: str, work: str) -> list[str]:
@@ -336,8 +337,8 @@ def cli_command(kind: str, model: str, folder: str, work: str) -> list[str]:
     return ["-m", "components.annotate", "--images", folder, "--output", out, "--model", model]
 
 
-def rate(r: dict) -> float:
-    return r.get("rate", r["items"] / max(1e-9, r["seconds"]))
+def rate(r: dict) -> float | None:
+    return r["rate"] if "rate" in r else r["items"] / max(1e-9, r["seconds"])
 
 
 def main(argv=None) -> int:
@@ -376,7 +377,8 @@ def main(argv=None) -> int:
     cache = args.cache
     small = os.path.join(cache, f"photos-n{args.photos}-seed{args.seed}")
     sources = photos(small, args.photos, args.seed)
-    folder = linked(os.path.join(cache, f"links-n{args.images}-of{args.photos}-seed{args.seed}"), sources, args.images)
+    folder = small if args.images == args.photos else linked(
+        os.path.join(cache, f"links-n{args.images}-of{args.photos}-seed{args.seed}"), sources, args.images)
     big = linked(os.path.join(cache, f"links-n{args.big_images}-of{args.photos}-seed{args.seed}"), sources,
                  args.big_images) if args.big_images else None
     clip_frames = max(args.frames, args.big_frames)
@@ -394,13 +396,15 @@ def main(argv=None) -> int:
     rows: list[list[str]] = []
 
     def row(what, unit, r, bound=None, startup=None):
-        per_cpu = 1000 * r["cpu"] / max(1, r["items"])
-        share = f"{rate(r) / rate(bound):.0%}" if bound else "-"
-        cpu_share = f"{1000 * bound['cpu'] / max(1, bound['items']) / per_cpu:.0%}" if bound and per_cpu else "-"
-        rows.append([what, f"{r['items']:,}", unit, f"{rate(r):.1f}", share, f"{per_cpu:.1f}", cpu_share,
+        per_cpu = 1000 * r["cpu"] / max(1, r["items"]) if r["cpu"] is not None else None
+        share = cpu_share = "-"
+        if bound:
+            share = f"{rate(r) / rate(bound):.0%}" if rate(r) is not None else "n/a"
+            cpu_share = f"{1000 * bound['cpu'] / bound['items'] / per_cpu:.0%}" if per_cpu else "n/a"
+        rows.append([what, f"{r['items']:,}", unit, _num(rate(r)), share, _num(per_cpu), cpu_share,
                      f"{startup:.1f}" if startup is not None else "-", f"{r['rss_mb']:.0f}", f"{r['load']:.1f}"])
         found = f", {r['faces']} with a face" if "faces" in r else ""
-        print(f"  done: {what}, {r['items']} {unit}{found}: {rate(r):.1f}/s, {per_cpu:.1f} CPU ms each (load "
+        print(f"  done: {what}, {r['items']} {unit}{found}: {_num(rate(r))}/s, {_num(per_cpu)} CPU ms each (load "
               f"{r['load']:.1f})", flush=True)
 
     try:
@@ -410,7 +414,7 @@ def main(argv=None) -> int:
             child("score-images", folder, model, args.batch_size), det)
         one = linked(os.path.join(cache, f"links-n1-of{args.photos}-seed{args.seed}"), sources, 1)
         startup = measured(cli_command("predict", model, one, work), "predict on one image")
-        for target in (small, folder, big):
+        for target in dict.fromkeys((small, folder, big)):
             if target:
                 r = cli("predict", model, target, startup, work)
                 row("predict CLI --csv (rate after start-up)", "images", r, det, r["startup"])
@@ -429,6 +433,10 @@ def main(argv=None) -> int:
     print(table(rows, ["run", "count", "of", "per s", "of detector alone", "CPU ms each", "of detector alone (CPU)",
                        "start-up s", "peak RSS MB", "load 1m"]))
     return 0
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

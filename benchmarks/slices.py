@@ -32,6 +32,7 @@ CACHE = os.path.join(ROOT, "benchmarks", ".cache", "slices")
 TRUE_SHARE_EDGES = (0.2, 0.3, 0.4)
 TRUE_PX_EDGES = (64, 96, 128)
 TILTED_DEG = 10.0
+NO_FACE = "no face"  # a scene drawn without a face (converted whole): no box, tilt or occluder
 
 
 def true_conditions(row) -> dict[str, str]:
@@ -40,17 +41,19 @@ def true_conditions(row) -> dict[str, str]:
 
     from components.evaluate.slices import bin_label
 
-    if row["faces_in_scene"] == 0 or math.isnan(float(row["face_x0"])):
-        return {"face in scene": "none"}
-    side = max(row["face_x1"] - row["face_x0"], row["face_y1"] - row["face_y0"])
+    face = row["faces_in_scene"] > 0 and not math.isnan(float(row["face_x0"]))
+    side = max(row["face_x1"] - row["face_x0"], row["face_y1"] - row["face_y0"]) if face else 0.0
     return {
-        "true face share": bin_label(side / min(row["width"], row["height"]), TRUE_SHARE_EDGES, digits=2),
-        "true face px": bin_label(side, TRUE_PX_EDGES, "px"),
-        "true tilt": f">={TILTED_DEG:g} deg" if abs(row["tilt"]) >= TILTED_DEG else f"<{TILTED_DEG:g} deg",
+        "true face share": bin_label(side / min(row["width"], row["height"]), TRUE_SHARE_EDGES, digits=2)
+        if face else NO_FACE,
+        "true face px": bin_label(side, TRUE_PX_EDGES, "px") if face else NO_FACE,
+        "true tilt": (f">={TILTED_DEG:g} deg" if abs(row["tilt"]) >= TILTED_DEG else f"<{TILTED_DEG:g} deg")
+        if face else NO_FACE,
         "true grey": "grey" if row["grey"] else "colour",
-        "true JPEG quality": f"low (8-25)" if row["jpeg_quality"] else "normal",
-        "true occluder": row["occluder"] or "none",
-        "true faces in scene": "several" if row["faces_in_scene"] > 1 else "one",
+        "true JPEG quality": "low (8-25)" if row["jpeg_quality"] else "normal",
+        "true occluded": ("yes" if row["occluder"] else "no") if face else NO_FACE,
+        "true occluder": (row["occluder"] or "none") if face else NO_FACE,
+        "true faces in scene": "none" if not face else "several" if row["faces_in_scene"] > 1 else "one",
     }
 
 
@@ -60,23 +63,25 @@ def truth_groups(keys: list[str], truth) -> dict[str, list[str]]:
 
     by_key = {labels.image_key(f"http://127.0.0.1/demo/{name}"): i for i, name in enumerate(truth["name"])}
     rows = [true_conditions(truth.iloc[by_key[k]]) for k in keys]
-    names = list(dict.fromkeys(c for r in rows for c in r))
-    return {c: [r.get(c, "no face") for r in rows] for c in names}
+    return {c: [r[c] for r in rows] for c in (rows[0] if rows else {})}
 
 
-def measure_groups(test: dict, tuned, au_ids, groups: dict[str, list[str]], min_size: int) -> list[dict]:
-    """Each value of each condition measured as evaluate measures a slice (fewer than min_size: too small)."""
+def measure_groups(test: dict, tuned, au_ids, groups: dict[str, list[str]], min_size: int
+                   ) -> tuple[list[dict], list[dict]]:
+    """(each value of each condition measured as evaluate measures a slice, those of fewer than min_size examples)."""
     from components.evaluate import slices
 
     order = {"true face share": slices.bin_order(TRUE_SHARE_EDGES, digits=2),
              "true face px": slices.bin_order(TRUE_PX_EDGES, "px"),
              "true tilt": [f"<{TILTED_DEG:g} deg", f">={TILTED_DEG:g} deg"]}
-    measured = slices.slice_metrics(test, tuned, au_ids, groups, min_size)["measured"]
+    cut = slices.slice_metrics(test, tuned, au_ids, groups, min_size)
     features = list(groups)
-    # Bins small to large (as evaluate's own tables), every other condition as slice_metrics orders it.
-    return sorted(measured, key=lambda m: (features.index(m["feature"]),
-                                           order[m["feature"]].index(m["value"]) if m["value"] in order.get(
-                                               m["feature"], ()) else len(order.get(m["feature"], ()))))
+
+    def place(m):  # bins small to large (as evaluate's own tables), every other condition as slice_metrics orders it
+        known = order.get(m["feature"], [])
+        return features.index(m["feature"]), known.index(m["value"]) if m["value"] in known else len(known)
+
+    return sorted(cut["measured"], key=place), sorted(cut["too_small"], key=place)
 
 
 def table(derived: list[dict], truth: list[dict], overall: float, examples: int) -> str:
@@ -110,6 +115,7 @@ def main(argv=None) -> int:
                         help="Examples a slice (or a true condition's group) needs to be measured.")
     parser.add_argument("--cache", default=CACHE, help="Where the demo sets, examples and model are kept.")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if min(args.train_size, args.test_size) < 10:
         parser.error("--train-size and --test-size must be at least 10 scenes")
 
@@ -152,17 +158,18 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="slices-benchmark-") as tmp:
         test = score_model(model, config, heldout, ex.read_summary(heldout), ["test"], tmp, 64)["test"]
     tuned = [metrics["thresholds"]["tuned"][str(a)] for a in config["au_ids"]]
-    truth = measure_groups(test, tuned, config["au_ids"],
+    truth, truth_small = measure_groups(test, tuned, config["au_ids"],
                            truth_groups(test["keys"], generate.load_labels(os.path.join(test_data, "demo"))),
                            args.min_slice_size)
     print(f"\nDemo recipe trained on {args.train_size} in-the-wild scenes (seed 0)"
           + (f", {args.epochs} epochs" if args.epochs else "") + f"; held-out set: {args.test_size} scenes of seed 1; "
-          f"slices of at least {args.min_slice_size} examples; convert {converted:.0f} s, train {trained:.0f} s")
+          f"slices of at least {args.min_slice_size} examples; convert {converted:.0f} s, train {trained:.0f} s "
+          "(0: made by an earlier run, kept in --cache)")
     print(table(metrics["slices"]["measured"], truth, metrics["at_default"]["macro"]["f1"], metrics["examples"]))
-    too_small = metrics["slices"]["too_small"]
-    if too_small:
-        print("evaluate's slices too small to measure: " + ", ".join(f"{m['feature']} {m['value']} (n={m['examples']})"
-                                                                     for m in too_small))
+    for name, small in (("evaluate's slices", metrics["slices"]["too_small"]), ("true conditions", truth_small)):
+        if small:
+            print(f"{name} too small to measure: " + ", ".join(f"{m['feature']} {m['value']} (n={m['examples']})"
+                                                                 for m in small))
     print(f"errors gallery: {os.path.join(work, 'evaluation', 'errors.json')}")
     with open(os.path.join(work, "slices.json"), "w") as f:
         json.dump({"derived": metrics["slices"]["measured"], "truth": truth}, f, indent=1)

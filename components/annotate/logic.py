@@ -127,22 +127,6 @@ def write_work_list(work: WorkList, uri: str) -> str:
     return uri
 
 
-def local_cores() -> int:
-    """The cores this process may use: its CPU affinity, capped by a container's CPU limit (cgroup v2 cpu.max)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:  # a pod limited to 4 CPUs on a 64-core node sees 64 in its affinity
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, -(-int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
-
-
 def pipeline_options(beam_args: str, images: int):
     """Beam options: beam_args, and without a --runner Beam's local FnApiRunner on every core.
 
@@ -162,7 +146,7 @@ def pipeline_options(beam_args: str, images: int):
     argv = shlex.split(beam_args or "")
     if PipelineOptions(argv).view_as(StandardOptions).runner:
         return PipelineOptions(argv)
-    workers = max(1, min(local_cores(), math.ceil(images / IMAGES_PER_WORKER)))
+    workers = max(1, min(beamio.local_cores(), math.ceil(images / IMAGES_PER_WORKER)))
     mode = "multi_processing" if workers > 1 else "in_memory"
     return PipelineOptions(["--runner=FnApiRunner", f"--direct_num_workers={workers}",
                             f"--direct_running_mode={mode}"] + argv)

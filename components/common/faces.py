@@ -36,7 +36,7 @@ MODES = ("crop", "whole")
 NO_FACE_POLICIES = ("skip", "whole")
 # MediaPipe's BlazeFace, shipped inside its wheel: the full-range model (faces small in the frame), then the
 # short-range one when the first finds nothing; then, where the picture is larger than a tile and no face was
-# found that the detector sees clearly, the full-range model on overlapping tiles (components/common/facefinder/tiles.py).
+# found that the detector sees clearly, the full-range model on overlapping tiles (facefinder/tiles.py).
 DETECTOR = "blazeface-full+short+tiles"
 # Larger images are shrunk to this longest side for detection only (the crop uses every pixel).
 DETECT_MAX_SIDE = 1280

@@ -1,6 +1,5 @@
 """The convert step's one declaration: what it reads and writes, and its parameters (the face settings included)."""
 from components.common.faces import FACE_PARAMS
-from components.common.imaging import JPEG_QUALITY  # noqa: F401 - convert's, declared beside the encoder (common)
 from components.common.params import BEAM_ARGS, Artifact, Param, StepSpec
 
 SPEC = StepSpec(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import sys
 
 import apache_beam as beam
@@ -28,23 +27,6 @@ NAMESPACE = "convert"
 
 _COPY_CHUNK = 8 * 1024 * 1024
 _UNCOMPRESSED = CompressionTypes.UNCOMPRESSED
-
-
-def local_cores() -> int:
-    """The cores this process may use: its CPU affinity, capped by a container's CPU limit (cgroup v2 cpu.max)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        # A pod limited to 4 CPUs on a 64-core node still sees 64 in its affinity.
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, -(-int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
 
 
 class ConvertOptions(PipelineOptions):
@@ -74,7 +56,7 @@ def local_processes(options: PipelineOptions) -> int:
     chosen = options.view_as(ConvertOptions).convert_processes
     if chosen and chosen > 0:
         return int(chosen)
-    return local_cores() if runs_in_this_process(options) else 1
+    return beamio.local_cores() if runs_in_this_process(options) else 1
 
 
 # --- convert ----------------------------------------------------------------------------------

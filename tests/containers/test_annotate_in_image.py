@@ -1,7 +1,9 @@
-"""annotate and predict in the CPU image on a pushed model, as a plain user with --network none and only the work
-folder and the registry mounted: annotate on a folder of demo scenes (the image the compiled annotate spec gives its
-task; the Parquet contract of components/common/annotations.py, a damaged file as a row), and predict on a short
-video (its rows as Parquet, its plot by matplotlib)."""
+"""annotate and predict run in the CPU image on a pushed model and write their files.
+
+As a plain user with --network none and only the work folder and the registry mounted: annotate on a folder of demo
+scenes (in the image the compiled annotate spec gives its task; the Parquet contract of
+components/common/annotations.py, a damaged file as a row), and predict on a short video (its rows as Parquet, its
+plot by matplotlib)."""
 from __future__ import annotations
 
 import json

@@ -1,11 +1,12 @@
-"""The model server in the CPU image, as `pipeline.py deploy` runs it (its KServe manifest's image, command and
-arguments), on a pushed model: the host's network (it listens on 127.0.0.1 only), as a plain user, only the registry
-mounted. Ready once the model is loaded, it answers a Vertex AI /predict and a raw image with the face, and a bad
-request with 4xx while it keeps serving; SIGTERM (docker stop) ends it cleanly."""
+"""The model server runs in the CPU image and answers requests.
+
+It runs as `pipeline.py deploy` runs it (its KServe manifest's image, command and arguments) on a pushed model: the
+host's network (it listens on 127.0.0.1 only), as a plain user, only the registry mounted. Ready once the model is
+loaded, it answers a Vertex AI /predict and a raw image with the face, and a bad request with 4xx while it keeps
+serving; SIGTERM (docker stop) ends it cleanly."""
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import subprocess
 import time

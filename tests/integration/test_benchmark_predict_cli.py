@@ -12,16 +12,16 @@ from components.common.faces import FaceSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "benchmarks", "predict.py")
-ROW = re.compile(r"^\| (?P<run>[^|]+?)\s+\|\s+(?P<count>[\d,]+) \|\s+(?P<of>images|frames) \|\s+(?P<rate>[\d.]+) \|"
-                 r"\s+(?P<share>[\d]+%|-) \|\s+(?P<cpu>[\d.]+) \|\s+(?P<cpu_share>[\d]+%|-) \|\s+(?P<startup>[\d.]+|-) \|"
-                 r"\s+(?P<rss>\d+) \|\s+(?P<load>[\d.]+) \|$", re.M)
+ROW = re.compile(r"^\| (?P<run>[^|]+?)\s+\|\s+(?P<count>[\d,]+) \|\s+(?P<of>images|frames) \|\s+(?P<rate>[\d.]+|n/a) \|"
+                 r"\s+(?P<share>\d+%|-|n/a) \|\s+(?P<cpu>[\d.]+|n/a) \|\s+(?P<cpu_share>\d+%|-|n/a) \|"
+                 r"\s+(?P<startup>[\d.]+|-) \|\s+(?P<rss>\d+) \|\s+(?P<load>[\d.]+) \|$", re.M)
 
 
 @pytest.mark.slow
 def test_a_tiny_run_prints_its_table(tmp_path):
     model = tiny_model.make_model(str(tmp_path / "model"), tiny_model.GOOD, faces=FaceSettings().to_dict())
     proc = subprocess.run(
-        [sys.executable, SCRIPT, "--model", model, "--photos", "3", "--images", "4", "--big-images", "0",
+        [sys.executable, SCRIPT, "--model", model, "--photos", "3", "--images", "3", "--big-images", "0",
          "--frames", "6", "--big-frames", "0", "--batch-size", "2", "--cache", str(tmp_path / "cache")],
         cwd=ROOT, capture_output=True, text=True, timeout=840,
     )
@@ -31,20 +31,24 @@ def test_a_tiny_run_prints_its_table(tmp_path):
     assert "| run " in out and "| of detector alone (CPU) |" in out, out
     rows = [m.groupdict() for m in ROW.finditer(out)]
     assert [(r["run"], r["count"], r["of"]) for r in rows] == [
-        ("face detector alone (read + decode + detect)", "4", "images"),
-        ("predict in-process (Scorer.score, files read)", "4", "images"),
+        ("face detector alone (read + decode + detect)", "3", "images"),
+        ("predict in-process (Scorer.score, files read)", "3", "images"),
         ("predict CLI --csv (rate after start-up)", "3", "images"),
-        ("predict CLI --csv (rate after start-up)", "4", "images"),
-        ("annotate CLI --images (rate after start-up)", "4", "images"),
+        ("annotate CLI --images (rate after start-up)", "3", "images"),
         ("face detector alone (OpenCV decode + detect)", "6", "frames"),
         ("predict in-process (score_video, every frame)", "6", "frames"),
     ], out
     for r in rows:
-        assert float(r["rate"]) > 0 and int(r["rss"]) > 0, r
+        assert int(r["rss"]) > 0, r
+        # Measured in-process, or after predict's CSV header: always a rate. Three images are less than the noise of
+        # a start-up, so a CLI's CPU time, and annotate's rate (its time beyond a one-image run's), may have none.
+        if "CLI" not in r["run"]:
+            assert float(r["rate"]) > 0 and float(r["cpu"]) > 0, r
+        elif r["run"].startswith("predict"):
+            assert float(r["rate"]) > 0, r
         assert (r["share"] == "-") == r["run"].startswith("face detector alone"), r
         assert (r["startup"] == "-") != ("CLI" in r["run"]), r
     # The pictures are what the benchmark says: every photo and every frame has its face found and scored.
     found = re.findall(r"^  done: (.+?), (\d+) (?:images|frames), (\d+) with a face:", out, re.M)
-    assert len(found) == 5 and all(n == with_face for _, n, with_face in found), out
+    assert len(found) == 4 and all(n == with_face for _, n, with_face in found), out
     assert len(os.listdir(tmp_path / "cache" / "photos-n3-seed0")) == 3
-    assert len([f for f in os.listdir(tmp_path / "cache" / "links-n4-of3-seed0") if not f.startswith(".")]) == 4

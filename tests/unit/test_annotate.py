@@ -336,7 +336,9 @@ def test_the_contract_reader_refuses_an_incomplete_folder(tmp_path):
 def test_local_options_use_a_worker_per_core_only_for_a_big_run(monkeypatch):
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-    monkeypatch.setattr(logic, "local_cores", lambda: 4)
+    from components.common import beamio
+
+    monkeypatch.setattr(beamio, "local_cores", lambda: 4)
     small = logic.pipeline_options("", 10).view_as(DirectOptions)
     assert (small.direct_num_workers, small.direct_running_mode) == (1, "in_memory")
     big = logic.pipeline_options("", 100_000).view_as(DirectOptions)

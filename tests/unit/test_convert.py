@@ -283,7 +283,7 @@ def test_local_runner_is_named_so_beam_never_reaches_for_prism():
     options = beamio.pipeline_options("")
     assert options.view_as(StandardOptions).runner == "FnApiRunner"
     assert options.view_as(DirectOptions).direct_running_mode == "in_memory"
-    assert transforms.local_processes(options) == transforms.local_cores()
+    assert transforms.local_processes(options) == beamio.local_cores()
     assert transforms.local_processes(beamio.pipeline_options("--convert_processes=3")) == 3
     mp = beamio.pipeline_options("--direct_running_mode=multi_processing --direct_num_workers=2")
     assert mp.view_as(DirectOptions).direct_running_mode == "multi_processing"

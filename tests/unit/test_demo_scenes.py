@@ -113,7 +113,10 @@ def test_small_faces_scenes_are_large_pictures_whose_face_is_10_to_22_percent(tm
     inten = faces.sample_labels(1, 0).intensity[0]
     # with a bystander, the labelled face is still the larger, inside the small-faces range
     for k in range(3):
-        _, t = scenes.render_scene(inten, np.random.default_rng(k), scenes.ScenePlan(bystander=True), scenes.SMALL_FACES)
+        plan = scenes.ScenePlan(bystander=True)
+        img, t = scenes.render_scene(inten, np.random.default_rng(k), plan, scenes.SMALL_FACES)
+        lo, hi = scenes.SMALL_FACES.bystander_face
+        assert lo - 1e-3 <= max(t.box[2] - t.box[0], t.box[3] - t.box[1]) / min(img.size) <= hi + 1e-3
         for b in t.other_boxes:
             assert max(b[2] - b[0], b[3] - b[1]) < max(t.box[2] - t.box[0], t.box[3] - t.box[1])
 

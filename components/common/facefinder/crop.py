@@ -46,7 +46,7 @@ class FaceImage:
         if self.face is not None and self.status == contract.CROPPED:
             x0, y0, x1, y1 = self.face.box
             more = f", {self.count} faces (the largest used)" if self.count > 1 else ""
-            where = f", found in {self.tiles} tiles" if self.face.scale == contract.SCALE_TILES else ""
+            where = f", found in tiles ({self.tiles} searched)" if self.face.scale == contract.SCALE_TILES else ""
             return (f"face at x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} of {self.source_width}x{self.source_height} "
                     f"(score {self.face.score:.2f}, turned {self.angle:+.1f} deg{more}{where})")
         if self.status == contract.WHOLE:

@@ -88,10 +88,11 @@ class Detector:
     BlazeFace sees the whole picture squeezed into 192 px, so a face of 48 px in a 1000 px
     picture is 9 px there and mostly missed; in a tile of tiles.TILE_SIDE (384) px it is 24 px.
     tiles (tiles.TILE_POLICIES): "auto" (default) searches the tiles only where the whole
-    picture gave no face of tiles.SURE_IN_VIEW px or more in its view (none, or only faces it
-    finds unreliably and boxes loosely): what a step that uses the largest face needs, at no cost
-    where a clear face is found (measured in benchmarks/faces.py); "always" also where one was
-    (the small faces of a group photo beside a large one); "never" the whole picture only.
+    picture gave no face of tiles.SURE_IN_VIEW px or more in its view: every tile where it gave
+    none, the tile around each face where it gave only faces it finds unreliably and boxes
+    loosely. That is what a step that uses the largest face needs, at no cost where a clear face
+    is found (measured in benchmarks/faces.py). "always" searches every tile of every picture
+    larger than one (the small faces of a group photo beside a large one); "never" none.
 
     One instance per process: the models load in milliseconds, but a MediaPipe graph must not
     be shared across threads or forked processes, so each worker makes its own (see get()).
@@ -132,6 +133,8 @@ class Detector:
         searched = 0
         if self.tiles == "always" or (self.tiles == "auto" and not tiling.sure(found, rgb.shape[1], rgb.shape[0])):
             boxes = tiling.tile_boxes(rgb.shape[1], rgb.shape[0], self.tile_side)
+            if found and self.tiles == "auto":  # only faces it does not see clearly: a closer look at each
+                boxes = tiling.tiles_around(boxes, [f.box for f in found])
             if boxes:
                 found = self._merge(found + self._tiled(rgb, boxes))
                 searched = len(boxes)

@@ -6,18 +6,19 @@ import math
 import numpy as np
 
 # BlazeFace (full range) sees its input squeezed into 192 x 192 px. On 300 small-faces demo scenes of 480..1024 px
-# (python benchmarks/faces.py), its pass over the whole picture found 95-100% of the faces of 20 px or more in that
-# view, boxed at IoU 0.85 with the truth on average, but only two thirds of the faces under 18 px, boxed at 0.75-0.79;
-# the tiles found those at IoU 0.87-0.90. So a picture whose whole-picture pass gives no face of SURE_IN_VIEW px is
+# (python benchmarks/faces.py), its pass over the whole picture found 96% of the faces of 21 px or more in that view,
+# boxed at IoU 0.85 with the truth on average, but only two thirds of those under 18 px, boxed at 0.75-0.79; tiles
+# found 87-100% of those at IoU 0.86-0.88. So a picture whose whole-picture pass gives no face of SURE_IN_VIEW px is
 # searched again in tiles, each of TILE_SIDE px: a TILE_FACE px face is 24 px in the view of such a tile.
 DETECTOR_VIEW = 192
 SURE_IN_VIEW = 20
 TILE_FACE = 48  # px: the smallest face the tiles are for
 TILE_SIDE = TILE_FACE * DETECTOR_VIEW // 24  # 384 px
 # When the tiles are searched (Detector's `tiles`): auto (default): in a picture larger than a tile whose
-# whole-picture pass found no face of SURE_IN_VIEW px (none, or only small ones); always: in every picture larger
-# than a tile, even beside a clear face (a group photo's small faces beside a large one), at several times the
-# cost; never: the whole picture only (the face finder before the tiles).
+# whole-picture pass found no face of SURE_IN_VIEW px: every tile if it found none, the tile around each face if it
+# found only small ones (tiles_around); always: every tile of every picture larger than a tile, even beside a
+# clear face (a group photo's small faces beside a large one), at several times the cost; never: the whole picture
+# only (the face finder before the tiles).
 TILE_POLICIES = ("auto", "always", "never")
 # A face found in a tile needs this confidence (or --face-min-score, if higher). The tiles are searched where the
 # picture gave no clear face, so every picture without a face is searched again, many times over. Measured on 300
@@ -58,6 +59,23 @@ def sure(faces, width: int, height: int) -> bool:
     """Whether the whole-picture pass found a face it sees clearly: one of SURE_IN_VIEW px or more in its view of a
     width x height picture (faces: anything with a `side` in the picture's pixels, as detect.Face)."""
     return any(f.side * DETECTOR_VIEW / max(width, height) >= SURE_IN_VIEW for f in faces)
+
+
+def tiles_around(tiles, boxes) -> list[tuple[int, int, int, int]]:
+    """Of `tiles`, the one that shows each of `boxes` best (the most of it, then the nearest its centre), once each:
+    where the whole picture found only faces it does not see clearly, those are looked at again, not every tile."""
+    if not len(tiles) or not len(boxes):
+        return []
+    t = np.asarray(tiles, np.float64).reshape(-1, 4)
+    centres = (t[:, :2] + t[:, 2:]) / 2
+    chosen: list[int] = []
+    for box in np.asarray(boxes, np.float64).reshape(-1, 4):
+        shown = _intersection(box, t)
+        near = np.hypot(*(centres - (box[:2] + box[2:]) / 2).T)
+        best = int(np.lexsort((near, -shown))[0])
+        if best not in chosen:
+            chosen.append(best)
+    return [tuple(int(v) for v in t[i]) for i in sorted(chosen)]
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
