@@ -2,7 +2,7 @@
 against the face detector alone on the same pictures, and peak memory of a small and a large input. Prints a table;
 asserts nothing.
 
-    python benchmarks/predict.py                    # the `make run` model, or the demo recipe's model (~15 minutes)
+    python benchmarks/predict.py      # the `make run` model, or the demo recipe's (~25 minutes on 2 busy cores)
     python benchmarks/predict.py --model runs/registry/au-detector --big-images 0 --big-frames 0   # rates only
 
 The pictures: --photos 640x480 JPEGs with one face (matplotlib's photo of Grace Hopper, her face 80 to 160 px, pasted
@@ -17,9 +17,10 @@ per face is the `make run` model's.
 Each row runs in a child process (its peak RSS from wait4):
   detector alone       read + decode (inference.decode; OpenCV for video frames) + facefinder detect: the bound
   predict, in-process  Scorer.score on --batch-size files at a time (read and decode counted); score_video on a video
-  predict CLI          python -m components.predict --model M --csv INPUT > /dev/null, end to end; its start-up (the
-                       same command on one image) reported apart, and the rate taken after it
-  annotate CLI         python -m components.annotate --images FOLDER --output TMP --model M, the same way
+  predict CLI          python -m components.predict --model M --csv FOLDER, its rows read and dropped; start-up is the
+                       time to its CSV header (written once the model is loaded and warm), the rate taken after it
+  annotate CLI         python -m components.annotate --images FOLDER --output TMP --model M; it prints nothing before
+                       it ends, so start-up is the same command's time on one image, the rate taken beyond it
 The share is a row's rate over the detector alone on the same pictures. CPU ms each: the CPU time of every thread per
 picture (start-up left out), and its share the same way: on a machine busy with other work the rates fall with the
 CPU time the benchmark is given, the CPU time per picture much less. The load average (1 minute) at each row's end is

@@ -11,16 +11,17 @@ from components.common.evaluation import PR_FILE, ROC_FILE
 from components.evaluate.metrics import curve_points, roc_auc
 
 
-def _plot_png(draw) -> bytes:
+def plot_png(draw, figsize=(7, 6), grid_axis: str = "both") -> bytes:
+    """A PNG of one matplotlib Axes that draw(ax) fills (Agg: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    fig, ax = plt.subplots(figsize=figsize, dpi=100)
     try:
         draw(ax)
-        ax.grid(alpha=0.3)
+        ax.grid(axis=grid_axis, alpha=0.3)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
@@ -53,7 +54,7 @@ def curve_pngs(test: dict, au_ids: list[int]) -> dict[str, bytes]:
         if curves:
             ax.legend(fontsize=7, loc="lower left")
 
-    return {ROC_FILE: _plot_png(roc), PR_FILE: _plot_png(pr)}
+    return {ROC_FILE: plot_png(roc), PR_FILE: plot_png(pr)}
 
 
 def va_png(test: dict) -> bytes:
@@ -66,4 +67,4 @@ def va_png(test: dict) -> bytes:
         ax.set(xlabel="true", ylabel="predicted", title="Valence and arousal (test split)")
         ax.legend()
 
-    return _plot_png(draw)
+    return plot_png(draw)

@@ -357,15 +357,13 @@ def manifest_columns(manifest: str, keys: list[str], columns: list[str]) -> dict
 def slice_png(slices: dict, overall_macro_f1: float | None) -> bytes:
     """slices.png: macro F1 at 0.5 of each measured slice (a bar each, coloured by feature), the whole split's as a
     line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from components.evaluate.plots import plot_png
 
     rows = [m for m in slices["measured"] if m.get("macro_f1") is not None]
-    height = max(2.5, 0.28 * len(rows) + 1.2)
-    fig, ax = plt.subplots(figsize=(8, height), dpi=100)
-    try:
+
+    def draw(ax):
+        import matplotlib.pyplot as plt
+
         names = [f"{m['feature']}: {m['value']} (n={m['examples']})" for m in rows]
         features = list(dict.fromkeys(m["feature"] for m in rows))
         colours = plt.get_cmap("tab10")
@@ -380,11 +378,6 @@ def slice_png(slices: dict, overall_macro_f1: float | None) -> bytes:
                title=f"Macro F1 per slice (test split; slices of at least {slices['min_size']} examples)")
         if not rows:
             ax.text(0.5, 0.5, "no slice has enough examples", ha="center", va="center", transform=ax.transAxes)
-        ax.grid(axis="x", alpha=0.3)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+
+    return plot_png(draw, figsize=(8, max(2.5, 0.28 * len(rows) + 1.2)), grid_axis="x")
 
