@@ -94,6 +94,24 @@ def test_every_parameter_has_its_default_and_the_description_the_ui_shows(cluste
     assert spec["pipelineInfo"]["description"] == defaults.PIPELINE_DESCRIPTION
 
 
+def test_each_step_describes_its_parameters_as_the_pipeline_does(cluster_spec):
+    """The KFP UI's run form (the pipeline's inputs) and each step's inputs say the same words: both come from the
+    step's one declaration (components/<step>/params.py)."""
+    _, spec, _ = cluster_spec
+    root = spec["root"]["inputDefinitions"]["parameters"]
+    fed = 0
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        inputs = spec["components"][task["componentRef"]["name"]]["inputDefinitions"]
+        for name, given in task.get("inputs", {}).get("parameters", {}).items():
+            source = given.get("componentInputParameter")
+            if source:
+                fed += 1
+                assert inputs["parameters"][name]["description"] == root[source]["description"], (task_name, name)
+        for name, artifact in inputs.get("artifacts", {}).items():
+            assert artifact.get("description", "").strip(), f"{task_name}'s {name} has no description"
+    assert fed >= len(root)  # every pipeline parameter feeds a step
+
+
 def test_each_step_runs_in_its_image_and_installs_nothing(cluster_spec):
     text, spec, _ = cluster_spec
     for step in STEPS:
