@@ -201,6 +201,7 @@ def _letterbox(img, w: int = 640, h: int = 480):
 
 _JOBS: list[bytes] = []
 _POLICY = ["auto"]
+REPEATS = 3  # throughput runs of each row, the best reported
 
 
 def _warm(jobs=None, policy: str = "auto") -> None:
@@ -251,10 +252,13 @@ def _many_processes(jobs: list[bytes], policy: str, cores: int) -> tuple[float, 
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(cores, initializer=_warm, initargs=(list(jobs), policy)) as pool:
         pool.map(len, [()] * cores)  # wait until every worker is up
-        start = time.perf_counter()
         chunks = [range(i, min(i + 16, len(jobs))) for i in range(0, len(jobs), 16)]
-        cropped = sum(pool.map(_crop_many, chunks))
-        return len(jobs) / (time.perf_counter() - start), cropped
+        best = 0.0
+        for _ in range(REPEATS):  # the best of a few: the machine may be shared
+            start = time.perf_counter()
+            cropped = sum(pool.map(_crop_many, chunks))
+            best = max(best, len(jobs) / (time.perf_counter() - start))
+        return best, cropped
 
 
 def throughput(count: int, seed: int) -> None:
@@ -296,16 +300,18 @@ def throughput(count: int, seed: int) -> None:
         for policy in POLICIES:
             detector = detect.get(tiles=policy)
             prepare(jobs[0], settings, detector=detector)
-            start, cpu = time.perf_counter(), time.process_time()
-            cropped_one = sum(prepare(d, settings, detector=detector).jpeg is not None for d in jobs)
-            single = len(jobs) / (time.perf_counter() - start)
-            per_cpu = len(jobs) / (time.process_time() - cpu)  # MediaPipe's own threads included
+            single = per_cpu = 0.0
+            for _ in range(REPEATS):  # the best of a few: the machine may be shared
+                start, cpu = time.perf_counter(), time.process_time()
+                cropped_one = sum(prepare(d, settings, detector=detector).jpeg is not None for d in jobs)
+                single = max(single, len(jobs) / (time.perf_counter() - start))
+                per_cpu = max(per_cpu, len(jobs) / (time.process_time() - cpu))  # MediaPipe's threads included
             many, cropped = _many_processes(jobs, policy, cores)
             assert cropped == cropped_one
             rows.append((scene, policy, single, per_cpu, many, cropped, len(jobs)))
     print(f"\nCrop throughput: {count} demo scenes of each set letterboxed to 640x480 JPEG (q90), crops of "
-          f"{settings.size} px, images/s (per CPU-second: the cost whatever else the machine runs; load average "
-          f"{os.getloadavg()[0]:.1f})")
+          f"{settings.size} px, images/s, best of {REPEATS} (per CPU-second: the cost whatever else the machine "
+          f"runs; load average {os.getloadavg()[0]:.1f})")
     header = (f"{'scenes':<12} {'face finder':<16} {'1 process':>10} {'per CPU-s':>10} {f'{cores} processes':>12} "
               f"{'cropped':>9}")
     print(header + "\n" + "-" * len(header))

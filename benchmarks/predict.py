@@ -356,8 +356,9 @@ def main(argv=None) -> int:
                    help="Frames of the large video, the rates' too (0: the small one only). Default: 10000.")
     p.add_argument("--batch-size", type=int, default=32, help="predict's and annotate's batch size. Default: 32.")
     p.add_argument("--no-annotate", action="store_true", help="Leave annotate out.")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default=CACHE, help="Where pictures, videos and the model are kept. Default: %(default)s.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the photos and the video's ground. Default: 0.")
+    p.add_argument("--cache", default=CACHE,
+                   help="Where the pictures, the videos and the model are kept. Default: %(default)s.")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
