@@ -18,8 +18,30 @@ INGEST_SUMMARY_FILE = "ingest_summary.json"
 # AU1..AU60 int16 (0, 1, 999); valence, arousal float32 only where the source has them; row: 1-based row of the
 # source, for messages.
 COLUMNS = ("key", "url") + labels.AU_COLUMNS + labels.VA_COLUMNS + ("row",)
+# Then every other column of a sheet with a header row (e.g. source_site, age_group), as a string column named
+# SHEET_PREFIX + its header text ("sheet:source_site"), null where the cell is blank (a URL on several rows keeps
+# its first row's); a repeated header text gets "_2", "_3". The prefix keeps them apart from the columns above (a sheet may have its own "row" or "key"), and every
+# reader selects its columns by name, so none of them reads these (validate's statistics leave them out).
+# ingest_summary.json lists them, unprefixed, in "sheet_columns". A sheet without a header row (EmotioNet's own
+# .xlsx) has none. evaluate --slice-by names them without the prefix.
+SHEET_PREFIX = "sheet:"
 # rejects.csv: one line per rejected row of the source.
 REJECTS_COLUMNS = ("row", "reason", "detail", "raw")
+
+
+def sheet_column(name: str) -> str:
+    """The manifest column that keeps the sheet's column `name`: "source_site" -> "sheet:source_site"."""
+    return SHEET_PREFIX + name
+
+
+def is_sheet_column(column: str) -> bool:
+    """Whether a manifest column is one of the sheet's own (kept by ingest), not of contract 1's fixed columns."""
+    return str(column).startswith(SHEET_PREFIX)
+
+
+def sheet_columns(columns) -> list[str]:
+    """The sheet's own columns among a manifest's column names, without the prefix, in the manifest's order."""
+    return [str(c)[len(SHEET_PREFIX):] for c in columns if is_sheet_column(c)]
 
 
 def manifest_path(manifest: str) -> str:

@@ -32,8 +32,9 @@ SPEC = StepSpec(
               "(0 turns the floor off)."),
         Param("slice_tolerance", float, 0.1, "How much lower than the live model's a slice's macro F1 (at 0.5) may "
               "be before the model is refused."),
-        Param("slice_by", str, "", "Manifest columns to slice by as well, comma-separated (e.g. AU43); the URL's "
-              "host is always a slice where the manifest can be read."),
+        Param("slice_by", str, "", "Columns to slice by as well, comma-separated: a column of the sheet (e.g. "
+              "source_site, kept by ingest from a sheet with a header) or of the manifest (e.g. AU43); the URL's host is "
+              "always a slice where the manifest can be read."),
         Param("manifest", str, "", "The manifest the examples came from (the URL's host, --slice-by columns); "
               "default: the one convert recorded in examples_summary.json.", pipeline=None),
     ),

@@ -328,28 +328,48 @@ def manifest_schema(manifest: str) -> list[str]:
         return list(pq.read_schema(storage.local_copy(path, tmp)).names)
 
 
+def resolve_column(names: list[str], wanted: str) -> str | None:
+    """The manifest column a --slice-by name reads: the name itself (key, url, AU43, row, ...), else the sheet's
+    column of that name ("source_site" -> "sheet:source_site"); None when the manifest has neither."""
+    if wanted in names:
+        return wanted
+    sheet = manifest_contract.sheet_column(wanted)
+    return sheet if sheet in names else None
+
+
 def check_columns(manifest: str, wanted: list[str]) -> None:
     """SliceError, in the user's words, when the manifest lacks a --slice-by column."""
     names = manifest_schema(manifest)
-    missing = [c for c in wanted if c not in names]
+    missing = [c for c in wanted if resolve_column(names, c) is None]
     if missing:
-        kept = ", ".join(n for n in names if not (n.startswith("AU") and n[2:].isdigit())) + ", AU1..AU60"
+        fixed = [n for n in names if not manifest_contract.is_sheet_column(n)]
+        kept = ", ".join(n for n in fixed if not (n.startswith("AU") and n[2:].isdigit())) + ", AU1..AU60"
+        sheet = manifest_contract.sheet_columns(names)
+        has = (f"the sheet's columns {', '.join(sheet)}" if sheet else
+               "no other column of the sheet (a sheet without a header row, as EmotioNet ships it, has none; a "
+               "manifest ingested before ingest kept them: rerun ingest)")
         raise SliceError(
             f"--slice-by {','.join(missing)}: the manifest {manifest_contract.manifest_path(manifest)} has no column "
-            f"{', '.join(missing)}; it keeps {kept} (contract 1: ingest keeps no other column of the sheet). Slice by "
-            "one of those columns, or drop --slice-by")
+            f"{', '.join(missing)}; it has {has}, and {kept} (contract 1). Slice by one of those columns, or drop "
+            "--slice-by")
 
 
 def manifest_columns(manifest: str, keys: list[str], columns: list[str]) -> dict[str, list]:
-    """{column: its value for each key} from the manifest (None where a key is not in it)."""
+    """{column: its value for each key} from the manifest (None where a key is not in it); a column is named as
+    --slice-by names it (resolve_column: "source_site" reads the sheet's "sheet:source_site")."""
     from components.common.tables import read_columns
 
     path = manifest_contract.resolve_manifest(manifest)
-    table = read_columns(path, ["key"] + [c for c in columns if c != "key"], ["key"] + columns, "manifest")
+    candidates = list(dict.fromkeys(n for c in columns for n in (c, manifest_contract.sheet_column(c)) if n != "key"))
+    table = read_columns(path, ["key"] + candidates, ["key"], "manifest")
+    read = {c: resolve_column(table.column_names, c) for c in columns}
+    missing = [c for c, r in read.items() if r is None]
+    if missing:
+        raise ValueError(f"manifest {path} lacks the columns {', '.join(missing)}")
     index = {k: i for i, k in enumerate(table["key"].to_pylist())}
     out = {}
     for c in columns:
-        values = table[c].to_pylist()
+        values = table[read[c]].to_pylist()
         out[c] = [values[index[k]] if k in index else None for k in keys]
     return out
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from components.common import labels, storage
 from components.common.errors import StepRefusal
-from components.common.manifest import INGEST_SUMMARY_FILE, MANIFEST_FILE, REJECTS_COLUMNS, REJECTS_FILE
+from components.common.manifest import INGEST_SUMMARY_FILE, MANIFEST_FILE, REJECTS_COLUMNS, REJECTS_FILE, sheet_column
 
 SHEET_SUFFIXES = (".xlsx", ".xlsm", ".csv")
 N_AU = len(labels.AU_COLUMNS)
@@ -46,6 +46,8 @@ class Layout:
     au_cols: list[int]  # index of AU1..AU60 (-1: the sheet has no such column -> 999)
     va_cols: list[int] | None  # [valence, arousal] or None
     has_header: bool
+    # The header's other columns, kept in the manifest as text (contract 1's sheet columns): [(index, name)]
+    other_cols: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Result:
     keys: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
+    others: list[list[str | None]] = field(default_factory=list)  # one list per Layout.other_cols
     au_chunks: list[np.ndarray] = field(default_factory=list)
     va_chunks: list[np.ndarray] = field(default_factory=list)
 
@@ -160,13 +163,33 @@ def _header_layout(cells: list) -> Layout | None:
     va = None
     if "valence" in names and "arousal" in names:
         va = [names.index("valence"), names.index("arousal")]
+    au_cols = [au_index.get(a, -1) for a in labels.ALL_AU_IDS]
     return Layout(
         width=len(cells),
         url_col=url_col,
-        au_cols=[au_index.get(a, -1) for a in labels.ALL_AU_IDS],
+        au_cols=au_cols,
         va_cols=va,
         has_header=True,
+        other_cols=_other_columns(cells, {url_col, *au_cols, *(va or [])}),
     )
+
+
+def _other_columns(header: list, used: set[int]) -> list[tuple[int, str]]:
+    """(index, name) of each header column the layout does not read (source_site, age_group, ...), by its header
+    text; a blank header cell names nothing to keep, and a repeated name gets "_2", "_3"."""
+    out: list[tuple[int, str]] = []
+    taken: set[str] = set()
+    for i, cell in enumerate(header):
+        name = _cell_text(cell).strip()
+        if i in used or not name:
+            continue
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = f"{name}_{n}"
+        taken.add(unique)
+        out.append((i, unique))
+    return out
 
 
 def _headerless_layout(width: int, source: str) -> Layout:
@@ -220,7 +243,7 @@ def _rejoin_url(cells: list, layout: Layout) -> tuple[list | None, str]:
 
 
 def _check_row(cells: list, layout: Layout, is_csv: bool):
-    """(url, au[60], va or None) for a good row, or (reason, detail) for a bad one."""
+    """(url, au[60], va or None, the other columns' text) for a good row, or (reason, detail) for a bad one."""
     width = layout.width
     why = ""
     if is_csv and len(cells) > width:
@@ -257,7 +280,8 @@ def _check_row(cells: list, layout: Layout, is_csv: bool):
             if f is None:
                 return None, (BAD_VALENCE_AROUSAL, f"{name} is {_cell_text(cells[col])!r}; expected a number")
             va.append(f)
-    return (url, au, va), None
+    others = [_cell_text(cells[col]).strip() or None for col, _ in layout.other_cols]
+    return (url, au, va, others), None
 
 
 # ------------------------------------------------------------------------------------------ the step
@@ -300,6 +324,8 @@ def read_sheet(source: str, local_path: str):
 def run(source: str, output_dir: str) -> dict:
     """Ingests one sheet into output_dir: manifest.parquet, rejects.csv, ingest_summary.json. Returns the summary."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     os.makedirs(output_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -315,7 +341,7 @@ def run(source: str, output_dir: str) -> dict:
         with open(local, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
-        res = Result()
+        res = Result(others=[[] for _ in layout.other_cols])
         au_buf: list[np.ndarray] = []
         va_buf: list[list[float]] = []
         rejects: list[tuple[int, str, str, str]] = []
@@ -343,7 +369,7 @@ def run(source: str, output_dir: str) -> dict:
             if bad:
                 rejects.append((row_number, bad[0], bad[1], _raw(cells)))
                 continue
-            url, au, va = ok
+            url, au, va, others = ok
             signature = au.tobytes() + (np.asarray(va, dtype=np.float32).tobytes() if va is not None else b"")
             if url in seen:
                 idx = seen[url]
@@ -357,6 +383,8 @@ def run(source: str, output_dir: str) -> dict:
             res.urls.append(url)
             res.keys.append(labels.image_key(url))
             res.rows.append(row_number)
+            for column, value in zip(res.others, others):
+                column.append(value)
             au_buf.append(au)
             if va is not None:
                 va_buf.append(va)
@@ -391,8 +419,12 @@ def run(source: str, output_dir: str) -> dict:
         cols["valence"] = va_arr[keep, 0].astype(np.float32)
         cols["arousal"] = va_arr[keep, 1].astype(np.float32)
     cols["row"] = np.asarray(res.rows, dtype=np.int64)[keep]
-    manifest = pd.DataFrame(cols)
-    manifest.to_parquet(os.path.join(output_dir, MANIFEST_FILE), index=False)
+    manifest = pa.Table.from_pandas(pd.DataFrame(cols), preserve_index=False)
+    for (_, name), values in zip(layout.other_cols, res.others):
+        # Typed as text even where every cell is blank (pandas would infer a column of nulls).
+        kept_values = [v for v, k in zip(values, keep) if k]
+        manifest = manifest.append_column(sheet_column(name), pa.array(kept_values, type=pa.string()))
+    pq.write_table(manifest, os.path.join(output_dir, MANIFEST_FILE))
 
     rejects.sort(key=lambda r: r[0])
     rejects_path = os.path.join(output_dir, REJECTS_FILE)
@@ -408,6 +440,8 @@ def run(source: str, output_dir: str) -> dict:
         "source_sha256": digest.hexdigest(),
         "header_row": layout.has_header,
         "has_valence_arousal": layout.va_cols is not None,
+        # The sheet's other columns, kept in the manifest as "sheet:<name>" (contract 1)
+        "sheet_columns": [name for _, name in layout.other_cols],
         "rows_read": rows_read,
         "kept": int(keep.sum()),
         "rejected": len(rejects),
@@ -431,6 +465,8 @@ def format_summary(summary: dict) -> str:
     ]
     if summary["rejected_by_reason"]:
         lines.append("rejected by reason: " + ", ".join(f"{k} {v}" for k, v in summary["rejected_by_reason"].items()))
+    if summary.get("sheet_columns"):
+        lines.append("other columns kept (evaluate --slice-by can name them): " + ", ".join(summary["sheet_columns"]))
     lines.append("")
     lines.append(f"{'AU':>5} {'0':>8} {'1':>8} {'999':>8} {'annotated':>10}")
     for name, c in summary["au_counts"].items():

@@ -13,7 +13,7 @@ import pandas as pd
 from components.common import labels, storage
 from components.common.errors import StepRefusal
 from components.common.ledger import ERROR_CLASSES, LEDGER_FILE, STATUSES
-from components.common.manifest import MANIFEST_FILE
+from components.common.manifest import MANIFEST_FILE, is_sheet_column
 from components.common.validation import (ANOMALIES_FILE, ANOMALIES_JSON_FILE, SCHEMA_FILE, STATISTICS_FILE,
                                           STATISTICS_HTML_FILE, VALIDATION_SUMMARY_FILE)
 from components.validate.params import DRIFT_THRESHOLD, MAX_FAILURE_RATE_RISE, SPEC
@@ -57,9 +57,17 @@ def _input_file(path: str, filename: str, what: str, hint: str) -> str:
     return uri
 
 
-def _read_parquet(uri: str, what: str) -> pd.DataFrame:
+def _read_parquet(uri: str, what: str, skip=None) -> pd.DataFrame:
+    """The table at uri, less the columns `skip(name)` is true of."""
     try:
-        return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+        data = io.BytesIO(storage.read_bytes(uri))
+        if skip is None:
+            return pd.read_parquet(data)
+        import pyarrow.parquet as pq
+
+        columns = [c for c in pq.read_schema(data).names if not skip(c)]
+        data.seek(0)
+        return pd.read_parquet(data, columns=columns)
     except Exception as e:  # pyarrow raises several types for a file that is not parquet
         raise ValidateError(f"{what}: {uri} is not a readable parquet file ({e})") from None
 
@@ -458,7 +466,8 @@ def run(
         raise ValidateError(f"max_anomalies is {max_anomalies}; expected 0 or more")
     manifest_uri = _input_file(manifest_dir, MANIFEST_FILE, "manifest", "the ingest step's output folder (manifest.parquet) or the file itself")
     ledger_uri = _input_file(downloads_dir, LEDGER_FILE, "downloads", "the download step's output folder (images/, ledger.parquet); run `python -m components.download` first")
-    manifest = _read_parquet(manifest_uri, "manifest")
+    # The sheet's own text columns (contract 1) are no label and no image fact: not loaded, not in the statistics.
+    manifest = _read_parquet(manifest_uri, "manifest", skip=is_sheet_column)
     ledger = _read_parquet(ledger_uri, "downloads")
     for table, uri, step in ((manifest, manifest_uri, "ingest"), (ledger, ledger_uri, "download")):
         if "key" not in table.columns:

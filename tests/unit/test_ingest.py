@@ -249,3 +249,69 @@ def test_component_calls_logic(tmp_path):
     ingest.python_func(source=src, manifest=artifact)
     assert artifact.metadata == {"rows_read": 2, "kept": 1, "rejected": 1}
     assert os.path.exists(tmp_path / "manifest" / MANIFEST_FILE)
+
+
+# ------------------------------------------------------------------------------------------ the sheet's other columns
+
+
+def test_a_csv_header_keeps_the_sheets_other_columns_as_text(tmp_path):
+    import pyarrow.parquet as pq
+
+    from components.common.manifest import read_manifest, sheet_columns
+
+    header = ["source_site", "URL"] + list(labels.AU_COLUMNS) + ["age_group", "ethnicity_annotated", "", "row"]
+    rows = [
+        header,
+        ["flickr", "http://e.org/a.jpg"] + au_row(1) + ["18-30", "yes", "x", "7"],
+        ["", "http://e.org/b.jpg"] + au_row(2) + [" 31-50 ", "", "", ""],  # blank cells are null
+        ["flickr", "http://e.org/bad.jpg"] + [2] + au_row(3)[1:] + ["0-17", "no", "", ""],  # rejected
+        ["google", "http://e.org/a.jpg"] + au_row(1) + ["51+", "no", "", ""],  # collapsed: the first row's text
+    ]
+    src = write_csv(tmp_path / "s.csv", rows)
+    summary = logic.run(src, str(tmp_path / "out"))
+    manifest, rejects, _ = read_outputs(tmp_path / "out")
+    # The blank header names nothing to keep; the sheet's own "row" stays apart from the manifest's.
+    assert summary["sheet_columns"] == ["source_site", "age_group", "ethnicity_annotated", "row"]
+    assert list(manifest.columns) == (["key", "url"] + list(labels.AU_COLUMNS) + ["row", "sheet:source_site",
+                                      "sheet:age_group", "sheet:ethnicity_annotated", "sheet:row"])
+    assert manifest["url"].tolist() == ["http://e.org/a.jpg", "http://e.org/b.jpg"]
+    assert manifest["row"].tolist() == [2, 3] and manifest["sheet:row"].tolist() == ["7", None]
+    assert manifest["sheet:source_site"].tolist() == ["flickr", None]
+    assert manifest["sheet:age_group"].tolist() == ["18-30", "31-50"]
+    assert manifest["sheet:ethnicity_annotated"].tolist() == ["yes", None]
+    assert rejects["row"].tolist() == [4] and summary["duplicates_collapsed"] == 1
+    assert manifest.loc[1, list(labels.AU_COLUMNS)].tolist() == au_row(2)
+    schema = pq.read_schema(tmp_path / "out" / MANIFEST_FILE)
+    assert all(str(schema.field(f"sheet:{c}").type) == "string" for c in summary["sheet_columns"])
+    assert sheet_columns(schema.names) == summary["sheet_columns"]
+    keys, au, va = read_manifest(str(tmp_path / "out"))  # the labels' reader does not see them
+    assert len(keys) == 2 and au.shape == (2, 60) and va is None
+    text = logic.format_summary(summary)
+    assert "other columns kept (evaluate --slice-by can name them): source_site, age_group" in text
+
+
+def test_an_xlsx_header_keeps_its_other_columns_typed_as_text_even_when_blank(tmp_path):
+    header = ["URL"] + list(labels.AU_COLUMNS) + ["valence", "arousal", "source_site", "batch", "source_site", "notes"]
+    rows = [header,
+            ["https://x.org/a.jpg"] + au_row(1) + [0.5, -0.25, "flickr", 3, "dup", None],
+            ["https://x.org/b.jpg"] + au_row(2) + [0.1, 0.2, "bing"]]  # xlsx drops the trailing empty cells
+    src = write_xlsx(tmp_path / "s.xlsx", rows)
+    summary = logic.run(src, str(tmp_path / "out"))
+    manifest, rejects, _ = read_outputs(tmp_path / "out")
+    assert len(rejects) == 0 and summary["sheet_columns"] == ["source_site", "batch", "source_site_2", "notes"]
+    assert manifest["sheet:source_site"].tolist() == ["flickr", "bing"]
+    assert manifest["sheet:batch"].tolist() == ["3", None]  # a number cell kept as its text
+    assert manifest["sheet:source_site_2"].tolist() == ["dup", None]
+    assert manifest["sheet:notes"].isna().all() and manifest["valence"].tolist() == [0.5, pytest.approx(0.1)]
+    import pyarrow.parquet as pq
+
+    assert str(pq.read_schema(tmp_path / "out" / MANIFEST_FILE).field("sheet:notes").type) == "string"
+
+
+def test_emotionets_headerless_sheet_has_no_other_columns(tmp_path):
+    src = write_xlsx(tmp_path / "sheet.xlsx", [[f"http://e.org/{i}.jpg"] + au_row(i) for i in range(3)])
+    summary = logic.run(src, str(tmp_path / "out"))
+    manifest, _, _ = read_outputs(tmp_path / "out")
+    assert summary["sheet_columns"] == []
+    assert list(manifest.columns) == ["key", "url"] + list(labels.AU_COLUMNS) + ["row"]
+    assert "other columns kept" not in logic.format_summary(summary)

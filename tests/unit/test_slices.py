@@ -166,7 +166,7 @@ def test_a_missing_slice_by_column_gets_a_clear_message(tmp_path):
         slices.check_columns(manifest, ["photographer"])
     msg = str(e.value)
     assert "--slice-by photographer" in msg and "has no column photographer" in msg and "key, url" in msg
-    assert "ingest keeps no other column of the sheet" in msg
+    assert "no other column of the sheet" in msg and "without a header row" in msg
 
 
 def test_the_manifest_is_found_through_filter_and_convert(tmp_path):
@@ -328,3 +328,70 @@ def test_the_run_report_and_the_sweep_comparison_show_the_slices():
     entry = {"name": "01", "parameters": {}, "status": "succeeded", "_metrics": full, "blessed": True}
     head, rows = comparison_table({"grid": {}}, [entry])
     assert dict(zip(head, rows[0]))["worst slice F1"] == "0.300 (face_px <48 px)"
+
+
+# --- a column of the sheet (ingest keeps it as "sheet:<name>") ---------------------------------------------------
+
+
+def test_a_sheet_column_is_sliced_by_its_own_name_top_ten_then_other(tmp_path):
+    # 13 sites: site0 on 13 examples ... site12 on 1; one example of the test split is not in the manifest.
+    sites = [f"site{i}" for i in range(13) for _ in range(13 - i)]
+    keys = [f"k{i}" for i in range(len(sites))]
+    manifest = _manifest(tmp_path / "manifest", keys, [f"http://a.com/{k}.jpg" for k in keys],
+                         {"sheet:source_site": sites, "sheet:row": ["x"] * len(keys)})
+    slices.check_columns(manifest, ["source_site", "AU43", "row", "sheet:row"])
+    test_keys = keys + ["gone"]
+    values = slices.manifest_columns(manifest, test_keys, ["url", "source_site", "row", "sheet:row"])
+    assert values["source_site"][:13] == ["site0"] * 13 and values["source_site"][-1] is None
+    assert values["row"][:2] == [1, 2] and values["sheet:row"][0] == "x"  # the manifest's own row comes first
+    n = len(test_keys)
+    g = slices.groups(_facts(n), np.zeros((n, 2), int), values)
+    site = g["column:source_site"]
+    assert site.count("site0") == 13 and site.count("site9") == 4 and "site10" not in site
+    assert site.count(slices.OTHER) == 3 + 2 + 1 and site[-1] == slices.NOT_RECORDED
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=(n, 2))
+    s = slices.slice_metrics({"y_true": y, "scores": rng.uniform(size=(n, 2))}, [0.5, 0.5], [1, 2],
+                             {"column:source_site": site}, min_size=6)
+    measured = {m["value"]: m["examples"] for m in s["measured"]}
+    assert measured == {"site0": 13, "site1": 12, "site2": 11, "site3": 10, "site4": 9, "site5": 8, "site6": 7,
+                        "site7": 6, slices.OTHER: 6}
+    assert {m["value"] for m in s["too_small"]} == {"site8", "site9", slices.NOT_RECORDED}
+
+
+def test_a_slice_by_name_the_sheet_lacks_names_the_columns_it_has(tmp_path):
+    manifest = _manifest(tmp_path / "manifest", ["k0"], ["http://a.com/x.jpg"],
+                         {"sheet:source_site": ["flickr"], "sheet:age_group": ["18-30"]})
+    with pytest.raises(slices.SliceError) as e:
+        slices.check_columns(manifest, ["source_site", "photographer"])
+    msg = str(e.value)
+    assert msg.startswith("--slice-by photographer: ") and "has no column photographer" in msg
+    assert "it has the sheet's columns source_site, age_group, and key, url, row, AU1..AU60" in msg
+    assert "sheet:" not in msg
+
+
+def test_evaluate_slices_by_a_column_of_the_sheet(faces_world, tmp_path):
+    import pandas as pd
+
+    from components.evaluate import logic
+    from components.evaluate.scoring import EvaluateError
+
+    table = pd.read_parquet(os.path.join(faces_world["manifest"], "manifest.parquet"))
+    # Two sites on the test split's 80 examples: "lab" on 50 of them, "web" on the other 30 (and on validation's).
+    lab = set([k for k in table["key"] if k.startswith("test")][:50])
+    site = ["lab" if k in lab else "web" for k in table["key"]]
+    manifest = _manifest(tmp_path / "manifest", table["key"].tolist(), table["url"].tolist(),
+                         {"sheet:source_site": site})
+    result = logic.run(faces_world["examples"], faces_world["model"], str(tmp_path / "e"), registry="",
+                       min_macro_f1=0.0, min_macro_auc=0.0, manifest=manifest, slice_by="source_site",
+                       min_slice_size=31)
+    s = result["metrics"]["slices"]
+    measured = {m["value"]: m["examples"] for m in s["measured"] if m["feature"] == "column:source_site"}
+    assert measured == {"lab": 50}
+    assert {"feature": "column:source_site", "value": "web", "examples": 30} in s["too_small"]
+    assert "| column:source_site | lab | 50 |" in (tmp_path / "e" / "report.md").read_text()
+    with pytest.raises(EvaluateError) as e:
+        logic.run(faces_world["examples"], faces_world["model"], str(tmp_path / "x"), registry="",
+                  manifest=manifest, slice_by="age_group")
+    assert "has no column age_group" in str(e.value) and "the sheet's columns source_site" in str(e.value)

@@ -267,6 +267,22 @@ def test_manifest_file_path_and_html_path(first, tmp_path):
     assert "facets-overview" in html_path.read_text()
 
 
+def test_the_sheets_own_columns_are_left_out_of_the_statistics(first, kept, tmp_path):
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    manifest = first.manifest.copy()
+    manifest["sheet:source_site"] = [f"site{i % 7}" for i in range(N)]  # ingest keeps a sheet's other columns
+    manifest["sheet:notes"] = pd.Series([None] * N, dtype=object)
+    summary = validate(tmp_path / "run", manifest, first.ledger, kept)
+    assert summary["anomaly_count"] == 0 and summary["passed"]
+    stats = statistics_pb2.DatasetFeatureStatisticsList.FromString(
+        (tmp_path / "run" / "out" / contract.STATISTICS_FILE).read_bytes())
+    names = {f.path.step[0] for f in stats.datasets[0].features}
+    assert "AU12" in names and not any(n.startswith("sheet:") for n in names)
+    assert list(logic._read_parquet(str(tmp_path / "run" / "manifest" / "manifest.parquet"), "manifest",
+                                    skip=lambda c: c.startswith("sheet:")).columns) == list(first.manifest.columns)
+
+
 # ------------------------------------------------------------------------------------------ bad inputs
 
 
