@@ -1,10 +1,12 @@
-"""Infra validation (TFX's InfraValidator): the candidate, started in the serving code in a fresh process, must load
-and answer evaluate's canonical requests as the shared scorer did before push may move LATEST."""
+"""Infra validation (TFX's InfraValidator): the candidate, started in the serving code in a fresh process (here, or
+in a Docker image), must load and answer evaluate's canonical requests as the shared scorer did before push may move
+LATEST."""
 from __future__ import annotations
 
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,8 +15,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 
-from components.common import evaluation, storage
+from components.common import evaluation, registry, storage
 
 READY_TIMEOUT_S = 120.0  # loading TensorFlow, the model and the face detector; a cold CPU takes tens of seconds
 REQUEST_TIMEOUT_S = 60.0
@@ -24,6 +27,13 @@ ROUTE_PREDICT = "/predict"
 # What every prediction of the serving contract carries (components/serve/protocols.py, inference.Scorer).
 RESULT_KEYS = ("image", "width", "height", "faces", "faces_found", "error", "reason", "model_version")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONTAINER_MODEL_DIR = "/model"  # where the candidate is mounted, read-only, in the image's container
+DOCKER_CHECK_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15  # SIGTERM, then SIGKILL: uvicorn shuts down gracefully within it
+
+
+class InfraUnavailable(RuntimeError):
+    """The image asked for cannot be run here (no docker, no daemon, no such image): no verdict on the candidate."""
 
 
 def free_port() -> int:
@@ -116,25 +126,82 @@ def _tail(log_path: str, lines: int = 5) -> str:
     return " | ".join(text[-lines:])
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)  # uvicorn shuts down gracefully on SIGTERM
+def serve_args(model_dir: str, port: int, max_instances: int) -> list[str]:
+    """The server's arguments: loopback, the given port, no polling for newer versions (the candidate is fixed)."""
+    return ["--model", model_dir, "--host", "127.0.0.1", "--port", str(port), "--poll-s", "0",
+            "--max-instances", str(max_instances)]
+
+
+def docker_command(image: str, model_dir: str, port: int, max_instances: int, name: str,
+                   user: tuple[int, int] | None = None) -> list[str]:
+    """`docker run` of the server in `image`: the host's network (it listens on 127.0.0.1:port), this process's
+    uid:gid (HOME=/tmp: the image's home is not theirs), the local model folder mounted read-only at /model, and
+    --init (PID 1 ignores a SIGTERM it has no handler for: a server still loading would wait for SIGKILL)."""
+    uid, gid = user or (os.getuid(), os.getgid())
+    return ["docker", "run", "--rm", "--init", "--name", name, "--network", "host", "--user", f"{uid}:{gid}",
+            "-e", "HOME=/tmp", "-v", f"{os.path.realpath(model_dir)}:{CONTAINER_MODEL_DIR}:ro", image,
+            "python", "-m", "components.serve", *serve_args(CONTAINER_MODEL_DIR, port, max_instances)]
+
+
+def check_docker(image: str) -> None:
+    """Raises InfraUnavailable, saying what to do, unless docker runs and the daemon holds `image` (no pull: one
+    would eat the readiness bound, and offline it fails)."""
+    asked = f"infra validation asked for image {image} but"
+    how = "; run without --infra-image or start Docker"
+    if shutil.which("docker") is None:
+        raise InfraUnavailable(f"{asked} there is no `docker` command on this machine{how}")
     try:
-        proc.wait(timeout=15)
+        done = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
+                              text=True, timeout=DOCKER_CHECK_TIMEOUT_S)
+        if done.returncode != 0 or not done.stdout.strip():
+            said = (done.stderr.strip().splitlines() or ["`docker version` failed"])[-1]
+            raise InfraUnavailable(f"{asked} docker cannot reach its daemon ({said}){how}")
+        done = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
+                              text=True, timeout=DOCKER_CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        late = f"the Docker daemon did not answer in {DOCKER_CHECK_TIMEOUT_S:.0f} s"
+        raise InfraUnavailable(f"{asked} {late}{how}") from None
+    if done.returncode != 0:
+        raise InfraUnavailable(f"{asked} the Docker daemon has no such image: build it (`make images`) or "
+                               "`docker pull` it, or run without --infra-image")
 
 
-def validate(model_dir: str, evaluation_dir: str, ready_timeout_s: float = READY_TIMEOUT_S) -> dict:
-    """Starts `python -m components.serve --model model_dir` on a free 127.0.0.1 port, waits for /health, sends the
-    canonical requests to /predict, compares the answers, stops the server.
+def _remove_container(name: str, stop: bool = True) -> None:
+    """docker stop (SIGTERM, SIGKILL after STOP_TIMEOUT_S), then rm: killing `docker run` would leave it running."""
+    for args in ([["stop", "--time", str(STOP_TIMEOUT_S), name]] if stop else []) + [["rm", "--force", name]]:
+        try:
+            subprocess.run(["docker", *args], capture_output=True, timeout=STOP_TIMEOUT_S + 30)
+        except (subprocess.TimeoutExpired, OSError):
+            pass  # the next command, or --rm, still removes it
 
-    Returns {"passed", "reason", "checked", "seconds", "port", "notes"}: reason says why it did not pass.
+
+def _stop(proc: subprocess.Popen, container: str = "") -> None:
+    if container:
+        _remove_container(container)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # uvicorn shuts down gracefully on SIGTERM
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if container:
+        _remove_container(container, stop=False)  # one that `docker run` created only as it was stopped
+
+
+def validate(model_dir: str, evaluation_dir: str, ready_timeout_s: float = READY_TIMEOUT_S, image: str = "") -> dict:
+    """Starts `python -m components.serve --model model_dir` on a free 127.0.0.1 port (a subprocess here, or with
+    `image` a `docker run` of that image, the model mounted at /model), waits for /health, sends the canonical
+    requests to /predict, compares the answers, stops the server (and removes its container).
+
+    Returns {"passed", "reason", "checked", "seconds", "port", "image", "command", "notes"}: reason says why it did
+    not pass. Raises InfraUnavailable when `image` cannot be run here.
     """
     start = time.monotonic()
-    result = {"passed": False, "reason": "", "checked": 0, "seconds": 0.0, "port": None, "notes": []}
+    result = {"passed": False, "reason": "", "checked": 0, "seconds": 0.0, "port": None, "image": image or None,
+              "command": [], "notes": []}
+    if image:
+        check_docker(image)
     try:
         requests, note = read_requests(evaluation_dir)
     except ValueError as e:
@@ -145,13 +212,20 @@ def validate(model_dir: str, evaluation_dir: str, ready_timeout_s: float = READY
     port = free_port()
     result["port"] = port
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "components.serve", "--model", model_dir, "--host", "127.0.0.1",
-           "--port", str(port), "--poll-s", "0", "--max-instances", str(max(64, len(requests)))]
+    max_instances = max(64, len(requests))
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for var in ("AIP_STORAGE_URI", "AIP_HTTP_PORT", "AIP_PREDICT_ROUTE", "AIP_HEALTH_ROUTE"):
         env.pop(var, None)  # the flags say it all: a Vertex AI environment must not move the check's port
     with tempfile.TemporaryDirectory(prefix="infra-") as tmp:
+        container = ""
+        if image:
+            container = f"au-infra-{uuid.uuid4().hex[:12]}"
+            # A container mounts local folders only: a gs:// candidate is copied here first.
+            cmd = docker_command(image, registry.fetch_local(model_dir, tmp), port, max_instances, container)
+        else:
+            cmd = [sys.executable, "-m", "components.serve", *serve_args(model_dir, port, max_instances)]
+        result["command"] = cmd
         log_path = os.path.join(tmp, "serve.log")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -159,7 +233,7 @@ def validate(model_dir: str, evaluation_dir: str, ready_timeout_s: float = READY
         try:
             result["reason"] = _check(proc, base, requests, ready_timeout_s, log_path, result)
         finally:
-            _stop(proc)
+            _stop(proc, container)
     result["passed"] = not result["reason"]
     result["seconds"] = round(time.monotonic() - start, 1)
     return result

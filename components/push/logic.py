@@ -119,13 +119,14 @@ def run(
     force: bool = SPEC.defaults.force,
     keep: int = SPEC.defaults.keep,
     infra_validate: bool = SPEC.defaults.infra_validate,
+    infra_image: str = SPEC.defaults.infra_image,
     version: str | None = None,
 ) -> dict:
     """Pushes a blessed model (or any, with force) as a new version; writes push.json to output_dir.
 
     An unblessed model is not pushed and is no error: the record says why. Nor is one that fails infra validation
-    (components.push.infra: started in the serving code, it must answer evaluate's canonical requests as evaluate's
-    scorer did); LATEST then stays where it was. Returns the record.
+    (components.push.infra: started in the serving code, here or in the Docker image `infra_image`, it must answer
+    evaluate's canonical requests as evaluate's scorer did); LATEST then stays where it was. Returns the record.
     """
     if keep < 0:
         raise PushError(f"keep {keep} must be 0 (keep every version) or more")
@@ -156,7 +157,10 @@ def run(
     if infra_validate:
         from components.push import infra
 
-        check = infra.validate(model_dir, evaluation_dir)
+        try:
+            check = infra.validate(model_dir, evaluation_dir, image=infra_image)
+        except infra.InfraUnavailable as e:  # no verdict on the model: refuse rather than push or not push it
+            raise PushError(str(e)) from e
         record["infra_validation"] = check
         if not check["passed"]:
             record["reasons"].append(f"infra validation failed: {check['reason']}")

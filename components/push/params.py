@@ -20,5 +20,10 @@ SPEC = StepSpec(
         Param("keep", int, 0, "Versions kept in the registry (0 keeps all).", pipeline="keep_versions"),
         Param("infra_validate", bool, True, "Before moving LATEST, start the model in the serving code (a fresh "
               "process) and check its answers to evaluate's canonical requests; a model that fails is not pushed."),
+        # CLI only: where the DAG runs in containers (--runner docker, Vertex AI), push runs in the CPU image already,
+        # so its subprocess is the image's serving code, and there is no docker in there to start another one with.
+        Param("infra_image", str, "", "Run infra validation's server in this Docker image (e.g. "
+              "emotionet-au/pipeline-cpu:local, the model mounted read-only) instead of a subprocess here; \"\" = a "
+              "subprocess.", pipeline=None, metavar="IMAGE"),
     ),
 )

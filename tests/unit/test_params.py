@@ -226,7 +226,8 @@ MODEL_STEP_OLD_FLAGS = {
               "--steps-per-epoch", "4"],
     "evaluate": ["--registry", "gs://b/r", "--model-name", "m2", "--min-macro-f1", "0.1", "--min-macro-auc", "0.2",
                  "--tolerance", "0.3", "--batch-size", "8"],
-    "push": ["--model-name", "m2", "--force", "--keep", "3", "--output", "o", "--no-infra-validate"],
+    "push": ["--model-name", "m2", "--force", "--keep", "3", "--output", "o", "--no-infra-validate",
+             "--infra-image", "emotionet-au/pipeline-cpu:local"],
     "report": ["--run-name", "nightly"],
 }
 # The old flags that name their default: they must still parse too.
