@@ -114,7 +114,10 @@ def build_pipeline(platform: "Platform | None" = None):
         filter_task = filter_examples(examples=convert_task.outputs["examples"], **args("filter-examples"))
         train_task = train(examples=filter_task.outputs["filtered"], **args("train"))
         evaluate_task = evaluate(
-            examples=filter_task.outputs["filtered"], model=train_task.outputs["model"], **args("evaluate")
+            examples=filter_task.outputs["filtered"],
+            model=train_task.outputs["model"],
+            manifest=ingest_task.outputs["manifest"],
+            **args("evaluate"),
         )
         # The push step reads the blessing and refuses an unblessed model itself: kfp.local
         # runs no dsl.If, and one DAG must run the same locally and on a cluster.

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.evaluate.scoring import EvaluateError
 
     try:
-        result = logic.run(args.examples, args.model, args.evaluation, **SPEC.values(args))
+        result = logic.run(args.examples, args.model, args.evaluation, manifest=args.manifest, **SPEC.values(args))
     except (EvaluateError, RegistryError) as e:
         return refuse("evaluate", e)
     except OSError as e:

@@ -10,6 +10,7 @@ from components.evaluate.params import SPEC
 def evaluate(
     examples: dsl.Input[dsl.Dataset],
     model: dsl.Input[dsl.Model],
+    manifest: dsl.Input[dsl.Dataset],
     evaluation: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
     classification_metrics: dsl.Output[dsl.ClassificationMetrics],
@@ -34,6 +35,7 @@ def evaluate(
         logic.run(
             examples_dir=examples.path,
             model_dir=model.path,
+            manifest=manifest.path,
             output_dir=evaluation.path,
             registry=registry,
             model_name=model_name,

@@ -123,7 +123,7 @@ def run(
     min_slice_macro_f1: float = SPEC.defaults.min_slice_macro_f1,
     slice_tolerance: float = SPEC.defaults.slice_tolerance,
     slice_by: str = SPEC.defaults.slice_by,
-    manifest: str = SPEC.defaults.manifest,
+    manifest: str = "",  # ingest's output folder (an input artifact, optional): "" = the one convert recorded
     kfp_metrics=None,
     kfp_classification_metrics=None,
     report_path: str | None = None,

@@ -7,6 +7,10 @@ SPEC = StepSpec(
     inputs=(
         Artifact("examples", "Folder written by filter."),
         Artifact("model", "Folder written by train."),
+        # An input, not a path convert recorded: on a cluster that path is another step's and may not be readable
+        # here. Optional on the CLI, where the one examples_summary.json names is read instead.
+        Artifact("manifest", "Folder written by ingest (manifest.parquet): each example's URL, for the URL-host and "
+                 "--slice-by slices.", required=False),
     ),
     outputs=(
         Artifact("evaluation", "Folder with metrics.json, blessing.json, report.md and curve PNGs.", flag="--output"),
@@ -35,7 +39,5 @@ SPEC = StepSpec(
         Param("slice_by", str, "", "Columns to slice by as well, comma-separated: a column of the sheet (e.g. "
               "source_site, kept by ingest from a sheet with a header) or of the manifest (e.g. AU43); the URL's host is "
               "always a slice where the manifest can be read."),
-        Param("manifest", str, "", "The manifest the examples came from (the URL's host, --slice-by columns); "
-              "default: the one convert recorded in examples_summary.json.", pipeline=None),
     ),
 )

@@ -33,10 +33,20 @@ def shared_examples_uri(pipeline_root: str, sweep_id: str) -> str:
     return storage.join(pipeline_root, defaults.SWEEP_CANDIDATES, sweep_id, "examples")
 
 
+def shared_uris(examples_uri: str) -> dict:
+    """{(producer step, output): URI} of what a cluster sweep's data run publishes and every point run imports: the
+    filtered examples, and ingest's manifest beside them (evaluate's URL-host and --slice-by slices read it)."""
+    from components.common import storage
+
+    return {("filter-examples", "filtered"): examples_uri,
+            ("ingest", "manifest"): storage.join(examples_uri.rstrip("/").rsplit("/", 1)[0], "manifest")}
+
+
 def cluster_data_part(params: dict, examples_uri: str, platform):
-    """The data run of a cluster sweep: the data steps once, the filtered examples published to examples_uri."""
+    """The data run of a cluster sweep: the data steps once, the filtered examples published to examples_uri (and
+    the manifest beside them)."""
     return sub_pipeline(f"{defaults.PIPELINE_NAME}-sweep-data", DATA_STEPS, with_defaults(params), platform=platform,
-                        publish_to=examples_uri)
+                        publish_to=shared_uris(examples_uri))
 
 
 def cluster_runs(params: dict, grid: dict, sweep_id: str, run_prefix: str) -> list[tuple[str, dict, Point]]:
@@ -53,7 +63,7 @@ def cluster_runs(params: dict, grid: dict, sweep_id: str, run_prefix: str) -> li
 def cluster_point_part(point_params: dict, examples_uri: str, platform):
     """A point run of a cluster sweep: train -> evaluate -> push on the examples the data run published."""
     return sub_pipeline(f"{defaults.PIPELINE_NAME}-sweep-point", POINT_STEPS + ("push",), with_defaults(point_params),
-                        imported={("filter-examples", "filtered"): examples_uri}, platform=platform)
+                        imported=shared_uris(examples_uri), platform=platform)
 
 
 def submit(target: kfp.KfpTarget, platform: ClusterPlatform, params: dict, grid: dict, run_prefix: str | None = None,

@@ -30,13 +30,13 @@ def with_defaults(params: dict) -> dict:
 
 
 def sub_pipeline(name: str, steps: tuple[str, ...], params: dict, imported: dict | None = None, platform=None,
-                 publish_to: str | None = None):
+                 publish_to: dict | None = None):
     """A @dsl.pipeline running `steps` of the DAG, wired exactly as the DAG wires them (read from its spec).
 
     params: every pipeline parameter's value (baked in as constants). imported: {(producer step,
     output): path or URI} for the artifacts of steps not in `steps`; each comes in through a dsl.importer.
-    platform: sets each task's image and resources (pipeline.platform; a cluster's). publish_to: the filtered
-    examples are also copied there (the publish step), for the point runs of a cluster sweep to import.
+    platform: sets each task's image and resources (pipeline.platform; a cluster's). publish_to: {(producer step,
+    output): URI}, each also copied there (a publish step), for the point runs of a cluster sweep to import.
     """
     from kfp import dsl
 
@@ -72,7 +72,10 @@ def sub_pipeline(name: str, steps: tuple[str, ...], params: dict, imported: dict
         if publish_to:
             from components.publish.component import publish
 
-            made["publish"] = publish(source=made["filter-examples"].outputs["filtered"], destination=publish_to)
+            # The tasks are named as kfp names them: publish, publish-2, ...
+            for i, ((producer, output), uri) in enumerate(publish_to.items()):
+                made["publish" + (f"-{i + 1}" if i else "")] = publish(source=made[producer].outputs[output],
+                                                                       destination=uri)
         if platform is not None:
             for step, task in made.items():
                 platform.configure(step, task)

@@ -59,13 +59,15 @@ def run_local(arguments: dict, grid: dict, sweep_dir: str, push: str = defaults.
         write_comparison(sweep_dir, record, [])
         return record
 
-    filtered = data["filter-examples"].outputs["filtered"]
+    # Each point imports the data part's filtered examples, and ingest's manifest for evaluate's URL-host slices.
+    shared = {("filter-examples", "filtered"): data["filter-examples"].outputs["filtered"],
+              ("ingest", "manifest"): data["ingest"].outputs["manifest"]}
     results = []
     for i, point in enumerate(points, 1):
         run_dir = os.path.join(sweep_dir, point.name)
         say(f"\npoint {i}/{len(points)}: {point.label} -> {run_dir}")
         part = sub_pipeline(f"{defaults.PIPELINE_NAME}-point", POINT_STEPS, point_parameters(params, point),
-                            {("filter-examples", "filtered"): filtered})
+                            shared)
         p_ok, p_error, steps = _run_part(part, POINT_STEPS, run_dir, verbose)
         model = steps["train"].outputs.get("model")
         evaluation = steps["evaluate"].outputs.get("evaluation")

@@ -60,10 +60,15 @@ def test_sweep_submit_runs_the_data_steps_once_then_one_run_per_point_in_one_exp
     assert data["display_name"] == f"{sweep_id}-data" and plan["data_run"]["run_id"] == data["run_id"]
     assert plan["data_run"]["state"] == "SUCCEEDED"
     executors = executors_of(spec_of(data))
-    assert set(executors) == {"ingest", "download", "validate", "convert", "filter-examples", "publish"}
+    assert set(executors) == {"ingest", "download", "validate", "convert", "filter-examples", "publish", "publish-2"}
     assert all(e["container"]["image"] == "reg/cpu:1" for e in executors.values())
     publish = spec_of(data)["root"]["dag"]["tasks"]["publish"]
     assert publish["inputs"]["parameters"]["destination"]["runtimeValue"]["constant"] == examples
+    # ingest's manifest beside them: each point's evaluate imports it for its URL-host slices
+    manifest = f"gs://bkt/registry/{defaults.SWEEP_CANDIDATES}/{sweep_id}/manifest"
+    publish = spec_of(data)["root"]["dag"]["tasks"]["publish-2"]
+    assert publish["inputs"]["parameters"]["destination"]["runtimeValue"]["constant"] == manifest
+    assert publish["inputs"]["artifacts"]["source"]["taskOutputArtifact"]["producerTask"] == "ingest"
     # the data run finished before any point's run was sent
     posts = [i for i, r in enumerate(kfp_server.requests) if r["method"] == "POST" and r["path"].endswith("/runs")]
     polls = [i for i, r in enumerate(kfp_server.requests) if r["method"] == "GET" and data["run_id"] in r["path"]]
@@ -77,8 +82,8 @@ def test_sweep_submit_runs_the_data_steps_once_then_one_run_per_point_in_one_exp
         executors = executors_of(spec)
         # train -> evaluate -> push on the published examples, no data step
         assert {t for t in executors if "importer" not in executors[t]} == {"train", "evaluate", "push"}
-        (importer,) = [e["importer"] for e in executors.values() if "importer" in e]
-        assert importer["artifactUri"]["constant"] == examples
+        imported = sorted(e["importer"]["artifactUri"]["constant"] for e in executors.values() if "importer" in e)
+        assert imported == [examples, manifest]
         assert executors["train"]["container"]["image"] == "reg/gpu:1"
         assert executors["train"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
         # train lands on the GPU pool: the node selector travels with the run (its platform spec)

@@ -242,8 +242,16 @@ def test_component_writes_metrics_report_plots_and_kfp_artifacts(world, tmp_path
     metrics = dsl.Metrics(uri=str(tmp_path / "metrics"))
     cm = dsl.ClassificationMetrics(uri=str(tmp_path / "cm"))
     report = dsl.Markdown(uri=str(tmp_path / "report" / "report.md"))
+    # ingest's manifest comes in as an input artifact (no path convert recorded): its URLs give the URL-host slices.
+    import pandas as pd
+
+    (tmp_path / "manifest").mkdir()
+    keys = [f"test{i:04d}" for i in range(80)]
+    pd.DataFrame({"key": keys, "url": [f"http://{'ab'[i % 2]}.com/{k}.jpg" for i, k in enumerate(keys)]}).to_parquet(
+        tmp_path / "manifest" / "manifest.parquet", index=False)
     evaluate.python_func(
-        examples=dsl.Dataset(uri=world["examples"]), model=dsl.Model(uri=world["good"]), evaluation=evaluation,
+        examples=dsl.Dataset(uri=world["examples"]), model=dsl.Model(uri=world["good"]),
+        manifest=dsl.Dataset(uri=str(tmp_path / "manifest")), evaluation=evaluation,
         metrics=metrics, classification_metrics=cm, report=report, registry=str(tmp_path / "none"),
         model_name="au", min_macro_f1=0.5, min_macro_auc=0.7, tolerance=0.01, min_slice_size=30,
         min_slice_macro_f1=0.0, slice_tolerance=0.1, slice_by="",
@@ -264,6 +272,7 @@ def test_component_writes_metrics_report_plots_and_kfp_artifacts(world, tmp_path
     # The slices in the KFP UI: the worst one's macro F1 among the metrics, the table in the Markdown report.
     assert metrics.metadata["worst_slice_macro_f1"] == pytest.approx(m["slices"]["worst"]["macro_f1"])
     assert metrics.metadata["slices_measured"] == len(m["slices"]["measured"]) > 0
+    assert {s["value"] for s in m["slices"]["measured"] if s["feature"] == "url_host"} == {"a.com", "b.com"}
     assert "## Slices (at least 30 examples to be measured)" in (tmp_path / "report" / "report.md").read_text()
     rows = cm.metadata["confusionMatrix"]["rows"]
     micro = m["at_default"]["micro"]

@@ -225,7 +225,7 @@ MODEL_STEP_OLD_FLAGS = {
               "5", "--bn-momentum", "0.99", "--cache-mb", "10", "--shuffle-buffer", "16", "--no-mixed-precision",
               "--steps-per-epoch", "4"],
     "evaluate": ["--registry", "gs://b/r", "--model-name", "m2", "--min-macro-f1", "0.1", "--min-macro-auc", "0.2",
-                 "--tolerance", "0.3", "--batch-size", "8"],
+                 "--tolerance", "0.3", "--batch-size", "8", "--manifest", "mf"],
     "push": ["--model-name", "m2", "--force", "--keep", "3", "--output", "o", "--no-infra-validate",
              "--infra-image", "emotionet-au/pipeline-cpu:local"],
     "report": ["--run-name", "nightly"],
@@ -318,7 +318,10 @@ def test_train_evaluate_push_report_cli_flags_reach_logic_run(step, monkeypatch,
     with pytest.raises(_Called):
         cli.main(needed + MODEL_STEP_OLD_FLAGS[step])
     (positional, keywords), = calls
-    assert keywords == spec.values(args)
+    # An optional input artifact (evaluate's --manifest) comes as a keyword beside the parameters.
+    optional = {a.name: getattr(args, a.name) for a in spec.inputs if not a.required}
+    assert keywords == {**spec.values(args), **optional}
+    assert optional in ({}, {"manifest": "mf"})
     # The artifacts come first, in logic.run's order.
     folders = {name: str(tmp_path) for name in REPORT_FOLDERS[::2]}
     assert list(positional) == {"train": ["e", "out"], "evaluate": ["e", "m", "out"], "push": ["m", "ev", "o"],

@@ -100,23 +100,28 @@ def test_the_data_part_and_the_point_part_together_run_every_step_but_push_as_th
     params = _defaults()
     params.update(source="/data/sheet.xlsx", policy="drop", epochs=3, batch_size=64)
     data = sub_pipeline("d", DATA_STEPS, params).pipeline_spec.root.dag.tasks
-    point = sub_pipeline("p", POINT_STEPS, params, {("filter-examples", "filtered"): "/runs/f"})
+    with pytest.raises(SweepError, match="evaluate needs manifest of ingest"):
+        sub_pipeline("p", POINT_STEPS, params, {("filter-examples", "filtered"): "/runs/f"})
+    point = sub_pipeline("p", POINT_STEPS, params,
+                         {("filter-examples", "filtered"): "/runs/f", ("ingest", "manifest"): "/runs/m"})
     tasks = point.pipeline_spec.root.dag.tasks
     assert set(data) == set(DATA_STEPS)
-    assert set(tasks) == {"importer", "train", "evaluate"}
+    assert set(tasks) == {"importer", "importer-2", "train", "evaluate"}
     # push comes after the comparison, for the best run only; the run report is written beside each point's run
     assert set(STEPS) - set(DATA_STEPS) - set(POINT_STEPS) == {"push", "report"}
     # train and evaluate both read the imported filtered examples
     for step in ("train", "evaluate"):
         assert tasks[step].inputs.artifacts["examples"].task_output_artifact.producer_task == "importer"
     assert tasks["evaluate"].inputs.artifacts["model"].task_output_artifact.producer_task == "train"
+    # evaluate reads ingest's manifest (its URL-host slices), imported too: no path another step recorded
+    assert tasks["evaluate"].inputs.artifacts["manifest"].task_output_artifact.producer_task == "importer-2"
     assert data["convert"].inputs.artifacts["downloads"].task_output_artifact.producer_task == "download"
     assert "validate" in data["convert"].dependent_tasks  # converting waits for validation, as in the DAG
     # every input gets the value of the pipeline parameter the DAG feeds it
     full = au_pipeline.pipeline_spec.root.dag.tasks
     for part in (data, tasks):
         for name, task in part.items():
-            if name == "importer":
+            if name.startswith("importer"):
                 continue
             for arg, value in task.inputs.parameters.items():
                 wired = full[name].inputs.parameters[arg].component_input_parameter
@@ -125,6 +130,8 @@ def test_the_data_part_and_the_point_part_together_run_every_step_but_push_as_th
                 assert getattr(constant, got) == params[wired], (name, arg)
     importer = point.pipeline_spec.deployment_spec["executors"]["exec-importer"]["importer"]
     assert importer["artifactUri"]["constant"] == "/runs/f"
+    importer = point.pipeline_spec.deployment_spec["executors"]["exec-importer-2"]["importer"]
+    assert importer["artifactUri"]["constant"] == "/runs/m"
 
 
 # --- the comparison and the best run ------------------------------------------------------------
@@ -312,6 +319,7 @@ def _fake_parts(tmp_path, monkeypatch, fail_data=False, fail_points=()):
         if steps == DATA_STEPS:
             recs = {s: StepRecord(s, "succeeded", 1.0, log=f"{run_dir}/logs/{s}.log") for s in steps}
             recs["filter-examples"].outputs = {"filtered": str(tmp_path / "filtered")}
+            recs["ingest"].outputs = {"manifest": str(tmp_path / "manifest")}
             if fail_data:
                 recs["convert"].status = "failed"
                 return False, "step convert failed; its log: x", recs
