@@ -40,23 +40,6 @@ def test_io_step_component_signature_is_its_declaration(step):
 
 
 @pytest.mark.parametrize("step", sorted(IO_STEPS))
-def test_io_step_cli_help_lists_every_declared_flag_with_its_help(step, capsys):
-    spec, cli = _io_step(step)
-    with pytest.raises(SystemExit) as e:
-        cli.main(["--help"])
-    assert e.value.code == 0
-    text = capsys.readouterr().out
-    squeezed = "".join(text.split())  # argparse wraps lines, at hyphens too
-    flags = set(re.findall(r"--[a-z0-9-]+", text))
-    for p in spec.params:
-        assert p.cli_flag in flags, f"{step}: {p.cli_flag} missing from --help"
-        assert "".join(p.help.split()) in squeezed, f"{step}: the help of {p.name} differs from its declaration"
-    for a in spec.inputs + spec.outputs:
-        if a.flag != "-":
-            assert (a.flag or "--" + a.name.replace("_", "-")) in flags, f"{step}: no flag for {a.name}"
-
-
-@pytest.mark.parametrize("step", sorted(IO_STEPS))
 def test_io_step_cli_defaults_are_the_declaration_s(step):
     spec, cli = _io_step(step)
     values = spec.values(cli.build_parser().parse_args(IO_STEPS[step]))
@@ -235,21 +218,16 @@ MODEL_STEP_OLD_DEFAULT_FLAGS = {"train": ["--augment", "--mixed-precision"], "ev
                                 "push": [], "report": []}
 
 
-def _model_step(step):
-    spec = importlib.import_module(f"components.{step}.params").SPEC
-    return spec, importlib.import_module(f"components.{step}.__main__")
-
-
 @pytest.mark.parametrize("step", sorted(MODEL_STEPS))
 def test_train_evaluate_push_report_component_signatures_are_their_declarations(step):
-    spec, _ = _model_step(step)
+    spec, _ = _io_step(step)
     component = getattr(importlib.import_module(f"components.{step}.component"), MODEL_STEPS[step][0])
     assert spec.check_component(component) == []
 
 
-@pytest.mark.parametrize("step", sorted(MODEL_STEPS))
-def test_train_evaluate_push_report_cli_help_lists_every_declared_flag_with_its_help(step, capsys):
-    spec, cli = _model_step(step)
+@pytest.mark.parametrize("step", sorted(set(IO_STEPS) | set(MODEL_STEPS)))
+def test_every_step_cli_help_lists_every_declared_flag_with_its_help(step, capsys):
+    spec, cli = _io_step(step)
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
     assert e.value.code == 0
@@ -267,7 +245,7 @@ def test_train_evaluate_push_report_cli_help_lists_every_declared_flag_with_its_
 
 @pytest.mark.parametrize("step", sorted(MODEL_STEPS))
 def test_train_evaluate_push_report_cli_defaults_are_the_declaration_s(step):
-    spec, cli = _model_step(step)
+    spec, cli = _io_step(step)
     values = spec.values(cli.build_parser().parse_args(MODEL_STEPS[step][1]))
     assert set(values) == {p.name for p in spec.params}
     for p in spec.params:
@@ -284,7 +262,7 @@ def test_push_cli_still_needs_its_destination(capsys):
 
 @pytest.mark.parametrize("step", sorted(MODEL_STEPS))
 def test_train_evaluate_push_report_cli_still_accept_their_old_flags(step):
-    spec, cli = _model_step(step)
+    spec, cli = _io_step(step)
     needed = MODEL_STEPS[step][1]
     cli.build_parser().parse_args(needed + MODEL_STEP_OLD_DEFAULT_FLAGS[step])
     old = MODEL_STEP_OLD_FLAGS[step]
@@ -302,7 +280,7 @@ class _Called(Exception):
 
 @pytest.mark.parametrize("step", sorted(MODEL_STEPS))
 def test_train_evaluate_push_report_cli_flags_reach_logic_run(step, monkeypatch, tmp_path):
-    spec, cli = _model_step(step)
+    spec, cli = _io_step(step)
     logic = importlib.import_module(f"components.{step}.logic")
     calls = []
 
@@ -330,7 +308,7 @@ def test_train_evaluate_push_report_cli_flags_reach_logic_run(step, monkeypatch,
 
 @pytest.mark.parametrize("step", sorted(MODEL_STEPS))
 def test_train_evaluate_push_report_logic_run_defaults_are_the_declaration_s(step):
-    spec, _ = _model_step(step)
+    spec, _ = _io_step(step)
     run = importlib.import_module(f"components.{step}.logic").run
     declared = spec.defaults.as_dict()
     with_default = {n: p.default for n, p in inspect.signature(run).parameters.items()
