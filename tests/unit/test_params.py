@@ -254,7 +254,7 @@ def test_train_evaluate_push_report_cli_defaults_are_the_declaration_s(step):
 
 
 def test_push_cli_still_needs_its_destination(capsys):
-    _, cli = _model_step("push")
+    _, cli = _io_step("push")
     with pytest.raises(SystemExit) as e:
         cli.build_parser().parse_args(["--model", "m", "--evaluation", "ev"])
     assert e.value.code == 2 and "--destination" in capsys.readouterr().err
