@@ -27,9 +27,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default=defaults.RUNS_DIR, help="Folder holding every local run, the demo set and the registry.")
     p.add_argument("--demo-size", type=int, default=defaults.DEMO_SIZE, help="Images in the demo set generated when --source is not given.")
     p.add_argument("--demo-seed", type=int, default=defaults.DEMO_SEED, help="Seed of the demo set.")
-    p.add_argument("--demo-scene", choices=("wild", "portrait"), default="wild",
+    p.add_argument("--demo-scene", choices=defaults.DEMO_SCENES, default=defaults.DEMO_SCENE,
                    help="Demo images: wild (the face small in a cluttered web photo, some tilted, grey, low-quality "
-                        "or partly hidden) or portrait (the face fills a square image).")
+                        "or partly hidden), portrait (the face fills a square image) or small-faces (the wild "
+                        "conditions in 480-1024 px pictures whose face is 10-22%% of the shorter side, as in group "
+                        "photos: the face step searches them in tiles).")
     p.add_argument("--verbose", action="store_true",
                    help="Stream every step's full output (the KFP executor's logs) to the console; without it each "
                         "step prints a line as it starts and ends, and its full output is in RUN_DIR/logs/STEP.log.")

@@ -2,7 +2,7 @@
 against the face detector alone on the same pictures, and peak memory of a small and a large input. Prints a table;
 asserts nothing.
 
-    python benchmarks/predict.py      # the `make run` model, or the demo recipe's (~25 minutes on 2 busy cores)
+    python benchmarks/predict.py      # the `make run` model, or the demo recipe's (~10 minutes on 2 quiet cores)
     python benchmarks/predict.py --model runs/registry/au-detector --big-images 0 --big-frames 0   # rates only
 
 The pictures: --photos 640x480 JPEGs with one face (matplotlib's photo of Grace Hopper, her face 80 to 160 px, pasted
@@ -15,16 +15,21 @@ compactcnn at 128 px from 160 px crops) on synthetic examples for one short epoc
 per face is the `make run` model's.
 
 Each row runs in a child process (its peak RSS from wait4):
-  detector alone       read + decode (inference.decode; OpenCV for video frames) + facefinder detect: the bound
-  predict, in-process  Scorer.score on --batch-size files at a time (read and decode counted); score_video on a video
+  detector alone       read + decode (inference.decode; OpenCV for video frames) + facefinder detect, in 1 thread
+                       and in a thread per core each with its own detector (as the scorer does): the latter is the
+                       bound of this design
+  predict, in-process  Scorer.score on Scorer.chunk files at a time (read and decode counted), as predict gives them;
+                       score_video on a video
   predict CLI          python -m components.predict --model M --csv FOLDER, its rows read and dropped; start-up is the
                        time to its CSV header (written once the model is loaded and warm), the rate taken after it
-  annotate CLI         python -m components.annotate --images FOLDER --output TMP --model M; it prints nothing before
-                       it ends, so start-up is the same command's time on one image, the rate taken beyond it
-The share is a row's rate over the detector alone on the same pictures. CPU ms each: the CPU time of every thread per
-picture (start-up left out), and its share the same way: on a machine busy with other work the rates fall with the
-CPU time the benchmark is given, the CPU time per picture much less. The load average (1 minute) at each row's end is
-printed beside it.
+  annotate CLI         python -m components.annotate --images FOLDER --output TMP --model M on --images and on
+                       --annotate-images images: it prints nothing before it ends, so its rate is the images between
+                       the two over the time between them (the start-up of Beam and its worker processes drops out),
+                       and its start-up the first run's time beyond its images at that rate
+The share is a row's rate over the detector alone on every core on the same pictures. CPU ms each: the CPU time of
+every thread per picture (start-up left out), and its share the same way: on a machine busy with other work the rates
+fall with the CPU time the benchmark is given, the CPU time per picture much less. The load average (1 minute) at
+each row's end is printed beside it.
 """
 from __future__ import annotations
 
@@ -192,22 +197,46 @@ def _settings(model: str):
     return faces.FaceSettings.from_dict(model_lib.read_model_config(model_dir).get("faces"))
 
 
-def child_detect_images(folder: str, model: str) -> dict:
+def _detectors(model: str, threads: int):
+    """A pool of `threads` threads, each with its own detector made and run once (as the scorer's), and the function
+    that finds the faces of a picture in the calling thread's."""
+    import concurrent.futures
+    import threading
+
+    import numpy as np
+
+    from components.common import inference
+    from components.common.facefinder import detect
+
+    min_score, local = _settings(model).min_score, threading.local()
+
+    def detector():
+        if not hasattr(local, "detector"):
+            with inference.library_noise():
+                local.detector = detect.make(min_score)
+                local.detector.detect(np.full((64, 64, 3), 128, np.uint8))  # the graph's first run is slow
+        return local.detector
+
+    pool = concurrent.futures.ThreadPoolExecutor(threads)
+    barrier = threading.Barrier(threads)
+    for f in [pool.submit(lambda: (barrier.wait(), detector())) for _ in range(threads)]:
+        f.result()
+    return pool, lambda rgb: bool(detector().detect(rgb)) if rgb is not None else False
+
+
+def child_detect_images(folder: str, model: str, threads: int) -> dict:
     from components.common import inference
 
     inference.quiet_libraries()
-    from components.common.facefinder import detect
-
-    with inference.library_noise():
-        detector = detect.get(_settings(model).min_score)
+    pool, found = _detectors(model, threads)
     files = _files(folder)
-    with open(files[0], "rb") as f:
-        detector.detect(inference.decode(f.read(), files[0])[0])  # the graph's first run is slow
-    start, cpu, faces = time.perf_counter(), _cpu(), 0
-    for path in files:
+
+    def one(path):
         with open(path, "rb") as f:
-            rgb, _ = inference.decode(f.read(), path)
-        faces += bool(detector.detect(rgb)) if rgb is not None else 0
+            return found(inference.decode(f.read(), path)[0])
+
+    start, cpu = time.perf_counter(), _cpu()
+    faces = sum(pool.map(one, files))
     return {"items": len(files), "seconds": time.perf_counter() - start, "cpu": _cpu() - cpu, "faces": faces}
 
 
@@ -219,8 +248,8 @@ def child_score_images(folder: str, model: str, batch: int) -> dict:
     scorer.warmup()
     files = _files(folder)
     start, cpu, faces = time.perf_counter(), _cpu(), 0
-    for i in range(0, len(files), batch):
-        names = files[i:i + batch]
+    for i in range(0, len(files), scorer.chunk):  # as predict gives them
+        names = files[i:i + scorer.chunk]
         data = []
         for path in names:
             with open(path, "rb") as f:
@@ -229,28 +258,28 @@ def child_score_images(folder: str, model: str, batch: int) -> dict:
     return {"items": len(files), "seconds": time.perf_counter() - start, "cpu": _cpu() - cpu, "faces": faces}
 
 
-def child_detect_video(path: str, model: str) -> dict:
+def child_detect_video(path: str, model: str, threads: int) -> dict:
+    """OpenCV reads the frames one after another (one stream); the threads find their faces."""
+    import collections
+
     import cv2
 
     from components.common import inference
 
     inference.quiet_libraries()
-    from components.common.facefinder import detect
-
-    with inference.library_noise():
-        detector = detect.get(_settings(model).min_score)
-    cap = cv2.VideoCapture(path)
-    ok, bgr = cap.read()
-    detector.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
+    pool, found = _detectors(model, threads)
     cap = cv2.VideoCapture(path)
     start, cpu, frames, faces = time.perf_counter(), _cpu(), 0, 0
+    running = collections.deque()
     while True:
         ok, bgr = cap.read()
         if not ok:
             break
-        faces += bool(detector.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        running.append(pool.submit(found, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
         frames += 1
+        if len(running) > 4 * threads:  # a few frames ahead, not the whole video in memory
+            faces += running.popleft().result()
+    faces += sum(f.result() for f in running)
     cap.release()
     return {"items": frames, "seconds": time.perf_counter() - start, "cpu": _cpu() - cpu, "faces": faces}
 
@@ -312,15 +341,15 @@ def child(kind: str, *args) -> dict:
 
 
 def cli(kind: str, model: str, inputs: str, startup: dict, work: str) -> dict:
-    """A step's CLI on a folder, end to end; startup: its run on a folder of one image (cli_command()).
+    """predict's CLI on a folder, end to end; startup: its run on a folder of one image (cli_command()).
 
-    predict's rate is the images over the time after its CSV header (written once the model is loaded and warm);
-    annotate writes nothing before it ends, so its rate is the images beyond the first over the time beyond the
-    one-image run's. CPU per image: the CPU seconds beyond the one-image run's over the images beyond the first.
+    The rate is the images over the time after its CSV header (written once the model is loaded and warm); without a
+    header, the images beyond the first over the time beyond the one-image run's. CPU per image: the CPU seconds
+    beyond the one-image run's over the images beyond the first.
     """
     run = measured(cli_command(kind, model, inputs, work), f"{kind} on {inputs}")
     items = len(_files(inputs))
-    if kind == "predict" and run["first_output"] is not None:
+    if run["first_output"] is not None:
         begun, seconds, timed = run["first_output"], run["wall"] - run["first_output"], items
     else:
         begun, seconds, timed = startup["wall"], run["wall"] - startup["wall"], items - 1
@@ -328,6 +357,21 @@ def cli(kind: str, model: str, inputs: str, startup: dict, work: str) -> dict:
     # A few images take less than the noise of a start-up: then there is no rate to give (None: "n/a").
     return {**run, "items": items, "startup": begun, "seconds": seconds,
             "rate": timed / seconds if seconds > 0 and timed > 0 else None, "cpu": cpu if cpu > 0 else None}
+
+
+def annotate(model: str, small: str, large: str, work: str) -> dict:
+    """annotate's steady rate: the images between a small folder and a large one over the time between their runs.
+    A run's start-up (Beam, a worker process per core, each importing TensorFlow and loading the model) is the same
+    for both, so it drops out; it is given as the small run's time beyond its images at that rate."""
+    runs = [measured(cli_command("annotate", model, folder, work), f"annotate on {folder}") for folder in
+            (small, large)]
+    items = [len(_files(folder)) for folder in (small, large)]
+    seconds, cpu = runs[1]["wall"] - runs[0]["wall"], runs[1]["cpu_total"] - runs[0]["cpu_total"]
+    rate_ = (items[1] - items[0]) / seconds if seconds > 0 and items[1] > items[0] else None
+    cpu_each = cpu / (items[1] - items[0]) if items[1] > items[0] and cpu > 0 else None
+    startup = runs[0]["wall"] - items[0] / rate_ if rate_ else None
+    return {**runs[1], "items": items[1], "startup": startup, "seconds": seconds, "rate": rate_,
+            "cpu": cpu_each * items[1] if cpu_each else None}
 
 
 def cli_command(kind: str, model: str, folder: str, work: str) -> list[str]:
@@ -354,6 +398,9 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=200, help="Frames of the small video. Default: 200.")
     p.add_argument("--big-frames", type=int, default=10000,
                    help="Frames of the large video, the rates' too (0: the small one only). Default: 10000.")
+    p.add_argument("--annotate-images", type=int, default=5000,
+                   help="Images of the second folder annotate runs on: its rate is the images between this and "
+                        "--images over the time between the two runs. Default: 5000.")
     p.add_argument("--batch-size", type=int, default=32, help="predict's and annotate's batch size. Default: 32.")
     p.add_argument("--no-annotate", action="store_true", help="Leave annotate out.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the photos and the video's ground. Default: 0.")
@@ -410,8 +457,10 @@ def main(argv=None) -> int:
               f"{r['load']:.1f})", flush=True)
 
     try:
-        det = child("detect-images", folder, model)
-        row("face detector alone (read + decode + detect)", "images", det)
+        row("face detector alone, 1 thread (read + decode + detect)", "images",
+            child("detect-images", folder, model, 1))
+        det = child("detect-images", folder, model, cores)
+        row(f"face detector alone, {cores} threads: the bound", "images", det)
         row("predict in-process (Scorer.score, files read)", "images",
             child("score-images", folder, model, args.batch_size), det)
         one = linked(os.path.join(cache, f"links-n1-of{args.photos}-seed{args.seed}"), sources, 1)
@@ -421,11 +470,13 @@ def main(argv=None) -> int:
                 r = cli("predict", model, target, startup, work)
                 row("predict CLI --csv (rate after start-up)", "images", r, det, r["startup"])
         if not args.no_annotate:
-            startup = measured(cli_command("annotate", model, one, work), "annotate on one image")
-            r = cli("annotate", model, folder, startup, work)
-            row("annotate CLI --images (rate after start-up)", "images", r, det, r["startup"])
-        vdet = child("detect-video", long_video, model)
-        row("face detector alone (OpenCV decode + detect)", "frames", vdet)
+            more = linked(os.path.join(cache, f"links-n{args.annotate_images}-of{args.photos}-seed{args.seed}"),
+                          sources, args.annotate_images)
+            r = annotate(model, folder, more, work)
+            row(f"annotate CLI --images ({args.images:,} and {args.annotate_images:,}: the rate between)",
+                "images", r, det, r["startup"])
+        vdet = child("detect-video", long_video, model, cores)
+        row(f"face detector alone, {cores} threads (OpenCV decode + detect)", "frames", vdet)
         for clip in dict.fromkeys((short_video, long_video)):
             row("predict in-process (score_video, every frame)", "frames",
                 child("score-video", clip, model, args.batch_size), vdet)

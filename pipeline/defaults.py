@@ -27,6 +27,11 @@ DEMO_DOWNLOAD_TIMEOUT = 3.0
 DEMO_SIZE = 2000
 DEMO_SEED = 0
 DEMO_IMAGE_SIZE = 128  # px, square; a few faces come at other sizes, as on the web
+# wild: web photos, the face small in a cluttered scene (pipeline/demo/scenes.py); portrait: the
+# face fills an image_size square, as in GENERATOR_VERSION 1; small-faces: wild scenes of 480..1024 px
+# whose face is 10-22% of the shorter side (group photos, half-body shots: scenes.SMALL_FACES).
+DEMO_SCENES = ("wild", "portrait", "small-faces")
+DEMO_SCENE = "wild"
 DEMO_DIR = "runs/demo"  # where `pipeline.py run` and `python -m pipeline.demo` keep the set
 DEMO_SHEET = "sheet.xlsx"  # the sheet written beside the set, its URLs pointing at the server
 # Timeout URLs stall this long (or until the server stops): longer than the download timeout.

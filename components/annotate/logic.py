@@ -152,6 +152,22 @@ def pipeline_options(beam_args: str, images: int):
                             f"--direct_running_mode={mode}"] + argv)
 
 
+def scorer_threads(options) -> int:
+    """The face-finding threads of each worker's scorer: the cores each local worker process has to itself (every
+    core when the run scores in this process); 1 on any other runner, which starts a worker process per core (as
+    Dataflow does)."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from components.common import beamio
+
+    runner = options.view_as(StandardOptions).runner or ""
+    if runner not in ("FnApiRunner", "DirectRunner", "PrismRunner", ""):
+        return 1
+    direct = options.view_as(DirectOptions)
+    processes = int(direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
+    return max(1, beamio.local_cores() // max(1, processes))
+
+
 def resolve(model_uri: str, threshold: float | None) -> dict:
     """The model a run scores with, resolved once here (so every worker loads the same version even if LATEST
     moves): {"uri", "model_dir", "version", "au_ids", "thresholds", "threshold_source", "faces"}."""
@@ -227,7 +243,7 @@ def run(
     from components.annotate import transforms
 
     handler = transforms.ScorerModelHandler(chosen["model_dir"], which_faces, int(batch_size),
-                                            float(threshold) or None, scorer=scorer)
+                                            float(threshold) or None, scorer=scorer, threads=scorer_threads(options))
     total, beam_counters = _run_pipeline(work_uri, output_dir, staging, shards, handler, au_ids, chosen["version"],
                                          options)
     summary = make_summary(total, counters, chosen, has_labels, shards,

@@ -28,13 +28,15 @@ _TALLY = "tally"  # the tagged output of per-image tallies
 class ScorerModelHandler(ModelHandler):
     """RunInference's handler of a model the shared scorer (components.common.inference.Scorer) loads: each worker
     process loads it once (RunInference shares it between the worker's threads); a batch is a list of
-    {"item", "data"} (the work item and its bytes), and each result is the scorer's result for the image."""
+    {"item", "data"} (the work item and its bytes), and each result is the scorer's result for the image.
+    threads: the scorer's face-finding threads in each worker (logic.scorer_threads: the cores a worker process
+    has to itself)."""
 
     def __init__(self, model_dir: str, which_faces: str = "all", batch_size: int = 32, threshold: float | None = None,
-                 scorer=None):
+                 scorer=None, threads: int = 1):
         super().__init__()
         self._model_dir, self._which_faces = model_dir, which_faces
-        self._batch_size, self._threshold = int(batch_size), threshold
+        self._batch_size, self._threshold, self._threads = int(batch_size), threshold, int(threads)
         # What makes the scorer: inference.Scorer, or a stand-in of the same signature (tests).
         self._scorer = scorer
 
@@ -43,7 +45,7 @@ class ScorerModelHandler(ModelHandler):
         if make is inference.Scorer:
             inference.quiet_libraries()  # in the worker, before TensorFlow and MediaPipe are imported
         return make(self._model_dir, which_faces=self._which_faces, batch_size=self._batch_size,
-                    threshold=self._threshold)
+                    threshold=self._threshold, workers=self._threads)
 
     def run_inference(self, batch: Sequence[dict], model, inference_args: dict | None = None
                       ) -> Iterable[PredictionResult]:

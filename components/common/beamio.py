@@ -12,6 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from components.common import examples
+from components.common.machine import local_cores  # noqa: F401 - the steps' Beam options read it here
 
 _UNCOMPRESSED = CompressionTypes.UNCOMPRESSED
 
@@ -130,20 +131,3 @@ def write_summary(output_dir: str, au_ids, stats: dict, plan: dict, has_va: bool
     }
     examples.write_summary(output_dir, summary)
     return summary
-
-
-def local_cores() -> int:
-    """The cores this process may use: its CPU affinity, capped by a container's CPU limit (cgroup v2 cpu.max)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        # A pod limited to 4 CPUs on a 64-core node still sees 64 in its affinity.
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, -(-int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)

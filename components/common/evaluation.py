@@ -7,6 +7,9 @@ from components.common import storage
 from components.common.errors import StepRefusal
 
 METRICS_FILE = "metrics.json"
+# An AU is active at or above this probability where no threshold was tuned for it (metrics.json's "thresholds"
+# "default"): evaluate's figures "at_default", and the scorer's flags with a model pushed without tuned ones.
+DEFAULT_THRESHOLD = 0.5
 BLESSING_FILE = "blessing.json"  # written last: its presence means the folder is whole
 EVALUATION_REPORT_FILE = "report.md"
 ROC_FILE = "roc.png"

@@ -1,5 +1,6 @@
-"""Decodes any image's bytes to RGB and makes the RGB JPEG of contract 3 (Pillow only, no TensorFlow); convert, the
-face finder and predict use it."""
+"""Decodes any image's bytes to RGB, upright as a viewer shows it (its EXIF orientation applied), and makes the RGB
+JPEG of contract 3 (Pillow only, no TensorFlow); convert, the face finder, predict and the server use it, so the model
+is trained on pictures turned as the ones it scores."""
 from __future__ import annotations
 
 import io
@@ -18,6 +19,11 @@ RESIZED = "resized"  # shrunk to max_side (and so re-encoded)
 # (MPO is a camera JPEG with extra pictures appended after the first).
 _JPEG_FORMATS = ("JPEG", "MPO")
 WHITE = (255, 255, 255)
+# EXIF orientation (tag 0x0112) -> the Pillow transpose that shows the picture upright, as a viewer does; 5 to 8
+# also swap width and height. A phone's portrait photo is stored sideways with 6 or 8.
+_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+                7: "TRANSVERSE", 8: "ROTATE_90"}
+_EXIF_ORIENTATION = 0x0112
 
 
 class UndecodableImage(ValueError):
@@ -31,7 +37,8 @@ class ConvertedImage:
     height: int
     outcome: str  # PASSED_THROUGH, REENCODED or RESIZED
     source_format: str  # Pillow's name of the format read: JPEG PNG GIF WEBP BMP ...
-    source_size: tuple[int, int]  # width, height of the image read (before any resize)
+    source_size: tuple[int, int]  # width, height of the image read, upright (before any resize)
+    turned: bool = False  # its EXIF orientation turned or flipped it upright (then it was re-encoded)
 
 
 def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -69,8 +76,22 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
+def upright_transpose(im) -> str | None:
+    """The Pillow transpose that shows a just-opened image upright (its EXIF orientation), or None."""
+    try:
+        value = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: shown as stored, as a viewer does
+        return None
+    return _ORIENTATION.get(value)
+
+
+def upright_size(width: int, height: int, transpose: str | None) -> tuple[int, int]:
+    return (height, width) if transpose in ("TRANSPOSE", "ROTATE_270", "TRANSVERSE", "ROTATE_90") else (width, height)
+
+
 def _load(data: bytes, max_side: int):
-    """(the fully decoded Pillow image, its format, its size, the target size); raises UndecodableImage.
+    """(the fully decoded Pillow image, its format, its size, the target size, its upright transpose or None);
+    raises UndecodableImage. Sizes are as stored (the transpose turns them upright).
 
     Every image is fully decoded here, so a truncated or corrupt file fails now rather than in a
     training run later. Big JPEGs are decoded at 1/2, 1/4 or 1/8 of their size when the target allows.
@@ -80,51 +101,57 @@ def _load(data: bytes, max_side: int):
     try:
         im = Image.open(io.BytesIO(data))
         source_format = im.format or "unknown"
+        transpose = upright_transpose(im)
         size = target_size(im.size[0], im.size[1], max_side)
         original = im.size
         if source_format in _JPEG_FORMATS and size != original:
             im.draft(im.mode if im.mode in ("RGB", "L") else None, size)
         im.seek(0)  # GIF, WebP, MPO: the first frame
         im.load()  # the full decode; raises on truncated or corrupt data
-        return im, source_format, original, size
+        return im, source_format, original, size, transpose
     except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad data; each one means "cannot decode"
         raise UndecodableImage(f"{type(e).__name__}: {e}") from e
 
 
-def _rgb(im, size: tuple[int, int]):
-    """The decoded image as RGB at `size`."""
+def _rgb(im, size: tuple[int, int], transpose: str | None = None):
+    """The decoded image as RGB at `size` (as stored), then turned upright."""
     from PIL import Image
 
     try:
         rgb = _to_rgb(im)
         if rgb.size != size:
             rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        if transpose:
+            rgb = rgb.transpose(getattr(Image.Transpose, transpose))
         return rgb
     except Exception as e:  # noqa: BLE001 - a decoded image whose mode Pillow cannot convert
         raise UndecodableImage(f"{type(e).__name__}: {e}") from e
 
 
 def decode_rgb(data: bytes, max_side: int = 0):
-    """(RGB Pillow image, source format) of any image's bytes; max_side > 0 shrinks the longest side to it.
+    """(RGB Pillow image, source format) of any image's bytes, upright; max_side > 0 shrinks the longest side to it.
 
     Grey, CMYK, palette, 16-bit and transparent images come out RGB (alpha on white); GIF and
     WebP give their first frame. Raises UndecodableImage on truncated or corrupt data.
     """
-    im, source_format, _, size = _load(data, max_side)
-    return _rgb(im, size), source_format
+    im, source_format, _, size, transpose = _load(data, max_side)
+    return _rgb(im, size, transpose), source_format
 
 
 def to_rgb_jpeg(data: bytes, max_side: int = 0, quality: int = JPEG_QUALITY) -> ConvertedImage:
-    """The image as RGB JPEG: an RGB JPEG that needs no resize is passed through byte for byte; anything else
-    (PNG, GIF's first frame, WebP, BMP, CMYK, palette, grayscale, alpha) is decoded, made RGB and encoded.
+    """The image as an upright RGB JPEG: an RGB JPEG that needs no resize and no turning is passed through byte for
+    byte; anything else (PNG, GIF's first frame, WebP, BMP, CMYK, palette, grayscale, alpha, an EXIF orientation) is
+    decoded, made RGB, turned upright and encoded.
 
     Every image is fully decoded, so a truncated or corrupt file raises UndecodableImage here rather
     than failing a training run later. max_side > 0 shrinks the longest side to it (never enlarges).
     """
-    im, source_format, original, size = _load(data, max_side)
-    if source_format in _JPEG_FORMATS and im.mode == "RGB" and size == original:
+    im, source_format, original, size, transpose = _load(data, max_side)
+    upright = upright_size(*original, transpose)
+    if source_format in _JPEG_FORMATS and im.mode == "RGB" and size == original and not transpose:
         return ConvertedImage(bytes(data), original[0], original[1], PASSED_THROUGH, source_format, original)
     out = io.BytesIO()
-    _rgb(im, size).save(out, format="JPEG", quality=quality)
+    _rgb(im, size, transpose).save(out, format="JPEG", quality=quality)
     outcome = RESIZED if size != original else REENCODED
-    return ConvertedImage(out.getvalue(), size[0], size[1], outcome, source_format, original)
+    width, height = upright_size(*size, transpose)
+    return ConvertedImage(out.getvalue(), width, height, outcome, source_format, upright, bool(transpose))

@@ -1,13 +1,21 @@
 """The shared scorer (predict, serve, annotate): a model on images or video frames, every face's AU probabilities.
 
-Interface kept stable for its users: Scorer(model_uri, which_faces=, batch_size=, threshold=) with .version,
-.model_dir, .config, .au_ids, .thresholds; score(images, names) and score_frames(rgb_arrays, names), one dict per
-picture {"image", "width", "height", "faces": [{"face", "box": [x, y, w, h], "landmarks", "score", "angle",
-"probabilities", "active"}], "error", "reason"}; warmup(). A bad picture never raises: its error says what to do.
+Interface kept stable for its users: Scorer(model_uri, which_faces=, batch_size=, threshold=, workers=) with
+.version, .model_dir, .config, .au_ids, .thresholds; score(images, names) and score_frames(rgb_arrays, names), one
+dict per picture {"image", "width", "height", "faces": [{"face", "box": [x, y, w, h], "landmarks", "score", "angle",
+"probabilities", "active"}], "error", "reason"}; warmup(); close(). A bad picture never raises: its error says what
+to do.
+
+How a call is spent: each picture is decoded, searched for faces and its faces cropped in one of `workers` threads
+(each with its own face detector: a MediaPipe graph must not be shared; decoding, detection and TensorFlow all
+release the GIL, so the threads use every core), while the calling thread runs the model on each batch_size faces
+as soon as they are cropped. A call of several batches' pictures therefore keeps the model and the detectors busy
+at once (predict passes Scorer.chunk pictures a call).
 """
 from __future__ import annotations
 
 import contextlib
+import concurrent.futures
 import io
 import json
 import os
@@ -21,7 +29,7 @@ import warnings
 import numpy as np
 
 from components.common import faces as contract
-from components.common import evaluation, imaging, labels, model, registry, storage
+from components.common import evaluation, imaging, labels, machine, model, registry, storage
 
 # Why an image was not scored: the "reason" of a result whose "error" says what to do.
 NOT_IMAGE = "not_image"  # bytes no image decoder recognises (text, a video, an empty file)
@@ -37,11 +45,12 @@ WHICH_FACES = ("all", "largest")
 MAX_PIXELS = 64_000_000
 # convert's JPEG quality (re-encoded images, face crops): the model sees a crop as compressed as its training crops.
 JPEG_QUALITY = imaging.JPEG_QUALITY
-DEFAULT_THRESHOLD = 0.5  # the threshold of a model pushed without tuned ones (evaluate's default)
-
-# EXIF orientation -> the Pillow transpose that shows the picture upright, as a viewer does.
-_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
-                7: "TRANSVERSE", 8: "ROTATE_90"}
+DEFAULT_THRESHOLD = evaluation.DEFAULT_THRESHOLD  # the threshold of a model pushed without tuned ones
+# The face-finding threads of a scorer by default: every core this process may use, up to this many (each holds a
+# detector, ~20 MB; beyond 8 the model, on one thread's batches, is the bound).
+MAX_WORKERS = 8
+# Pictures a call to score() is best given, in batches: enough for the detectors to work ahead while the model runs.
+CHUNK_BATCHES = 4
 
 
 # A model URI that cannot be scored with (also a registry without LATEST); the message says what to do.
@@ -195,50 +204,40 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 def decode(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, dict | None]:
     """(H x W x 3 uint8 RGB, None) of an image's bytes, turned upright by its EXIF orientation; or (None, the
     result of an image that cannot be scored, with its error and reason). Never raises on bad bytes."""
-    rgb, bad, _ = _decode(data, name, max_pixels)
-    return rgb, bad
-
-
-def _decode(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, dict | None, bool]:
-    """decode(), and whether the picture was turned (its bytes then are not what the model must see)."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         return None, _error(name, 0, 0, NOT_IMAGE, f"{name} is empty (0 bytes); pass an image file (JPEG, PNG, "
-                            "...)"), False
+                            "...)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
             im = Image.open(io.BytesIO(data))
-            width, height = im.size
-            orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") else 1
+            width, height = imaging.upright_size(*im.size, imaging.upright_transpose(im))
     except Image.DecompressionBombError as e:
         return None, _error(name, 0, 0, TOO_LARGE, f"{name} is too large to decode ({e}); shrink it below "
-                            f"{max_pixels // 1_000_000} megapixels and pass it again"), False
+                            f"{max_pixels // 1_000_000} megapixels and pass it again")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         why = "no image format recognised" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
         return None, _error(name, 0, 0, NOT_IMAGE, f"{name} is not an image that can be read ({why}); pass a JPEG, "
-                            "PNG, GIF, WebP, BMP or TIFF file, or a video (mp4, avi, mov, webm)"), False
+                            "PNG, GIF, WebP, BMP or TIFF file, or a video (mp4, avi, mov, webm)")
     if width * height > max_pixels:
         return None, _error(name, width, height, TOO_LARGE,
                             f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels), over the "
                             f"{max_pixels // 1_000_000}-megapixel limit; shrink it (a face needs far fewer pixels) "
-                            "and pass it again"), False
+                            "and pass it again")
     if min(width, height) < contract.MIN_IMAGE_SIDE:
         return None, _error(name, width, height, TOO_SMALL,
                             f"{name} is {width}x{height} px: too small to hold a face (the shorter side must be at "
-                            f"least {contract.MIN_IMAGE_SIDE} px); pass a bigger picture"), False
+                            f"least {contract.MIN_IMAGE_SIDE} px); pass a bigger picture")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            rgb_image, _ = imaging.decode_rgb(data)
+            rgb_image, _ = imaging.decode_rgb(data)  # upright, as convert decoded the training pictures
     except imaging.UndecodableImage as e:
         return None, _error(name, width, height, CORRUPT,
-                            f"{name} is a damaged or truncated image ({e}); copy or download it again"), False
-    transpose = _ORIENTATION.get(int(orientation or 1))
-    if transpose:
-        rgb_image = rgb_image.transpose(getattr(Image.Transpose, transpose))
-    return np.asarray(rgb_image), None, bool(transpose)
+                            f"{name} is a damaged or truncated image ({e}); copy or download it again")
+    return np.asarray(rgb_image), None
 
 
 class Scorer:
@@ -248,17 +247,26 @@ class Scorer:
     model_uri: a model folder (train's output), a registry version folder, or a registry model root
     (<destination>/<model_name>, whose LATEST is followed; or the destination with model_name=);
     local or gs://. Raises ModelError when it is none of these. One call at a time per Scorer
-    (a lock: MediaPipe's graph is not thread-safe); run processes for parallel work.
+    (a lock); within a call, `workers` threads find the faces (default: every core this process
+    may use, at most MAX_WORKERS; 1 in a process that shares its cores with others, as a Beam
+    worker does). close() stops them; a Scorer no longer referenced stops them too.
     """
 
     def __init__(self, model_uri: str, *, which_faces: str = "all", batch_size: int = 32,
-                 threshold: float | None = None, model_name: str | None = None):
+                 threshold: float | None = None, model_name: str | None = None, workers: int | None = None):
         if which_faces not in WHICH_FACES:
             raise ValueError(f"which_faces is {which_faces!r}; expected one of {', '.join(WHICH_FACES)}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size is {batch_size}; expected 1 or more")
+        if workers is not None and int(workers) < 1:
+            raise ValueError(f"workers is {workers}; expected 1 or more (or None: every core)")
         self.which_faces, self.batch_size = which_faces, int(batch_size)
+        self.workers = int(workers) if workers is not None else min(MAX_WORKERS, machine.local_cores())
+        # Pictures a call is best given: CHUNK_BATCHES batches, so detection runs ahead of the model.
+        self.chunk = self.batch_size * CHUNK_BATCHES
         self._lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._threads = threading.local()  # each face-finding thread's own detector
         uri = registry.model_root(model_uri, model_name) if model_name else model_uri
         try:
             self.model_dir, self.version = registry.resolve_model(uri)
@@ -296,12 +304,19 @@ class Scorer:
                 "faces": self.settings.to_dict(), "which_faces": self.which_faces}
 
     def warmup(self) -> None:
-        """Starts the face detector and runs the model once, so the first real request is not the slow one."""
-        with self._lock, library_noise():
-            rgb = np.full((64, 64, 3), 128, np.uint8)
-            if self.settings.mode == "crop":
-                self._detector().detect(rgb)
-            self._run([_jpeg(rgb)])
+        """Starts the face-finding threads, each detector run once, and runs the model once, so the first real
+        request is not the slow one."""
+        with self._lock:
+            self._executor()
+            with library_noise():
+                self._run([_jpeg(np.full((64, 64, 3), 128, np.uint8))])
+
+    def close(self) -> None:
+        """Stops the face-finding threads (their detectors go with them). A later call starts them again."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def score(self, images: list[bytes], names: list[str]) -> list[dict]:
         """One result per image's bytes (see the module's contract); a bad image's result has error and reason."""
@@ -320,29 +335,70 @@ class Scorer:
 
     # -- the work --------------------------------------------------------------------------------------------
 
-    def _detector(self):
-        from components.common.facefinder import detect
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The face-finding threads, all started when first asked for, each with its detector run once."""
+        if self._pool is not None:
+            return self._pool
+        pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="faces")
+        if self.settings.mode == "crop":
+            # The first tasks wait for one another: none is free to take a second, so each submit starts a thread.
+            barrier = threading.Barrier(self.workers)
+            grey = np.full((64, 64, 3), 128, np.uint8)
 
-        with library_noise():
-            return detect.get(self.settings.min_score)
+            def start() -> None:
+                barrier.wait(timeout=120)
+                detector = self._detector()
+                with library_noise():  # the graph's first run loads TFLite's delegate, which says so on stderr
+                    detector.detect(grey)
+
+            try:
+                for future in [pool.submit(start) for _ in range(self.workers)]:
+                    future.result()
+            except BaseException:
+                pool.shutdown(wait=False)
+                raise
+        self._pool = pool
+        return pool
+
+    def _detector(self):
+        """This thread's own face detector (a MediaPipe graph must not be shared between threads)."""
+        detector = getattr(self._threads, "detector", None)
+        if detector is None:
+            from components.common.facefinder import detect
+
+            with library_noise():
+                detector = self._threads.detector = detect.make(self.settings.min_score)
+        return detector
 
     def _score(self, items: list, decoded: bool) -> list[dict]:
+        """Each picture prepared (decoded, its faces found and cropped) in the threads, in order; the model run on
+        each batch_size faces as they come, while the threads go on with the pictures after them."""
         results: list[dict] = []
-        inputs: list[tuple[int, int, bytes]] = []  # (result index, face index, the model's input)
-        for data, name in items:
-            rgb, bad, turned = (*_frame(data, name), True) if decoded else _decode(data, name)
-            if bad is not None:
-                results.append(bad)
-                continue
-            # A picture's own bytes go to a whole-picture model as convert passed them, unless it was turned upright.
-            result, crops = self._faces(rgb, name, None if turned else data)
-            inputs.extend((len(results), i, crop) for i, crop in enumerate(crops))
+        pending: list[tuple[int, int, bytes]] = []  # (result index, face index, the model's input)
+        prepared = self._executor().map(lambda item: self._prepare(*item, decoded), items) if items else ()
+        for result, crops in prepared:
+            pending.extend((len(results), i, crop) for i, crop in enumerate(crops))
             results.append(result)
-        outputs = self._run_batches(inputs, results)
-        for (index, face, _), out in zip(inputs, outputs):
+            if len(pending) >= self.batch_size:
+                self._score_batch(pending[:self.batch_size], results)
+                del pending[:self.batch_size]
+        if pending:
+            self._score_batch(pending, results)
+        return results
+
+    def _prepare(self, data, name: str, decoded: bool) -> tuple[dict, list[bytes]]:
+        """One picture's result (faces without scores yet) and each face's input to the model; in a thread."""
+        rgb, bad = _frame(data, name) if decoded else decode(data, name)
+        if bad is not None:
+            return bad, []
+        # A picture's own bytes go to a whole-picture model as convert passed them (a frame has none).
+        return self._faces(rgb, name, None if decoded else data)
+
+    def _score_batch(self, batch: list[tuple[int, int, bytes]], results: list[dict]) -> None:
+        outputs = self._run_batches(batch, results)
+        for (index, face, _), out in zip(batch, outputs):
             if results[index]["error"] is None:  # else the model failed on it: _run_batches recorded why
                 self._fill(results[index]["faces"][face], out)
-        return results
 
     def _faces(self, rgb: np.ndarray, name: str, data: bytes | None) -> tuple[dict, list[bytes]]:
         """The result of one decoded picture (faces without scores yet) and the model's input of each face."""

@@ -7,8 +7,7 @@ import math
 import numpy as np
 
 from components.common import labels
-
-DEFAULT_THRESHOLD = 0.5
+from components.common.evaluation import DEFAULT_THRESHOLD
 
 
 def _rankdata(x: np.ndarray) -> np.ndarray:

@@ -132,7 +132,8 @@ def _local_video(name: str, workdir: str) -> str:
 
 def run(scorer: inference.Scorer, inputs: list[Input], *, outputs: Outputs | None = None, every: int = 1,
         fps: float = 0.0, keep: bool = True, on_image=None, on_video=None, progress_write=None) -> dict:
-    """Scores every input with the scorer: images batch_size files at a time, videos frame batch by batch.
+    """Scores every input with the scorer: images scorer.chunk files a call (several of the model's batches, so the
+    scorer's threads find faces while the model runs), videos frame batch by batch.
 
     outputs: where rows go (None: no image rows; a video still gets its own rows file and plot).
     keep: the image results are kept in the returned result (False for a large folder streamed to a file).
@@ -179,7 +180,7 @@ def run(scorer: inference.Scorer, inputs: list[Input], *, outputs: Outputs | Non
                 else:
                     data, bad = read_image(item.name)
                     pending.append((data, item.name, bad))
-                if sum(bad is None for _, _, bad in pending) >= scorer.batch_size:
+                if sum(bad is None for _, _, bad in pending) >= scorer.chunk:
                     score_pending()
                 continue
             if pending:  # the images before it first

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 from array import array
 from dataclasses import dataclass, field
 
@@ -16,7 +18,8 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v", ".mpg", ".m
 NOT_VIDEO = "not_video"  # OpenCV cannot open it or read a frame: truncated, damaged, or a codec it lacks
 MIN_IOU = 0.3  # boxes overlapping this much in consecutive sampled frames are the same face
 MAX_GAP = 15  # sampled frames a face may be unseen (turned away, occluded) and keep its id
-# Decoded frames held at once, in pixels (~150 MB of RGB): 24 frames of 1080p, 6 of 4K, at most the batch size.
+# Decoded frames held at once, in pixels (~150 MB of RGB): the batch being scored and the frames read ahead while it
+# is, half each: 12 frames of 1080p, 3 of 4K, at most the scorer's chunk.
 BATCH_PIXELS = 50_000_000
 
 
@@ -137,7 +140,7 @@ def score_video(scorer: inference.Scorer, path: str, name: str, writer: table.Ro
                        height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0))
         step = sample_step(video_fps, every, fps)
         frame_pixels = max(1, summary["width"] * summary["height"])
-        batch_frames = max(1, min(scorer.batch_size, BATCH_PIXELS // frame_pixels))
+        batch_frames = max(1, min(scorer.chunk, BATCH_PIXELS // 2 // frame_pixels))
         series = list(scorer.thresholds) if scorer.task == "au" else ["valence", "arousal"]
         curves, tracker = Curves(series), Tracker()
         active = {s: 0 for s in scorer.thresholds}
@@ -146,7 +149,7 @@ def score_video(scorer: inference.Scorer, path: str, name: str, writer: table.Ro
             if total > 0 and progress_write is not None else None
         batch: list[tuple[int, float]] = []
         frames: list = []
-        index, next_sample = 0, 0.0
+        reader = _Reader(cap, video_fps, step, batch_frames, progress)
 
         def flush():
             nonlocal face_rows
@@ -167,26 +170,19 @@ def score_video(scorer: inference.Scorer, path: str, name: str, writer: table.Ro
             batch.clear()
             frames.clear()
 
-        while True:
-            if index + 1e-9 >= next_sample:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                t = index / video_fps if video_fps > 0 else cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-                batch.append((index, t))
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                next_sample += step
+        try:
+            for i, t, rgb in reader:
+                batch.append((i, t))
+                frames.append(rgb)
                 if len(batch) >= batch_frames:
                     flush()
-            elif not cap.grab():  # skipped frames are not decoded
-                break
-            index += 1
-            if progress is not None:
-                progress.set(index)
-        if batch:
-            flush()
+            if batch:
+                flush()
+        finally:
+            reader.stop()
         if progress is not None:
             progress.close()
+        index = reader.index
         summary["frames"] = index
     finally:
         cap.release()
@@ -206,6 +202,68 @@ def score_video(scorer: inference.Scorer, path: str, name: str, writer: table.Ro
                        error=f"no face found in any of the {summary['sampled']} sampled frames of {name}; check that "
                              "faces are visible, frontal and not tiny, or sample more frames (--every 1)")
     return summary
+
+
+class _Reader:
+    """Reads a video's sampled frames (RGB) in a thread of its own, up to `ahead` frames ahead of the scorer: OpenCV
+    decodes while the scorer's threads find faces and the model runs. Iterate it for (frame number, time, RGB);
+    index is the frames gone through once it ends (skipped frames are grabbed, not decoded)."""
+
+    _END = object()
+
+    def __init__(self, cap, video_fps: float, step: float, ahead: int, progress=None):
+        self._cap, self._fps, self._step, self._progress = cap, video_fps, step, progress
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+        self._stopping = threading.Event()
+        self.index = 0
+        self._thread = threading.Thread(target=self._read, name="video-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        import cv2
+
+        cap, next_sample = self._cap, 0.0
+        try:
+            while not self._stopping.is_set():
+                if self.index + 1e-9 >= next_sample:
+                    ok, bgr = cap.read()
+                    if not ok:
+                        break
+                    t = self.index / self._fps if self._fps > 0 else cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                    self._put((self.index, t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+                    next_sample += self._step
+                elif not cap.grab():  # skipped frames are not decoded
+                    break
+                self.index += 1
+                if self._progress is not None:
+                    self._progress.set(self.index)
+        except BaseException as e:  # noqa: BLE001 - raised again in the scoring thread
+            self._put(e)
+        finally:
+            self._put(self._END)
+
+    def _put(self, item) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        """Stops reading (the scorer failed, or the video ended) and waits for the thread: the capture is then free
+        to release."""
+        self._stopping.set()
+        self._thread.join()
 
 
 def _unreadable(summary: dict, name: str) -> dict:

@@ -21,11 +21,7 @@ SUMMARY_FILE = "demo_summary.json"
 IMAGES_DIR = "images"
 # Bump when the drawing or the label model changes: a cached set of another version is redrawn.
 GENERATOR_VERSION = 2
-# wild: web photos, the face small in a cluttered scene (pipeline/demo/scenes.py); portrait: the
-# face fills an image_size square, as in GENERATOR_VERSION 1; small-faces: wild scenes of 480..1024 px
-# whose face is 10-22% of the shorter side (group photos, half-body shots: scenes.SMALL_FACES).
-SCENES = ("wild", "portrait", "small-faces")
-DEFAULT_SCENE = "wild"
+SCENES, DEFAULT_SCENE = defaults.DEMO_SCENES, defaults.DEMO_SCENE
 # Portraits: a few come at other sizes, as web images do; the rest are image_size square.
 OTHER_SIZES = (96, 160, 192)
 OTHER_SIZE_SHARE = 0.12

@@ -29,8 +29,9 @@ class FakeScorer:
 
     loads = 0
 
-    def __init__(self, model_dir, which_faces="all", batch_size=32, threshold=None):
+    def __init__(self, model_dir, which_faces="all", batch_size=32, threshold=None, workers=1):
         FakeScorer.loads += 1
+        self.workers = workers
         self.threshold = threshold or 0.5
         self.which_faces = which_faces
 
@@ -146,12 +147,13 @@ def test_annotate_images_on_the_local_runner_rows_tallies_and_counters(tmp_path)
 
 
 def test_handler_batches_for_the_scorer():
-    handler = transforms.ScorerModelHandler("m", batch_size=7, scorer=FakeScorer)
+    handler = transforms.ScorerModelHandler("m", batch_size=7, scorer=FakeScorer, threads=3)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 7}
     batch = [{"item": {"key": "a", "url": "u"}, "data": b"faces=1;AU1=0.7"}, {"item": {"key": "b", "url": "v"},
                                                                               "data": b"none"}]
     assert handler.get_num_bytes(batch) == len(b"faces=1;AU1=0.7") + 4
     scorer = handler.load_model()
+    assert scorer.workers == 3  # the face-finding threads it was given
     out = list(handler.run_inference(batch, scorer))
     assert [r.example["key"] for r in out] == ["a", "b"] and out[0].inference["faces"][0]["active"] == ["AU1"]
     assert "data" not in out[0].example  # the image's bytes stop at the model
@@ -347,6 +349,11 @@ def test_local_options_use_a_worker_per_core_only_for_a_big_run(monkeypatch):
     assert given.direct_num_workers == 2
     remote = logic.pipeline_options("--runner=DataflowRunner --project=p", 100_000)
     assert remote.view_as(StandardOptions).runner == "DataflowRunner"
+    # Each worker's scorer finds faces on the cores it has to itself: all 4 in this process, 2 each of 2
+    # processes, 1 each of 4, and 1 on Dataflow (a process per core).
+    threads = [logic.scorer_threads(logic.pipeline_options(args, n)) for args, n in (
+        ("", 10), ("--direct_num_workers=2", 100_000), ("", 100_000), ("--runner=DataflowRunner --project=p", 1))]
+    assert threads == [4, 2, 1, 1]
 
 
 def test_component_signature_is_its_declaration():

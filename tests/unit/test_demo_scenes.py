@@ -337,7 +337,8 @@ def test_pipeline_run_passes_the_demo_scene_and_names_the_folder_by_it(tmp_path,
         raise Stop
 
     monkeypatch.setattr(demo, "generate_demo", fake)
-    for argv, scene in (([], "wild"), (["--demo-scene", "portrait"], "portrait")):
+    for argv, scene in (([], "wild"), (["--demo-scene", "portrait"], "portrait"),
+                        (["--demo-scene", "small-faces"], "small-faces")):
         p = argparse.ArgumentParser()
         cli.add_run_arguments(p)
         args = p.parse_args(["--runs-dir", str(tmp_path), "--demo-size", "7", "--demo-seed", "2"] + argv)

@@ -61,6 +61,30 @@ def test_real_photo_face_is_found_aligned_and_cropped(photo):
     assert abs(cx - CROP.size / 2) < 0.1 * CROP.size
 
 
+@pytest.mark.parametrize("orientation,stored", [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270),
+                                                (3, Image.Transpose.ROTATE_180)])
+def test_a_photo_stored_sideways_is_turned_upright_as_a_viewer_shows_it(photo, orientation, stored):
+    """A phone stores a portrait sideways with an EXIF orientation: convert must see it upright, as predict and the
+    server do (else the face is missed in training and found in use), and pass none of it through as stored."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    sideways = _bytes(photo.transpose(stored), exif=exif)
+    upright = prepare(_bytes(photo), CROP)
+    result = prepare(sideways, CROP)
+    assert result.status == contract.CROPPED and (result.source_width, result.source_height) == photo.size
+    assert np.allclose(result.face.box, upright.face.box, atol=6), (result.face.box, upright.face.box)
+    assert abs(result.angle) < 5
+
+    whole = imaging.to_rgb_jpeg(sideways)
+    assert (whole.width, whole.height, whole.source_size) == (*photo.size, photo.size)
+    assert whole.turned and whole.outcome == imaging.REENCODED
+    shown = np.asarray(Image.open(io.BytesIO(whole.jpeg)), np.float32)
+    assert np.abs(shown - np.asarray(photo, np.float32)).mean() < 4  # the upright picture, re-encoded
+    assert not imaging.to_rgb_jpeg(_bytes(photo)).turned
+    half = imaging.to_rgb_jpeg(sideways, max_side=300)
+    assert (half.width, half.height, half.outcome) == (256, 300, imaging.RESIZED)
+
+
 @pytest.mark.parametrize("tilt", [-25, 18])
 def test_a_tilted_face_is_turned_so_the_eyes_are_level(photo, tilt):
     turned = photo.rotate(tilt, expand=True, fillcolor=(90, 90, 90), resample=Image.BICUBIC)

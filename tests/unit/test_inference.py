@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -88,6 +89,67 @@ def test_faces_are_batched_and_batches_change_nothing(models, crop, monkeypatch)
     for a, b in zip(one_by_one, by_four):
         for fa, fb in zip(a["faces"], b["faces"]):
             assert fa["probabilities"] == pytest.approx(fb["probabilities"], abs=1e-4)
+
+
+def test_threads_find_the_faces_each_with_its_own_detector_and_change_nothing(models):
+    group, _ = media.group()
+    images = [group, media.photo_bytes(), _flat((9, 9, 9)), group, media.photo_bytes()] * 3
+    names = [f"p{i}.jpg" for i in range(len(images))]
+    threaded = inference.Scorer(models["crop"], workers=3, batch_size=4)
+    assert threaded.chunk == 4 * inference.CHUNK_BATCHES
+    detectors = {}
+    real = inference.Scorer._detector
+
+    def which(self):
+        d = real(self)
+        detectors.setdefault(threading.current_thread(), set()).add(id(d))
+        return d
+
+    threaded._detector = which.__get__(threaded)
+    threaded.warmup()  # starts every thread, each with its detector
+    assert len(detectors) == 3 and all(t.name.startswith("faces") for t in detectors)
+    three = threaded.score(images, names)
+    assert all(len(ids) == 1 for ids in detectors.values()), "a thread changed detectors"
+    assert len(set().union(*detectors.values())) == len(detectors) == 3, "a detector shared between threads"
+
+    one = inference.Scorer(models["crop"], workers=1, batch_size=4).score(images, names)
+    assert [r["image"] for r in three] == names  # in the order given
+    for a, b in zip(one, three):
+        assert [f["box"] for f in a["faces"]] == [f["box"] for f in b["faces"]]
+        for fa, fb in zip(a["faces"], b["faces"]):
+            assert fa["probabilities"] == pytest.approx(fb["probabilities"], abs=1e-4)
+
+    threaded.close()
+    assert not [t for t in detectors if t.is_alive()]
+    assert threaded.score([group], ["again.jpg"])[0]["faces_found"] == 3  # a call after close() starts them again
+    threaded.close()
+
+
+def test_the_model_runs_while_the_threads_are_still_finding_faces(models, monkeypatch):
+    """The last picture's face search waits for the model's first batch: a scorer that ran the model only once every
+    picture was prepared would never release it (and the test fails on the timeout instead of hanging)."""
+    scorer = inference.Scorer(models["crop"], workers=2, batch_size=1)
+    first_batch = threading.Event()
+    real_run, real_prepare = inference.model.run_signature, scorer._prepare
+    images = [media.photo_bytes()] * 6
+
+    def run(signature, jpegs, task):
+        first_batch.set()
+        return real_run(signature, jpegs, task)
+
+    def prepare(data, name, decoded):
+        if name == "last.jpg":
+            assert first_batch.wait(timeout=60), "the model did not run before every picture was prepared"
+        return real_prepare(data, name, decoded)
+
+    monkeypatch.setattr(inference.model, "run_signature", run)
+    scorer._prepare = prepare
+    results = scorer.score(images, [f"{i}.jpg" for i in range(5)] + ["last.jpg"])
+    assert [len(r["faces"]) for r in results] == [1] * 6
+    assert all(r["faces"][0]["probabilities"] for r in results)
+    scorer.close()
+    with pytest.raises(ValueError, match="workers"):
+        inference.Scorer(models["crop"], workers=0)
 
 
 def test_bad_images_never_raise_and_say_why(crop, tmp_path):

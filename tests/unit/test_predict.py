@@ -203,7 +203,8 @@ def test_a_video_gives_a_row_per_sampled_frame_and_face_with_ids_kept(faces, tmp
     places = media.face_video(str(tmp_path / "clip.mp4"), frames=12, fps=10.0)
     media.face_video(str(tmp_path / "empty.mp4"), frames=4, blank=True)
     media.truncated_video(str(tmp_path / "clip.mp4"), str(tmp_path / "cut.mp4"))
-    scorer = inference.Scorer(faces["model"], batch_size=4)
+    scorer = inference.Scorer(faces["model"], batch_size=1)  # a chunk of 4 batches: 4 frames a call
+    assert scorer.chunk == 4
     batches = []
     real = scorer.score_frames
     monkeypatch.setattr(scorer, "score_frames",
@@ -212,7 +213,7 @@ def test_a_video_gives_a_row_per_sampled_frame_and_face_with_ids_kept(faces, tmp
     result = logic.run(scorer, logic.expand([str(tmp_path / "clip.mp4"), str(tmp_path / "empty.mp4"),
                                              str(tmp_path / "cut.mp4")]),
                        outputs=logic.Outputs(str(tmp_path / "rows.parquet")), every=2, progress_write=lines.append)
-    assert batches == [4, 2, 2]  # frames stream through the model a batch at a time
+    assert batches == [4, 2, 2]  # frames stream through the scorer a chunk at a time
     clip, empty, cut = result["videos"]
     assert (clip["frames"], clip["sampled"], clip["with_face"], clip["face_ids"]) == (12, 6, 6, 2)
     assert clip["error"] is None and os.path.getsize(clip["plot"]) > 1000
@@ -243,6 +244,25 @@ def test_a_video_gives_a_row_per_sampled_frame_and_face_with_ids_kept(faces, tmp
     (summary,) = again["videos"]
     assert summary["sampled"] == 6 and summary["rows"] == os.path.join(".", "clip.au.csv")
     assert len(pd.read_csv(tmp_path / "clip.au.csv")) == 12 and os.path.exists(tmp_path / "clip.au.png")
+
+
+def test_a_scorer_that_fails_mid_video_stops_the_frame_reader(faces, tmp_path, monkeypatch):
+    """Frames are read ahead in a thread of their own; when scoring fails, the error reaches the caller and the
+    reader stops (no thread left blocked on a full queue, the capture released)."""
+    import threading
+
+    media.face_video(str(tmp_path / "clip.mp4"), frames=40, fps=10.0, faces=1)
+    scorer = inference.Scorer(faces["model"], batch_size=1)
+
+    def broken(frames, names):
+        raise RuntimeError("the model went away")
+
+    monkeypatch.setattr(scorer, "score_frames", broken)
+    writer = table.RowWriter(str(tmp_path / "rows.csv"), table.columns(scorer.task, scorer.au_ids))
+    with pytest.raises(RuntimeError, match="went away"):
+        video.score_video(scorer, str(tmp_path / "clip.mp4"), "clip.mp4", writer)
+    writer.close()
+    assert not [t for t in threading.enumerate() if t.name == "video-reader"]
 
 
 def test_the_console_shows_each_video(faces, tmp_path, capsys, monkeypatch):

@@ -110,6 +110,7 @@ class Detector:
         self.tile_min_score = max(self.min_score, tiling.TILE_MIN_SCORE)
         self._models = [face_detection.FaceDetection(model_selection=m, min_detection_confidence=self.min_score)
                         for m in (1, 0)]
+        _STARTED_IN.add(os.getpid())
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         """Every face found in an (H, W, 3) uint8 RGB array, largest first; [] when there is none."""
@@ -185,24 +186,31 @@ class Detector:
 
 
 _DETECTORS: dict[tuple[int, float, int, str], Detector] = {}
+# The processes that made a Detector (get()'s, or a scorer's threads' own): MediaPipe graphs were started there.
+_STARTED_IN: set[int] = set()
 
 
 def running_here() -> bool:
     """Whether this process has started a MediaPipe graph: a child forked from it then hangs in MediaPipe's own
     threads (measured: the child's first detection never returns), so a caller about to fork must not."""
-    return bool(_DETECTORS)
+    return os.getpid() in _STARTED_IN
 
 
 def get(min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE, tiles: str = "auto") -> Detector:
     """This process's detector for these settings, made on first use (a forked child makes its own); tiles: when
     it also searches overlapping tiles (Detector)."""
-    pid = os.getpid()
-    if any(k[0] != pid for k in _DETECTORS):
+    key = (os.getpid(), float(min_score), int(max_side), str(tiles))
+    if key not in _DETECTORS:
+        _DETECTORS[key] = make(min_score, max_side, tiles)
+    return _DETECTORS[key]
+
+
+def make(min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_SIDE, tiles: str = "auto") -> Detector:
+    """A new detector, for a thread of its own (get() shares one per process); refused in a process forked from one
+    that had started the face detector."""
+    if any(p != os.getpid() for p in _STARTED_IN):
         raise RuntimeError(
             "this process was forked from one that had started the face detector, and MediaPipe hangs in such "
             "a child; fork before the first detection, or use the spawn start method"
         )
-    key = (pid, float(min_score), int(max_side), str(tiles))
-    if key not in _DETECTORS:
-        _DETECTORS[key] = Detector(min_score, max_side, tiles)
-    return _DETECTORS[key]
+    return Detector(min_score, max_side, tiles)
