@@ -351,7 +351,7 @@ def main(argv=None) -> int:
                                                                      "it).")
     p.add_argument("--images", type=int, default=16, help="Distinct 640x480 face photos (default: %(default)s).")
     p.add_argument("--max-batch", type=int, default=32, help="The server's --max-batch and the baseline's batch.")
-    p.add_argument("--batch-window-ms", type=float, default=5.0, help="The server's --batch-window-ms.")
+    p.add_argument("--batch-window-ms", type=float, default=0.0, help="The server's --batch-window-ms.")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
         print("benchmarks/serve.py needs wrk, the HTTP load generator: apt-get install -y wrk", file=sys.stderr)

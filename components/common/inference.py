@@ -246,10 +246,12 @@ class Scorer:
 
     model_uri: a model folder (train's output), a registry version folder, or a registry model root
     (<destination>/<model_name>, whose LATEST is followed; or the destination with model_name=);
-    local or gs://. Raises ModelError when it is none of these. One call at a time per Scorer
-    (a lock); within a call, `workers` threads find the faces (default: every core this process
-    may use, at most MAX_WORKERS; 1 in a process that shares its cores with others, as a Beam
-    worker does). close() stops them; a Scorer no longer referenced stops them too.
+    local or gs://. Raises ModelError when it is none of these. Within a call, `workers` threads
+    find the faces (default: every core this process may use, at most MAX_WORKERS; 1 in a
+    process that shares its cores with others, as a Beam worker does). Calls may come from
+    several threads at once (a server's batches in flight): they share the threads, each picture
+    found by a thread's own detector. close() stops the threads; a Scorer no longer referenced
+    stops them too.
     """
 
     def __init__(self, model_uri: str, *, which_faces: str = "all", batch_size: int = 32,
@@ -312,7 +314,8 @@ class Scorer:
                 self._run([_jpeg(np.full((64, 64, 3), 128, np.uint8))])
 
     def close(self) -> None:
-        """Stops the face-finding threads (their detectors go with them). A later call starts them again."""
+        """Stops the face-finding threads (their detectors go with them), once no call is running. A later call
+        starts them again."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -322,16 +325,14 @@ class Scorer:
         """One result per image's bytes (see the module's contract); a bad image's result has error and reason."""
         if len(images) != len(names):
             raise ValueError(f"{len(images)} images but {len(names)} names")
-        with self._lock:
-            return self._score([(data, name) for data, name in zip(images, names)], decoded=False)
+        return self._score([(data, name) for data, name in zip(images, names)], decoded=False)
 
     def score_frames(self, rgb_arrays, names: list[str]) -> list[dict]:
         """score() for decoded pictures (video frames): H x W x 3 uint8 RGB arrays."""
         rgb_arrays = list(rgb_arrays)
         if len(rgb_arrays) != len(names):
             raise ValueError(f"{len(rgb_arrays)} frames but {len(names)} names")
-        with self._lock:
-            return self._score(list(zip(rgb_arrays, names)), decoded=True)
+        return self._score(list(zip(rgb_arrays, names)), decoded=True)
 
     # -- the work --------------------------------------------------------------------------------------------
 
@@ -375,7 +376,11 @@ class Scorer:
         each batch_size faces as they come, while the threads go on with the pictures after them."""
         results: list[dict] = []
         pending: list[tuple[int, int, bytes]] = []  # (result index, face index, the model's input)
-        prepared = self._executor().map(lambda item: self._prepare(*item, decoded), items) if items else ()
+        if not items:
+            return results
+        with self._lock:  # made once, by one caller
+            pool = self._executor()
+        prepared = pool.map(lambda item: self._prepare(*item, decoded), items)
         for result, crops in prepared:
             pending.extend((len(results), i, crop) for i, crop in enumerate(crops))
             results.append(result)

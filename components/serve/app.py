@@ -54,7 +54,8 @@ class Server:
     def __init__(self, settings, load: Callable[[str], Any], executor=None, on_fatal: Callable[[str], None] = None):
         self.settings = settings
         self.model_name = settings.model_name or default_model_name(settings.model)
-        self.batcher = Batcher(settings.max_batch, settings.batch_window_ms / 1000.0, settings.max_queue, executor)
+        self.batcher = Batcher(settings.max_batch, settings.batch_window_ms / 1000.0, settings.max_queue, executor,
+                               settings.batches_in_flight)
         self.live = LiveModel(settings.model, load, self.batcher.call, settings.poll_s)
         self._on_fatal = on_fatal
         self._tasks: list[asyncio.Task] = []

@@ -2,7 +2,9 @@
 
 Every request puts one item per image into one bounded queue and awaits an asyncio future per item. One collector
 task takes the oldest items, up to a batch, once the oldest has waited the window (or at once when a batch is full),
-and runs the model on them in the one scorer thread; then it sets each item's future. Items carry the model they
+and runs the model on them in a scorer thread; then it sets each item's future. Up to `in_flight` batches are scored
+at once (the server's --batches-in-flight, 2): while one batch is in the model, the next has its faces found, so the
+cores are not idle while a batch's answers go out and the next requests come in. Items carry the model they
 were submitted with, and a batch holds items of one model only: after a swap, the requests already queued finish on
 the old model. A request that gave up (its deadline passed, its client left) leaves items whose futures are
 cancelled; the collector drops them unscored.
@@ -39,18 +41,20 @@ class _Item:
 
 
 class Batcher:
-    """The queue, the collector task (run()) and the one scorer thread."""
+    """The queue, the collector task (run()) and the scorer threads (one per batch in flight)."""
 
-    def __init__(self, max_batch: int = 32, window_s: float = 0.005, max_queue: int = 128,
-                 executor: concurrent.futures.Executor | None = None):
-        if max_batch < 1 or max_queue < 1 or window_s < 0:
-            raise ValueError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be at least 1, "
-                             f"window_s ({window_s}) at least 0")
+    def __init__(self, max_batch: int = 32, window_s: float = 0.0, max_queue: int = 128,
+                 executor: concurrent.futures.Executor | None = None, in_flight: int = 1):
+        if max_batch < 1 or max_queue < 1 or window_s < 0 or in_flight < 1:
+            raise ValueError(f"max_batch ({max_batch}), max_queue ({max_queue}) and in_flight ({in_flight}) must be "
+                             f"at least 1, window_s ({window_s}) at least 0")
         self.max_batch = max_batch
         self.window_s = window_s
         self.max_queue = max_queue
-        # One thread: the model (and MediaPipe's face detector, which must stay on one thread) is used by it alone.
-        self._executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="scorer")
+        self.in_flight = in_flight
+        # A thread per batch in flight: the scorer takes calls from several threads (each picture's faces are
+        # found by a detector of the scorer's own threads, never shared).
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(in_flight, thread_name_prefix="scorer")
         self._owns_executor = executor is None
         self._pending: collections.deque[_Item] = collections.deque()
         self._wake = asyncio.Event()
@@ -93,7 +97,7 @@ class Batcher:
                     i.future.cancel()
 
     async def call(self, fn: Callable[..., Any], *args) -> Any:
-        """Runs fn on the scorer thread, between batches (a new model's warmup goes there, beside no batch)."""
+        """Runs fn on a scorer thread (a new model's warmup goes there, beside at most in_flight - 1 batches)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _next_batch(self) -> list[_Item]:
@@ -125,8 +129,22 @@ class Batcher:
         return max(0.0, self._pending[0].arrived + self.window_s - loop.time())
 
     async def run(self) -> None:
-        """The collector: forever takes a batch and scores it on the scorer thread. Cancel it to stop."""
+        """The collector: forever takes a batch and scores it on a scorer thread, up to in_flight at once. Cancel it
+        to stop (the batches in flight are cancelled with it)."""
         loop = asyncio.get_running_loop()
+        scoring: set[asyncio.Task] = set()
+        try:
+            while True:
+                if len(scoring) >= self.in_flight:
+                    await asyncio.wait(set(scoring), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                await self._collect(loop, scoring)
+        finally:
+            for task in list(scoring):
+                task.cancel()
+
+    async def _collect(self, loop: asyncio.AbstractEventLoop, scoring: set) -> None:
+        """Waits for a batch to be ready and starts scoring it (a task added to `scoring`)."""
         while True:
             wait = self._ready(loop)
             if wait > 0:
@@ -139,7 +157,10 @@ class Batcher:
             batch = self._next_batch()
             if not batch:
                 continue
-            await self._score(loop, batch)
+            task = asyncio.create_task(self._score(loop, batch))
+            scoring.add(task)
+            task.add_done_callback(scoring.discard)
+            return
 
     async def _score(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         model = batch[0].model

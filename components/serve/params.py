@@ -30,8 +30,12 @@ SPEC = StepSpec(
                                        "(0 = the stored ones).", pipeline=None),
         Param("max_batch", int, 32, "Most images the model scores at once (requests' images are batched "
                                     "together).", pipeline=None),
-        Param("batch_window_ms", float, 5.0, "How long the first image of a batch waits for others to join it.",
+        Param("batch_window_ms", float, 0.0, "How long the first image of a batch waits for others to join it while "
+                                             "the scorer has room for a batch (0: not at all; under load images queue "
+                                             "while the batches in flight are scored, and form the next batch).",
               pipeline=None),
+        Param("batches_in_flight", int, 2, "Batches scored at once: while one is in the model, the next has its "
+                                           "faces found (1: one batch at a time).", pipeline=None),
         Param("max_queue", int, 128, "Most images waiting for the model; a request beyond it gets 503 with "
                                      "Retry-After.", pipeline=None),
         Param("max_instances", int, 64, "Most images in one request (413 beyond).", pipeline=None),
@@ -67,7 +71,8 @@ def check(settings) -> list[str]:
             problems.append(f"--{name.replace('_', '-')} {getattr(settings, name)!r} must start with /")
     if settings.predict_route == settings.health_route:
         problems.append(f"the predict and health routes are both {settings.predict_route}")
-    for name in ("max_batch", "max_queue", "max_instances", "max_body_bytes", "max_pixels", "max_connections"):
+    for name in ("max_batch", "batches_in_flight", "max_queue", "max_instances", "max_body_bytes", "max_pixels",
+                 "max_connections"):
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')} is {getattr(settings, name)}; expected 1 or more")
     if settings.max_instances > settings.max_queue:

@@ -165,6 +165,35 @@ def test_images_that_arrive_while_the_scorer_is_busy_form_the_next_batch():
     assert run(scenario()).batches == [["a"], ["b", "c", "d"]]
 
 
+def test_batches_in_flight_a_second_batch_is_scored_while_the_first_is_and_no_third():
+    async def scenario():
+        model = FakeScorer()
+        ex = HeldExecutor(hold=True)
+        b = Batcher(max_batch=2, window_s=0.0, max_queue=16, executor=ex, in_flight=2)
+        collector = asyncio.create_task(b.run())
+        first = asyncio.create_task(b.submit(model, [b"1", b"2"], ["a", "b"]))
+        await turn()
+        second = asyncio.create_task(b.submit(model, [b"3", b"4"], ["c", "d"]))
+        await turn()
+        assert len(ex.held) == 2 and b.queued == 0  # both batches with the scorer at once
+        third = asyncio.create_task(b.submit(model, [b"5"], ["e"]))
+        await turn()
+        assert len(ex.held) == 2 and b.queued == 1  # the third waits for one of them
+        ex.release()
+        await turn()
+        assert len(ex.held) == 1 and b.queued == 0  # one finished: the third went in
+        ex.release()
+        results = await asyncio.gather(first, second, third)
+        collector.cancel()
+        return model, results
+
+    model, results = run(scenario())
+    assert model.batches == [["a", "b"], ["c", "d"], ["e"]]
+    assert [[r["image"] for r in rs] for rs in results] == [["a", "b"], ["c", "d"], ["e"]]
+    with pytest.raises(ValueError, match="in_flight"):
+        Batcher(in_flight=0)
+
+
 def test_a_full_queue_refuses_at_once_and_queues_nothing():
     async def scenario():
         model = FakeScorer()
@@ -435,7 +464,8 @@ class Harness:
         self.loaded: dict[str, FakeScorer] = {}
         self.load_gate = load_gate
         self.executor = HeldExecutor(hold)
-        settings = {"max_batch": 8, "batch_window_ms": 0.0, "poll_s": 0.0, **settings}
+        # One batch at a time unless a test asks for more: the scenarios count what waits behind the held batch.
+        settings = {"max_batch": 8, "batch_window_ms": 0.0, "poll_s": 0.0, "batches_in_flight": 1, **settings}
         self.app = create_app(Settings(model=model_uri, **settings), self._load, executor=self.executor)
         self.server = self.app.state.server
 
