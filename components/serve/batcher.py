@@ -186,7 +186,7 @@ class Batcher:
                 i.future.set_result(result)
 
     def close(self) -> None:
-        """Cancels what is still queued and stops the scorer thread (when the batcher made it)."""
+        """Cancels what is still queued and stops the scorer threads (when the batcher made them)."""
         for i in self._pending:
             if not i.future.done():
                 i.future.cancel()

@@ -50,7 +50,7 @@ class LiveModel:
     """The model the server answers with, and the task that follows the registry's LATEST.
 
     load(uri) makes a scorer of a version or model folder (in a worker thread); warm(fn) runs fn (the scorer's
-    warmup) where the scoring happens, so that the face detector is only ever used by the scorer thread.
+    warmup: its face-finding threads started, each detector and the model run once) on a scorer thread.
     """
 
     def __init__(self, model_uri: str, load: Callable[[str], Any], warm: Callable[[Callable[[], None]], Awaitable],
