@@ -33,6 +33,7 @@ import threading
 import time
 import warnings
 from collections import Counter, deque
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -75,37 +76,28 @@ class DownloadInterrupted(Exception):
     """The run was stopped (Ctrl-C, SIGTERM); what was settled is in the ledger and a rerun resumes."""
 
 
-@dataclass
-class Settings:
-    """Every knob of a run; run() fills it from its arguments, their defaults from the declaration (params.py)."""
+def _check(self) -> None:
+    for name in ("workers", "max_attempts", "max_bytes", "max_pixels", "per_host"):
+        if int(getattr(self, name)) < 1:
+            raise DownloadError(f"{name} is {getattr(self, name)}; it must be at least 1")
+    for name in ("timeout",):
+        if not float(getattr(self, name)) > 0:
+            raise DownloadError(f"{name} is {getattr(self, name)}; it must be more than 0 seconds")
+    for name in ("deadline", "backoff", "backoff_max", "retry_after_max", "max_redirects"):
+        if float(getattr(self, name)) < 0:
+            raise DownloadError(f"{name} is {getattr(self, name)}; it must not be negative")
+    if not self.deadline:
+        self.deadline = DEADLINE_FACTOR * self.timeout
 
-    workers: int = SPEC.defaults.workers
-    timeout: float = SPEC.defaults.timeout
-    deadline: float = SPEC.defaults.deadline  # 0 = DEADLINE_FACTOR x timeout
-    max_attempts: int = SPEC.defaults.max_attempts
-    max_bytes: int = SPEC.defaults.max_bytes
-    max_pixels: int = SPEC.defaults.max_pixels
-    max_redirects: int = SPEC.defaults.max_redirects
-    per_host: int = SPEC.defaults.per_host
-    allow_private: bool = SPEC.defaults.allow_private
-    retry_permanent: bool = SPEC.defaults.retry_permanent
-    backoff: float = SPEC.defaults.backoff
-    backoff_max: float = SPEC.defaults.backoff_max
-    retry_after_max: float = SPEC.defaults.retry_after_max
-    user_agent: str = SPEC.defaults.user_agent
 
-    def check(self) -> None:
-        for name in ("workers", "max_attempts", "max_bytes", "max_pixels", "per_host"):
-            if int(getattr(self, name)) < 1:
-                raise DownloadError(f"{name} is {getattr(self, name)}; it must be at least 1")
-        for name in ("timeout",):
-            if not float(getattr(self, name)) > 0:
-                raise DownloadError(f"{name} is {getattr(self, name)}; it must be more than 0 seconds")
-        for name in ("deadline", "backoff", "backoff_max", "retry_after_max", "max_redirects"):
-            if float(getattr(self, name)) < 0:
-                raise DownloadError(f"{name} is {getattr(self, name)}; it must not be negative")
-        if not self.deadline:
-            self.deadline = DEADLINE_FACTOR * self.timeout
+# Every knob of a fetch: one field per parameter of the declaration (params.py: same name, type and default) but the
+# store and min_ok, which are the run's, not a fetch's. check() refuses nonsense and fills the deadline.
+_RUN_ONLY = ("store", "min_ok")
+Settings = dataclasses.make_dataclass(
+    "Settings", [(p.name, p.type, dataclasses.field(default=p.default)) for p in SPEC.params
+                 if p.name not in _RUN_ONLY],
+    namespace={"check": _check, "__doc__": "Every knob of a fetch, one field per parameter of SPEC (its name, type and "
+                                           "default), but the run's store and min_ok."})
 
 
 def run(
@@ -142,13 +134,8 @@ def run(
     """
     if min_ok is not None and not 0.0 <= float(min_ok) <= 1.0:
         raise DownloadError(f"min_ok is {min_ok}; expected a share of the URLs between 0 and 1 (0: at least one image)")
-    settings = Settings(
-        workers=int(workers), timeout=float(timeout), deadline=float(deadline), max_attempts=int(max_attempts),
-        max_bytes=int(max_bytes), max_pixels=int(max_pixels), max_redirects=int(max_redirects),
-        per_host=int(per_host), allow_private=bool(allow_private), retry_permanent=bool(retry_permanent),
-        backoff=float(backoff), backoff_max=float(backoff_max), retry_after_max=float(retry_after_max),
-        user_agent=user_agent,
-    )
+    given = locals()
+    settings = Settings(**{f.name: f.type(given[f.name]) for f in dataclasses.fields(Settings)})
     settings.check()
     if storage.is_gcs(output_dir):
         raise DownloadError(f"output {output_dir}: must be a local folder; give the gs:// prefix as --store to keep images there")
