@@ -23,6 +23,7 @@ WHITE = (255, 255, 255)
 # also swap width and height. A phone's portrait photo is stored sideways with 6 or 8.
 _ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
                 7: "TRANSVERSE", 8: "ROTATE_90"}
+_SWAPS_SIDES = frozenset(_ORIENTATION[k] for k in (5, 6, 7, 8))
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -86,7 +87,8 @@ def upright_transpose(im) -> str | None:
 
 
 def upright_size(width: int, height: int, transpose: str | None) -> tuple[int, int]:
-    return (height, width) if transpose in ("TRANSPOSE", "ROTATE_270", "TRANSVERSE", "ROTATE_90") else (width, height)
+    """A stored picture's (width, height) once upright_transpose() has turned it."""
+    return (height, width) if transpose in _SWAPS_SIDES else (width, height)
 
 
 def _load(data: bytes, max_side: int):

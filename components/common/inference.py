@@ -384,7 +384,7 @@ class Scorer:
         for result, crops in prepared:
             pending.extend((len(results), i, crop) for i, crop in enumerate(crops))
             results.append(result)
-            if len(pending) >= self.batch_size:
+            while len(pending) >= self.batch_size:  # a picture of several faces may fill more than one
                 self._score_batch(pending[:self.batch_size], results)
                 del pending[:self.batch_size]
         if pending:
@@ -400,9 +400,14 @@ class Scorer:
         return self._faces(rgb, name, None if decoded else data)
 
     def _score_batch(self, batch: list[tuple[int, int, bytes]], results: list[dict]) -> None:
-        outputs = self._run_batches(batch, results)
+        """The model on one batch of faces (at most batch_size), each output filled into its face. When the batch
+        fails, each face is run alone, so one bad input fails only its own image (_run_alone records why)."""
+        try:
+            outputs = list(self._run([jpeg for _, _, jpeg in batch]))
+        except Exception:  # noqa: BLE001 - TF's errors vary; each input is retried alone
+            outputs = [self._run_alone(item, results) for item in batch]
         for (index, face, _), out in zip(batch, outputs):
-            if results[index]["error"] is None:  # else the model failed on it: _run_batches recorded why
+            if results[index]["error"] is None:  # else the model failed on it: _run_alone recorded why
                 self._fill(results[index]["faces"][face], out)
 
     def _faces(self, rgb: np.ndarray, name: str, data: bytes | None) -> tuple[dict, list[bytes]]:
@@ -465,27 +470,11 @@ class Scorer:
     def _run(self, jpegs: list[bytes]) -> np.ndarray:
         return model.run_signature(self._signature, jpegs, self.task)
 
-    def _run_batches(self, inputs: list[tuple[int, int, bytes]], results: list[dict]) -> list:
-        """The model's output for each input, batch_size at a time; None for an input of an image the model
-        failed on (that image's result then carries the error), so one bad input never fails the others."""
-        outputs: list = []
-        for start in range(0, len(inputs), self.batch_size):
-            batch = inputs[start:start + self.batch_size]
-            try:
-                outputs.extend(self._run([jpeg for _, _, jpeg in batch]))
-                continue
-            except Exception:  # noqa: BLE001 - TF's errors vary; each input is retried alone below
-                if len(batch) == 1:
-                    outputs.extend(self._run_alone(batch, results))
-                    continue
-            for item in batch:
-                outputs.extend(self._run_alone([item], results))
-        return outputs
-
-    def _run_alone(self, batch: list[tuple[int, int, bytes]], results: list[dict]) -> list:
-        index, _, jpeg = batch[0]
+    def _run_alone(self, item: tuple[int, int, bytes], results: list[dict]):
+        """The model's output for one input, or None when it fails (its image's result then carries the error)."""
+        index, _, jpeg = item
         try:
-            return list(self._run([jpeg]))
+            return self._run([jpeg])[0]
         except Exception as e:  # noqa: BLE001 - reported on the image's result, never raised
             result = results[index]
             message = getattr(e, "message", None) or str(e)
@@ -493,7 +482,7 @@ class Scorer:
                           error=f"the model could not score {result['image']} ({type(e).__name__}: "
                                 f"{message.strip().splitlines()[0] if message.strip() else ''}); "
                                 "check that the model folder is complete, or report the image")
-            return [None]
+            return None
 
 
 def _frame(rgb, name: str) -> tuple[np.ndarray | None, dict | None]:
