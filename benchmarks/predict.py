@@ -198,30 +198,13 @@ def _settings(model: str):
 
 
 def _detectors(model: str, threads: int):
-    """A pool of `threads` threads, each with its own detector made and run once (as the scorer's), and the function
-    that finds the faces of a picture in the calling thread's."""
-    import concurrent.futures
-    import threading
-
-    import numpy as np
-
+    """The scorer's face-finding threads (facefinder.detect.Threads: each its own detector, made and run once) with
+    the model's face settings, and the function that finds the faces of a picture in the calling thread's."""
     from components.common import inference
     from components.common.facefinder import detect
 
-    min_score, local = _settings(model).min_score, threading.local()
-
-    def detector():
-        if not hasattr(local, "detector"):
-            with inference.library_noise():
-                local.detector = detect.make(min_score)
-                local.detector.detect(np.full((64, 64, 3), 128, np.uint8))  # the graph's first run is slow
-        return local.detector
-
-    pool = concurrent.futures.ThreadPoolExecutor(threads)
-    barrier = threading.Barrier(threads)
-    for f in [pool.submit(lambda: (barrier.wait(), detector())) for _ in range(threads)]:
-        f.result()
-    return pool, lambda rgb: bool(detector().detect(rgb)) if rgb is not None else False
+    faces = detect.Threads(threads, _settings(model).min_score, quiet=inference.library_noise)
+    return faces.pool, lambda rgb: bool(faces.detector().detect(rgb)) if rgb is not None else False
 
 
 def child_detect_images(folder: str, model: str, threads: int) -> dict:

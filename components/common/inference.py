@@ -15,7 +15,6 @@ at once (predict passes Scorer.chunk pictures a call).
 from __future__ import annotations
 
 import contextlib
-import concurrent.futures
 import io
 import json
 import os
@@ -267,8 +266,7 @@ class Scorer:
         # Pictures a call is best given: CHUNK_BATCHES batches, so detection runs ahead of the model.
         self.chunk = self.batch_size * CHUNK_BATCHES
         self._lock = threading.Lock()
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._threads = threading.local()  # each face-finding thread's own detector
+        self._threads = None  # facefinder.detect.Threads: the face-finding threads, started on first use
         uri = registry.model_root(model_uri, model_name) if model_name else model_uri
         try:
             self.model_dir, self.version = registry.resolve_model(uri)
@@ -309,7 +307,7 @@ class Scorer:
         """Starts the face-finding threads, each detector run once, and runs the model once, so the first real
         request is not the slow one."""
         with self._lock:
-            self._executor()
+            self._face_threads()
             with library_noise():
                 self._run([_jpeg(np.full((64, 64, 3), 128, np.uint8))])
 
@@ -317,9 +315,9 @@ class Scorer:
         """Stops the face-finding threads (their detectors go with them), once no call is running. A later call
         starts them again."""
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+            threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown()
 
     def score(self, images: list[bytes], names: list[str]) -> list[dict]:
         """One result per image's bytes (see the module's contract); a bad image's result has error and reason."""
@@ -336,40 +334,15 @@ class Scorer:
 
     # -- the work --------------------------------------------------------------------------------------------
 
-    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The face-finding threads, all started when first asked for, each with its detector run once."""
-        if self._pool is not None:
-            return self._pool
-        pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="faces")
-        if self.settings.mode == "crop":
-            # The first tasks wait for one another: none is free to take a second, so each submit starts a thread.
-            barrier = threading.Barrier(self.workers)
-            grey = np.full((64, 64, 3), 128, np.uint8)
-
-            def start() -> None:
-                barrier.wait(timeout=120)
-                detector = self._detector()
-                with library_noise():  # the graph's first run loads TFLite's delegate, which says so on stderr
-                    detector.detect(grey)
-
-            try:
-                for future in [pool.submit(start) for _ in range(self.workers)]:
-                    future.result()
-            except BaseException:
-                pool.shutdown(wait=False)
-                raise
-        self._pool = pool
-        return pool
-
-    def _detector(self):
-        """This thread's own face detector (a MediaPipe graph must not be shared between threads)."""
-        detector = getattr(self._threads, "detector", None)
-        if detector is None:
+    def _face_threads(self):
+        """The face-finding threads (facefinder.detect.Threads), started when first asked for; the caller holds the
+        lock. A model of whole pictures finds no faces: its threads start no detector."""
+        if self._threads is None:
             from components.common.facefinder import detect
 
-            with library_noise():
-                detector = self._threads.detector = detect.make(self.settings.min_score)
-        return detector
+            self._threads = detect.Threads(self.workers, self.settings.min_score, quiet=library_noise,
+                                           warm=self.settings.mode == "crop")
+        return self._threads
 
     def _score(self, items: list, decoded: bool) -> list[dict]:
         """Each picture prepared (decoded, its faces found and cropped) in the threads, in order; the model run on
@@ -378,9 +351,9 @@ class Scorer:
         pending: list[tuple[int, int, bytes]] = []  # (result index, face index, the model's input)
         if not items:
             return results
-        with self._lock:  # made once, by one caller
-            pool = self._executor()
-        prepared = pool.map(lambda item: self._prepare(*item, decoded), items)
+        with self._lock:  # started once, by one caller
+            threads = self._face_threads()
+        prepared = threads.pool.map(lambda item: self._prepare(*item, decoded, threads), items)
         for result, crops in prepared:
             pending.extend((len(results), i, crop) for i, crop in enumerate(crops))
             results.append(result)
@@ -391,13 +364,13 @@ class Scorer:
             self._score_batch(pending, results)
         return results
 
-    def _prepare(self, data, name: str, decoded: bool) -> tuple[dict, list[bytes]]:
-        """One picture's result (faces without scores yet) and each face's input to the model; in a thread."""
+    def _prepare(self, data, name: str, decoded: bool, threads) -> tuple[dict, list[bytes]]:
+        """One picture's result (faces without scores yet) and each face's input to the model; in one of `threads`."""
         rgb, bad = _frame(data, name) if decoded else decode(data, name)
         if bad is not None:
             return bad, []
         # A picture's own bytes go to a whole-picture model as convert passed them (a frame has none).
-        return self._faces(rgb, name, None if decoded else data)
+        return self._faces(rgb, name, None if decoded else data, threads)
 
     def _score_batch(self, batch: list[tuple[int, int, bytes]], results: list[dict]) -> None:
         """The model on one batch of faces (at most batch_size), each output filled into its face. When the batch
@@ -410,7 +383,7 @@ class Scorer:
             if results[index]["error"] is None:  # else the model failed on it: _run_alone recorded why
                 self._fill(results[index]["faces"][face], out)
 
-    def _faces(self, rgb: np.ndarray, name: str, data: bytes | None) -> tuple[dict, list[bytes]]:
+    def _faces(self, rgb: np.ndarray, name: str, data: bytes | None, threads) -> tuple[dict, list[bytes]]:
         """The result of one decoded picture (faces without scores yet) and the model's input of each face."""
         h, w = rgb.shape[:2]
         result = {"image": name, "width": int(w), "height": int(h), "faces": [], "faces_found": 0, "error": None,
@@ -418,7 +391,7 @@ class Scorer:
         settings = self.settings
         if settings.mode == "whole":
             return self._whole(result, rgb, data, contract.WHOLE)
-        found = self._detector().detect(rgb)
+        found = threads.detector().detect(rgb)  # this thread's own
         result["faces_found"] = len(found)
         usable = [f for f in found if f.side >= contract.MIN_FACE_SIDE]
         if self.which_faces == "largest":

@@ -91,26 +91,29 @@ def test_faces_are_batched_and_batches_change_nothing(models, crop, monkeypatch)
             assert fa["probabilities"] == pytest.approx(fb["probabilities"], abs=1e-4)
 
 
-def test_threads_find_the_faces_each_with_its_own_detector_and_change_nothing(models):
+def test_threads_find_the_faces_each_with_its_own_detector_and_change_nothing(models, monkeypatch):
+    from components.common.facefinder import detect
+
     group, _ = media.group()
     images = [group, media.photo_bytes(), _flat((9, 9, 9)), group, media.photo_bytes()] * 3
     names = [f"p{i}.jpg" for i in range(len(images))]
     threaded = inference.Scorer(models["crop"], workers=3, batch_size=4)
     assert threaded.chunk == 4 * inference.CHUNK_BATCHES
     detectors = {}
-    real = inference.Scorer._detector
+    real = detect.Threads.detector
 
     def which(self):
         d = real(self)
         detectors.setdefault(threading.current_thread(), set()).add(id(d))
         return d
 
-    threaded._detector = which.__get__(threaded)
+    monkeypatch.setattr(detect.Threads, "detector", which)
     threaded.warmup()  # starts every thread, each with its detector
     assert len(detectors) == 3 and all(t.name.startswith("faces") for t in detectors)
     three = threaded.score(images, names)
     assert all(len(ids) == 1 for ids in detectors.values()), "a thread changed detectors"
     assert len(set().union(*detectors.values())) == len(detectors) == 3, "a detector shared between threads"
+    monkeypatch.undo()
 
     one = inference.Scorer(models["crop"], workers=1, batch_size=4).score(images, names)
     assert [r["image"] for r in three] == names  # in the order given
@@ -137,10 +140,10 @@ def test_the_model_runs_while_the_threads_are_still_finding_faces(models, monkey
         first_batch.set()
         return real_run(signature, jpegs, task)
 
-    def prepare(data, name, decoded):
+    def prepare(data, name, *rest):
         if name == "last.jpg":
             assert first_batch.wait(timeout=60), "the model did not run before every picture was prepared"
-        return real_prepare(data, name, decoded)
+        return real_prepare(data, name, *rest)
 
     monkeypatch.setattr(inference.model, "run_signature", run)
     scorer._prepare = prepare

@@ -1,8 +1,11 @@
 """Finds faces in an RGB image with MediaPipe's BlazeFace (its models ship inside the mediapipe wheel: nothing is downloaded), in the whole picture and, where it is large for the faces it may hold, in overlapping tiles."""
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import os
 import sys
+import threading
 import types
 from dataclasses import dataclass
 
@@ -214,3 +217,50 @@ def make(min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_S
             "a child; fork before the first detection, or use the spawn start method"
         )
     return Detector(min_score, max_side, tiles)
+
+
+class Threads:
+    """`workers` threads that find faces, each with a detector of its own (a MediaPipe graph must not be shared
+    between threads; decoding and detection release the GIL, so they use every core). With warm (default) every
+    thread is started at once and its detector run once, so no caller meets a slow first detection.
+
+    The scorer (components.common.inference) finds faces in them; benchmarks/predict.py measures the detector alone
+    in them. quiet: a context manager around making a detector and its first run (inference.library_noise keeps
+    TFLite's banners off the console).
+    """
+
+    def __init__(self, workers: int, min_score: float = FaceSettings.min_score, quiet=contextlib.nullcontext,
+                 warm: bool = True):
+        self._min_score, self._quiet = float(min_score), quiet
+        self._local = threading.local()
+        self.pool = concurrent.futures.ThreadPoolExecutor(int(workers), thread_name_prefix="faces")
+        if not warm:
+            return
+        # The first tasks wait for one another: none is free to take a second, so each submit starts a thread.
+        barrier = threading.Barrier(int(workers))
+        grey = np.full((64, 64, 3), 128, np.uint8)
+
+        def start() -> None:
+            barrier.wait(timeout=120)
+            detector = self.detector()
+            with quiet():  # the graph's first run loads TFLite's delegate, which says so on stderr
+                detector.detect(grey)
+
+        try:
+            for future in [self.pool.submit(start) for _ in range(int(workers))]:
+                future.result()
+        except BaseException:
+            self.pool.shutdown(wait=False)
+            raise
+
+    def detector(self) -> Detector:
+        """The calling thread's own detector, made on its first call."""
+        detector = getattr(self._local, "detector", None)
+        if detector is None:
+            with self._quiet():
+                detector = self._local.detector = make(self._min_score)
+        return detector
+
+    def shutdown(self) -> None:
+        """Stops the threads once their work is done; their detectors go with them."""
+        self.pool.shutdown(wait=True)
