@@ -198,16 +198,23 @@ def test_an_empty_split_has_no_shards_and_max_side_resizes(tmp_path):
             assert im.size == (32, 32) and im.mode == "RGB"
 
 
+def _convert_cli(manifest_dir: str, downloads_dir: str, out, *flags: str) -> subprocess.CompletedProcess:
+    """`python -m components.convert` on the dataset with these flags, in a fresh process (this one may have run the
+    face detector, after which forked children would hang); it must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "components.convert", "--manifest", manifest_dir, "--downloads", downloads_dir,
+         "--output", str(out), *flags],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_the_cli_converts_in_a_fresh_process_on_every_core(tmp_path):
     """A fresh process has no TensorFlow loaded, so the local run forks one converter per core."""
     images = sample.demo_images(40, size=48, seed=5, png_share=0.5)
     manifest_dir, downloads_dir, keys = sample.write_dataset(str(tmp_path / "data"), images, seed=5)
     out = tmp_path / "examples"
-    done = subprocess.run(
-        [sys.executable, "-m", "components.convert", "--manifest", manifest_dir, "--downloads", downloads_dir,
-         "--output", str(out), "--beam-args=--convert_processes=2", "--faces", "whole"],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _convert_cli(manifest_dir, downloads_dir, out, "--beam-args=--convert_processes=2", "--faces", "whole")
     assert "forked" not in done.stderr  # no fallback to a single process
     assert "examples_written=40" in done.stdout
     assert sorted(k.decode() for k in all_records(out)) == sorted(keys)
@@ -259,13 +266,8 @@ def test_convert_crops_faces_in_forked_workers_and_counts_the_rest(tmp_path):
     images.append(encode(Image.new("RGB", (12, 12)), "PNG"))  # too small
     manifest_dir, downloads_dir, keys = sample.write_dataset(str(tmp_path / "data"), images, seed=2)
     out = tmp_path / "examples"
-    # A fresh process (this one may have run the detector, after which forked children would hang).
-    done = subprocess.run(
-        [sys.executable, "-m", "components.convert", "--manifest", manifest_dir, "--downloads", downloads_dir,
-         "--output", str(out), "--validation-fraction", "0.2", "--test-fraction", "0.2",
-         "--beam-args=--convert_processes=2"],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _convert_cli(manifest_dir, downloads_dir, out, "--validation-fraction", "0.2", "--test-fraction", "0.2",
+                        "--beam-args=--convert_processes=2")
     assert "forked" not in done.stderr  # no fallback to a single process
     assert "faces: 10 face crops; 4 skipped without a face; reasons: no face 3, too small 1" in done.stdout
     summary = examples.read_summary(str(out))
@@ -303,12 +305,8 @@ def test_convert_counts_the_faces_each_scale_found(tmp_path):
     manifest_dir, downloads_dir, keys = sample.write_dataset(
         str(tmp_path / "data"), [_photo_scenes(1)[0], encode(canvas, "JPEG", quality=92)], seed=5)
     out = tmp_path / "examples"
-    done = subprocess.run(
-        [sys.executable, "-m", "components.convert", "--manifest", manifest_dir, "--downloads", downloads_dir,
-         "--output", str(out), "--validation-fraction", "0", "--test-fraction", "0",
-         "--beam-args=--convert_processes=1"],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _convert_cli(manifest_dir, downloads_dir, out, "--validation-fraction", "0", "--test-fraction", "0",
+                        "--beam-args=--convert_processes=1")
     assert "faces: 2 face crops; faces found: 1 in the whole picture, 1 in tiles (searched in 1 images)" in done.stdout
     c = examples.read_summary(str(out))["counters"]
     assert c["faces_cropped"] == 2 and c["faces_tiled"] == 1

@@ -12,9 +12,10 @@ import io
 import json
 import os
 import struct
-import zlib
 
 import pytest
+
+import face_media as media  # tests/conftest.py puts tests/data/evaluate on the path
 
 from components.serve import protocols
 from components.serve.app import create_app, default_model_name
@@ -296,20 +297,8 @@ def _jpeg(size=(64, 48), colour=(200, 30, 30)) -> bytes:
     return out.getvalue()
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels: its header is all a size check may read."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def test_instances_are_read_in_vertex_and_tf_serving_forms():
-    body = json.dumps({"instances": [{"b64": _b64(b"one")}, {"image_bytes": {"b64": _b64(b"two")}},
+    body = json.dumps({"instances": [{"b64": media.b64(b"one")}, {"image_bytes": {"b64": media.b64(b"two")}},
                                      {"b64": base64.urlsafe_b64encode(b"\xfb\xff").decode().rstrip("=")}]})
     images, names = protocols.parse_instances(body.encode(), max_instances=8)
     assert images == [b"one", b"two", b"\xfb\xff"] and names == ["instances[0]", "instances[1]", "instances[2]"]
@@ -334,10 +323,10 @@ def test_bad_instances_say_what_was_expected(body, status, words):
 
 def test_v2_takes_base64_json_and_the_binary_extension():
     doc = {"id": "req-1", "inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
-                                      "data": [_b64(b"one"), _b64(b"three")]}]}
+                                      "data": [media.b64(b"one"), media.b64(b"three")]}]}
     images, names, rid = protocols.parse_v2(json.dumps(doc).encode(), None, 8)
     assert images == [b"one", b"three"] and names == ["inputs[0][0]", "inputs[0][1]"] and rid == "req-1"
-    doc["inputs"][0]["shape"], doc["inputs"][0]["data"] = [2, 1], [[_b64(b"one")], [_b64(b"x")]]
+    doc["inputs"][0]["shape"], doc["inputs"][0]["data"] = [2, 1], [[media.b64(b"one")], [media.b64(b"x")]]
     assert protocols.parse_v2(json.dumps(doc).encode(), None, 8)[0] == [b"one", b"x"]
 
     raw = struct.pack("<I", 3) + b"one" + struct.pack("<I", 5) + b"\x00\xff\x10ab"
@@ -380,9 +369,9 @@ def test_the_image_check_reads_only_the_header():
     assert failed["reason"] == "too_large" and "64x48 = 3,072 pixels" in failed["error"]
     assert (failed["width"], failed["height"], failed["faces"], failed["faces_found"]) == (64, 48, [], 0)
     # A decompression bomb: 100,000 x 100,000 pixels announced by a header of a few dozen bytes.
-    bomb = protocols.check_image(_png_header(100_000, 100_000), "bomb", max_pixels=64_000_000)
+    bomb = protocols.check_image(media.png_header(100_000, 100_000), "bomb", max_pixels=64_000_000)
     assert bomb["reason"] == "too_large" and bomb["error"].startswith("bomb is too large")
-    big = protocols.check_image(_png_header(9_000, 8_000), "big", max_pixels=64_000_000)
+    big = protocols.check_image(media.png_header(9_000, 8_000), "big", max_pixels=64_000_000)
     assert big["reason"] == "too_large" and "9000x8000" in big["error"]
     for data, words in ((b"", "is empty"), (b"GIF89a-not-really", "not an image"), (b"hello", "not an image")):
         failed = protocols.check_image(data, "x", 10**9)
@@ -505,7 +494,7 @@ def test_model_name_picks_the_model_of_a_registry_destination(tmp_path):
 
 
 def _instances(*images: bytes) -> dict:
-    return {"instances": [{"b64": _b64(i)} for i in images]}
+    return {"instances": [{"b64": media.b64(i)} for i in images]}
 
 
 def test_every_protocol_answers_with_the_version_that_scored(tmp_path):
@@ -535,7 +524,7 @@ def test_every_protocol_answers_with_the_version_that_scored(tmp_path):
             meta = (await c.get("/v2/models/au-detector")).json()
             assert meta["versions"] == [V1] and meta["inputs"][0]["datatype"] == "BYTES"
             infer = await c.post("/v2/models/au-detector/infer", json={
-                "id": "7", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [_b64(img)]}]})
+                "id": "7", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [media.b64(img)]}]})
             out = infer.json()
             assert infer.status_code == 200 and out["model_version"] == V1 and out["id"] == "7"
             assert out["outputs"][0]["shape"] == [1] and json.loads(out["outputs"][0]["data"][0])["faces_found"] == 1
@@ -614,7 +603,7 @@ def test_bad_requests_get_a_status_and_a_message_and_the_server_goes_on(tmp_path
 
 def test_images_that_cannot_be_scored_get_their_error_beside_the_others_answers(tmp_path, monkeypatch):
     root = _registry(str(tmp_path), [V1])
-    bomb = _png_header(100_000, 100_000)
+    bomb = media.png_header(100_000, 100_000)
 
     async def scenario():
         async with Harness(root) as h:

@@ -5,8 +5,11 @@ this module by name (tests/conftest.py puts this folder on the path).
 """
 from __future__ import annotations
 
+import base64
 import io
 import os
+import struct
+import zlib
 
 import numpy as np
 
@@ -103,3 +106,17 @@ def truncated_video(src: str, dst: str) -> str:
     with open(dst, "wb") as f:
         f.write(data[: len(data) // 3])
     return dst
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels: its header is all a size check may read (a decompression bomb of a
+    few dozen bytes)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+
+
+def b64(data: bytes) -> str:
+    """data as the base64 text of a JSON request."""
+    return base64.b64encode(data).decode()
