@@ -27,7 +27,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -238,13 +237,9 @@ class Server:
             return f.read()[-n:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        from components.common import processes
+
+        processes.stop(self.proc, 30)
 
 
 def write_requests(work: str, name: str, requests: list[tuple[str, str, bytes]]) -> str:

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-from components.common import evaluation, registry, storage
+from components.common import evaluation, processes, registry, storage
 
 READY_TIMEOUT_S = 120.0  # loading TensorFlow, the model and the face detector; a cold CPU takes tens of seconds
 REQUEST_TIMEOUT_S = 60.0
@@ -178,13 +177,7 @@ def _remove_container(name: str, stop: bool = True) -> None:
 def _stop(proc: subprocess.Popen, container: str = "") -> None:
     if container:
         _remove_container(container)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # uvicorn shuts down gracefully on SIGTERM
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    processes.stop(proc, STOP_TIMEOUT_S)
     if container:
         _remove_container(container, stop=False)  # one that `docker run` created only as it was stopped
 

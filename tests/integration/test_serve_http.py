@@ -5,7 +5,6 @@ faces with the real detector, so a photo's face box comes back, and a flat colou
 """
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import io
 import json
@@ -16,11 +15,13 @@ import struct
 import subprocess
 import sys
 import time
-import zlib
 
 import pytest
 
-import tiny_model as tiny  # tests/conftest.py puts tests/data/evaluate on the path
+import face_media as media  # tests/conftest.py puts tests/data/evaluate on the path
+import tiny_model as tiny
+
+from components.common import processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 READY_S = 300  # TensorFlow and MediaPipe load in tens of seconds on a busy 2-core machine
@@ -80,14 +81,7 @@ class ServerProcess:
     def stop(self) -> int:
         """SIGTERM, as a cluster stops a container: uvicorn finishes what is in flight, then ends by that signal."""
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return processes.stop(self.proc, 30)
 
 
 def _jpeg_of(img) -> bytes:
@@ -106,17 +100,6 @@ def _scene() -> bytes:
     scene = Image.new("RGB", (640, 480), (200, 40, 40))
     scene.paste(photo.resize((220, 260)), (360, 150))
     return _jpeg_of(scene)
-
-
-def _png_header(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +141,7 @@ def test_ready_only_once_the_model_is_loaded(server, world):
 def test_the_three_protocols_find_the_face_and_name_the_version(server, world):
     c, version, scene = server.client, world["first"]["version"], world["scene"]
 
-    vertex = c.post("/predict", json={"instances": [{"b64": _b64(scene)}, {"b64": _b64(world["flat"])}]})
+    vertex = c.post("/predict", json={"instances": [{"b64": media.b64(scene)}, {"b64": media.b64(world["flat"])}]})
     assert vertex.status_code == 200 and vertex.headers["x-model-version"] == version
     face_image, flat = vertex.json()["predictions"]
     assert face_image["model_version"] == version and face_image["error"] is None
@@ -168,7 +151,7 @@ def test_the_three_protocols_find_the_face_and_name_the_version(server, world):
     assert set(face["probabilities"]) == {"AU1", "AU2", "AU12"} and len(face["landmarks"]) == 6
     assert flat["faces"] == [] and flat["reason"] == "no_face" and flat["error"] is None
 
-    v1 = c.post("/v1/models/au:predict", json={"instances": [{"b64": _b64(scene)}]})
+    v1 = c.post("/v1/models/au:predict", json={"instances": [{"b64": media.b64(scene)}]})
     assert v1.status_code == 200 and v1.json()["predictions"][0]["faces"][0]["probabilities"] == face["probabilities"]
 
     assert c.get("/v2/health/live").status_code == 200 and c.get("/v2/health/ready").json() == {"ready": True}
@@ -183,7 +166,7 @@ def test_the_three_protocols_find_the_face_and_name_the_version(server, world):
     assert v2.status_code == 200 and out["model_version"] == version and out["id"] == "r1"
     assert json.loads(out["outputs"][0]["data"][0])["faces"][0]["probabilities"] == face["probabilities"]
     v2_json = c.post("/v2/models/au/infer", json={"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                                              "data": [_b64(scene)]}]})
+                                                              "data": [media.b64(scene)]}]})
     assert v2_json.status_code == 200 and v2_json.json()["outputs"][0]["shape"] == [1]
 
     faces = c.post("/v1/faces", content=scene, headers={"Content-Type": "image/jpeg"})
@@ -205,9 +188,9 @@ def test_bad_requests_get_their_status_and_never_harm_the_server(server, world):
          "not valid JSON"),
         (c.post("/predict", json={"images": []}), 400, 'no "instances"'),
         (c.post("/predict", json={"instances": [{"b64": "*not base64*"}]}), 400, "not valid base64"),
-        (c.post("/predict", json={"instances": [{"b64": _b64(b"just text")}]}), 400, "not an image"),
-        (c.post("/predict", json={"instances": [{"b64": _b64(_png_header(50_000, 50_000))}]}), 413, "pixels"),
-        (c.post("/predict", json={"instances": [{"b64": _b64(tiny.jpeg((9, 9, 9), size=8))}]}), 422, "too small"),
+        (c.post("/predict", json={"instances": [{"b64": media.b64(b"just text")}]}), 400, "not an image"),
+        (c.post("/predict", json={"instances": [{"b64": media.b64(media.png_header(50_000, 50_000))}]}), 413, "pixels"),
+        (c.post("/predict", json={"instances": [{"b64": media.b64(tiny.jpeg((9, 9, 9), size=8))}]}), 422, "too small"),
         (c.post("/predict", content=b"x" * 500_000, headers={"Content-Type": "application/json"}), 413,
          "at most 400,000"),
         (c.post("/predict", content=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"}), 415,
@@ -227,14 +210,14 @@ def test_bad_requests_get_their_status_and_never_harm_the_server(server, world):
     chunked = c.post("/predict", content=iter([b"x" * 100_000] * 5), headers={"Content-Type": "application/json"})
     assert chunked.status_code == 413
     assert server.proc.poll() is None and c.get("/health").status_code == 200
-    assert c.post("/predict", json={"instances": [{"b64": _b64(world["scene"])}]}).status_code == 200
+    assert c.post("/predict", json={"instances": [{"b64": media.b64(world["scene"])}]}).status_code == 200
 
 
 def test_a_push_is_served_without_losing_a_request_in_flight(server, world):
     """Clients keep sending while a new version is pushed: every request is answered, first by the old version,
     then by the new one, each answer naming the version that scored it."""
     first = world["first"]["version"]
-    body = {"instances": [{"b64": _b64(world["scene"])}]}
+    body = {"instances": [{"b64": media.b64(world["scene"])}]}
 
     def client_loop(stop_at: float) -> list[tuple[int, str | None, dict]]:
         import httpx
@@ -276,7 +259,7 @@ def test_a_full_queue_answers_503_and_a_slow_body_408(world):
     try:
         s.wait_ready()
         assert s.client.get("/health").json()["model"] == "au"
-        body = {"instances": [{"b64": _b64(world["scene"])}]}
+        body = {"instances": [{"b64": media.b64(world["scene"])}]}
 
         def one(_):
             import httpx
