@@ -66,8 +66,11 @@ def _serve(args) -> int:
     stop = threading.Event()
     with DemoServer(args.dir, faults=not args.no_faults, seed=args.seed, port=args.port,
                     stall_seconds=args.stall_seconds, verbose=args.verbose) as srv:
-        # SIGTERM (docker stop, kill) ends the server as cleanly as Ctrl-C does.
+        # SIGTERM (docker stop, kill) ends the server as cleanly as Ctrl-C does. Ctrl-C (SIGINT) is made to raise
+        # even where it came in ignored: a shell starts a background command (`cmd &`, a CI script) with SIGINT
+        # ignored, and Python then leaves it so, and the server could not be stopped with it.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         write_sheet(args.dir, srv, sheet, seed=args.seed)
         print(f"serving {len(srv.images)} images of {args.dir} at {srv.base_url}", flush=True)
         if srv.faults:
