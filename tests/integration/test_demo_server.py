@@ -222,6 +222,9 @@ def test_serve_cli_prints_where_it_serves_and_stops_on_ctrl_c(demo_dir, tmp_path
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.demo", "serve", "--dir", demo_dir, "--port", "0", "--sheet", str(sheet)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(defaults.REPO_ROOT)),
+        # Started as a shell starts a background command (`cmd &`, a CI script): with SIGINT ignored. Ctrl-C must
+        # still stop it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         lines = []
