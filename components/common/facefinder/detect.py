@@ -219,10 +219,13 @@ def make(min_score: float = FaceSettings.min_score, max_side: int = DETECT_MAX_S
     return Detector(min_score, max_side, tiles)
 
 
+_GREY = np.full((64, 64, 3), 128, np.uint8)  # no face: a run of every model of the detector
+
+
 class Threads:
     """`workers` threads that find faces, each with a detector of its own (a MediaPipe graph must not be shared
     between threads; decoding and detection release the GIL, so they use every core). With warm (default) every
-    thread is started at once and its detector run once, so no caller meets a slow first detection.
+    thread is started at once and its detector made, so no caller meets a slow first detection.
 
     The scorer (components.common.inference) finds faces in them; benchmarks/predict.py measures the detector alone
     in them. quiet: a context manager around making a detector and its first run (inference.library_noise keeps
@@ -238,13 +241,10 @@ class Threads:
             return
         # The first tasks wait for one another: none is free to take a second, so each submit starts a thread.
         barrier = threading.Barrier(int(workers))
-        grey = np.full((64, 64, 3), 128, np.uint8)
 
         def start() -> None:
             barrier.wait(timeout=120)
-            detector = self.detector()
-            with quiet():  # the graph's first run loads TFLite's delegate, which says so on stderr
-                detector.detect(grey)
+            self.detector()
 
         try:
             for future in [self.pool.submit(start) for _ in range(int(workers))]:
@@ -257,8 +257,14 @@ class Threads:
         """The calling thread's own detector, made on its first call."""
         detector = getattr(self._local, "detector", None)
         if detector is None:
+            # MediaPipe opens a graph's calculators in threads of its own after the constructor returns, and they
+            # write TFLite's and MediaPipe's banners to stderr from there: one run of the graph waits for them, so
+            # making the detector and its first run share one quiet window (a window closed before those threads
+            # wrote let a banner, or half of one, through while another thread's window was open).
             with self._quiet():
-                detector = self._local.detector = make(self._min_score)
+                detector = make(self._min_score)
+                detector.detect(_GREY)
+            self._local.detector = detector
         return detector
 
     def shutdown(self) -> None:
