@@ -13,6 +13,8 @@ import sys
 NOT_IN_IMAGES = {
     "pytest": "tests only",
     "pytest-timeout": "tests only",
+    "pytest-xdist": "tests only (make test's processes)",
+    "execnet": "pytest-xdist's",
     "iniconfig": "pytest's",
     "pluggy": "pytest's",
     "gcp-storage-emulator": "tests only (the Cloud Storage emulator)",

@@ -2,8 +2,10 @@
 two images built from this checkout (built here when missing or stale), and `docker run` as a user runs it."""
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+import tempfile
 import uuid
 
 import pytest
@@ -33,15 +35,19 @@ def images(tmp_path_factory) -> dict[str, str]:
     """kind -> tag of the images built from this checkout: the ones `make images` left when current, else built now
     (the layers of the lock are cached, so a code change rebuilds in about a minute)."""
     tags = {"cpu": defaults.LOCAL_IMAGE_CPU, "gpu": defaults.LOCAL_IMAGE_GPU}
-    stale = {}
-    for kind, tag in tags.items():
-        try:
-            if containers.check_image(tag, kind):
-                stale[kind] = tag  # built from other sources
-        except containers.ContainerError:
-            stale[kind] = tag
-    if stale:
-        containers.build_images(stale, os.environ, str(tmp_path_factory.mktemp("image-logs")))
+    # `make test` runs test files in two processes: the one that finds the images stale builds them, the other
+    # waits for it and then finds them current.
+    with open(os.path.join(tempfile.gettempdir(), "emotionet-au-images.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stale = {}
+        for kind, tag in tags.items():
+            try:
+                if containers.check_image(tag, kind):
+                    stale[kind] = tag  # built from other sources
+            except containers.ContainerError:
+                stale[kind] = tag
+        if stale:
+            containers.build_images(stale, os.environ, str(tmp_path_factory.mktemp("image-logs")))
     for kind, tag in tags.items():
         assert not containers.check_image(tag, kind), f"{tag} is still not built from this checkout"
     return tags
