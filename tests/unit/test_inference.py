@@ -3,6 +3,7 @@ bad images that never raise, thresholds, frames, batching, and the library noise
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import threading
 
@@ -14,6 +15,8 @@ from components.common.faces import FaceSettings
 
 import face_media as media  # tests/conftest.py puts tests/data/evaluate on the path
 import tiny_model as tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +297,7 @@ def test_each_face_thread_makes_and_first_runs_its_detector_inside_one_quiet_win
     # then: a window closed between making the detector and its first run let it (or half of it) through.
     from components.common.facefinder import detect
 
-    inside, events, lock, opened = threading.local(), [], threading.Lock(), iter(range(1, 1000))
+    inside, events, lock, opened = threading.local(), [], threading.Lock(), itertools.count(1)
 
     class Window:  # one at a time, as library_noise's
         def __enter__(self):
@@ -332,27 +335,24 @@ def test_each_face_thread_makes_and_first_runs_its_detector_inside_one_quiet_win
         threads.shutdown()
 
 
-def test_real_detectors_in_four_threads_leave_the_console_clean(tmp_path):
+def test_real_detectors_in_four_threads_leave_the_console_clean():
     # The regression as a user met it: TFLite's "Created TensorFlow Lite XNNPACK delegate" on predict's console.
     # Before the fix it came through in about one start in three; three starts here.
     import subprocess
     import sys
 
-    script = tmp_path / "threads.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {os.getcwd()!r})\n"
-        "from components.common import inference\n"
-        "inference.quiet_libraries()\n"
-        "import numpy as np\n"
-        "from components.common.facefinder import detect\n"
-        "threads = detect.Threads(4, quiet=inference.library_noise)\n"
-        "rgb = np.full((480, 640, 3), 100, np.uint8)\n"
-        "list(threads.pool.map(lambda _: threads.detector().detect(rgb), range(8)))\n"
-        "threads.shutdown()\n"
-        "print('done')\n")
+    script = ("from components.common import inference\n"
+              "inference.quiet_libraries()\n"
+              "import numpy as np\n"
+              "from components.common.facefinder import detect\n"
+              "threads = detect.Threads(4, quiet=inference.library_noise)\n"
+              "rgb = np.full((480, 640, 3), 100, np.uint8)\n"
+              "list(threads.pool.map(lambda _: threads.detector().detect(rgb), range(8)))\n"
+              "threads.shutdown()\n"
+              "print('done')\n")
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel")}
     for _ in range(3):
-        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
+                              cwd=REPO)
         assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
         assert done.stderr == "", done.stderr
